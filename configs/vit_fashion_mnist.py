@@ -1,0 +1,47 @@
+"""ViT on Fashion-MNIST from the local IDX files (dataset-fashion-mnist).
+
+A CPU-sized version of the CIFAR recipe: 6 layers, width 64, 4 heads,
+MLP 256, patch 7 on 28x28 grey images (17 tokens), B=3 (2 layers each),
+gamma 0.05, AdamW 2e-3 cosine to 5e-5, batch 128, 15 baseline epochs.
+The block-wise run takes B x the steps of the baseline (same number of
+layer evaluations).
+
+  apt-get install dataset-fashion-mnist
+  python -m dblocks_jax.main --config=configs/vit_fashion_mnist.py --workdir=runs/fm
+  python -m dblocks_jax.main --config=configs/vit_fashion_mnist.py:e2e --workdir=runs/fm_e2e
+
+Arguments: smoke, e2e, tfds (read TFDS fashion_mnist instead of IDX files),
+epochs=N (baseline epochs; default 15).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, smoke=False, e2e=False, tfds=False, epochs=15)
+  c = common.vit_classification(
+    dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    num_train=60_000,
+    num_layers=6,
+    width=64,
+    num_heads=4,
+    mlp_dim=256,
+    patch_size=7,
+    num_blocks=3,
+    epochs=args.epochs,
+    batch_size=128,
+    learning_rate=2e-3,
+    warmup_epochs=0.5,
+  )
+  c.model.cond_dim = 32
+  c.data.crop_padding = 2
+  c.eval_batch_size = 1000
+  c.log_every_steps = 200
+  c.eval_every_steps = 3 * c.steps_per_epoch * (1 if args.e2e else 3)
+  if args.smoke:
+    common.as_smoke(c)
+  if args.e2e:
+    common.as_end_to_end(c)
+  return c

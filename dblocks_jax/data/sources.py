@@ -1,0 +1,137 @@
+"""Chooses the reader for `data.name` and returns sources and their sizes."""
+
+from typing import Any, NamedTuple
+
+import ml_collections
+
+from dblocks_jax.data import (
+  arrays,
+  digits,
+  idx,
+  synthetic,
+  tfds_sources,
+  tiny_imagenet,
+)
+from dblocks_jax.errors import DataError
+
+TFDS_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+DATASETS = (
+  *TFDS_DATASETS,
+  "fashion_mnist_idx",
+  "digits",
+  "tiny_imagenet",
+  "synthetic",
+)
+# The config fields that name the two splits.
+TRAIN_FIELD = "train_split"
+EVAL_FIELD = "eval_split"
+
+
+class Description(NamedTuple):
+  """What a dataset looks like, without its pixels."""
+
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  num_train: int
+  num_eval: int
+
+
+def check_name(data_config: ml_collections.ConfigDict) -> str:
+  """Returns `data.name`, or raises when it is not a supported dataset."""
+  name = data_config.name
+  if name not in DATASETS:
+    raise DataError(
+      f"data.name={name!r} is not a known dataset; choose one of: "
+      f"{', '.join(DATASETS)}"
+    )
+  return name
+
+
+def synthetic_shape(data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  """Returns `data.synthetic_image_shape` as (height, width, channels)."""
+  shape = tuple(int(d) for d in data_config.synthetic_image_shape)
+  if len(shape) != 3 or min(shape) < 1:
+    raise DataError(
+      f"data.synthetic_image_shape={shape} must be (height, width, channels) "
+      "with positive sizes"
+    )
+  return shape
+
+
+def _synthetic(
+  data_config: ml_collections.ConfigDict, field: str
+) -> synthetic.SyntheticSource:
+  split = getattr(data_config, field)
+  if split not in synthetic.SPLITS:
+    raise arrays.unknown_split(field, split, "synthetic", synthetic.SPLITS)
+  num_classes = int(data_config.synthetic_num_classes)
+  if num_classes < 1:
+    raise DataError(
+      f"data.synthetic_num_classes={num_classes} must be at least 1"
+    )
+  size_field = f"synthetic_num_{'train' if split == 'train' else 'eval'}"
+  num_examples = int(getattr(data_config, size_field))
+  if num_examples < 1:
+    raise DataError(f"data.{size_field}={num_examples} must be at least 1")
+  return synthetic.SyntheticSource(
+    num_classes, synthetic_shape(data_config), num_examples, split
+  )
+
+
+def load_split(data_config: ml_collections.ConfigDict, field: str) -> Any:
+  """Returns a random-access source over the split that `data.<field>` names.
+
+  Args:
+    data_config: the `data` config.
+    field: `train_split` or `eval_split`.
+
+  Returns:
+    A source: `len()` and `[index]` giving `{"image": [height, width,
+    channels] uint8, "label": int, ...}` (TFDS examples may hold more keys).
+  """
+  name = check_name(data_config)
+  split = getattr(data_config, field)
+  if name in TFDS_DATASETS:
+    return tfds_sources.load(name, split, data_config.dir, field)
+  if name == "fashion_mnist_idx":
+    return idx.load(data_config.dir, split, field)
+  if name == "digits":
+    return digits.load(split, field)
+  if name == "tiny_imagenet":
+    return tiny_imagenet.load(data_config.dir, split, field)
+  return _synthetic(data_config, field)
+
+
+def describe(data_config: ml_collections.ConfigDict) -> Description:
+  """Returns image shape, class count and split sizes of `data.name`.
+
+  TFDS datasets are described from their metadata; the others from their
+  (cached) index or arrays.
+  """
+  name = check_name(data_config)
+  fields = (TRAIN_FIELD, EVAL_FIELD)
+  if name in TFDS_DATASETS:
+    splits = [(getattr(data_config, f), f) for f in fields]
+    found = tfds_sources.describe(name, splits, data_config.dir)
+    return Description(
+      found.image_shape, found.num_classes, *found.num_examples
+    )
+  if name == "synthetic":
+    train, test = (_synthetic(data_config, f) for f in fields)
+    return Description(
+      train.image_shape, train.num_classes, len(train), len(test)
+    )
+  if name == "tiny_imagenet":
+    train, test = (load_split(data_config, f) for f in fields)
+    num_classes = tiny_imagenet.num_classes(data_config.dir)
+    return Description(
+      tiny_imagenet.IMAGE_SHAPE, num_classes, len(train), len(test)
+    )
+  train, test = (load_split(data_config, f) for f in fields)
+  num_classes = {
+    "fashion_mnist_idx": idx.NUM_CLASSES,
+    "digits": digits.NUM_CLASSES,
+  }[name]
+  return Description(
+    tuple(train.images.shape[1:]), num_classes, len(train), len(test)
+  )

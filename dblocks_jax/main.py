@@ -1,0 +1,83 @@
+"""Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
+--workdir=DIR [--mode=train|eval|memory].
+
+Kept short on purpose: the work is in `train.train_and_evaluate`, which tests
+and notebooks call directly. Bad input ends with one line on stderr and exit
+status 2; a NaN stops the run with exit status 3, naming the step and block.
+"""
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from dblocks_jax.errors import ConfigError, NonFiniteLossError
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+  "config",
+  None,
+  "Config file, e.g. configs/quickstart.py[:smoke].",
+  lock_config=True,
+)
+flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
+flags.DEFINE_enum(
+  "mode",
+  "train",
+  ["train", "eval", "memory"],
+  "train (and evaluate), eval (newest checkpoint), memory.",
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def run(config, workdir: str, mode: str) -> dict:
+  import jax
+
+  from dblocks_jax import memory, metrics, train
+
+  logging.info(
+    "JAX process %d/%d, devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_devices(),
+  )
+  if mode == "train":
+    result = train.train_and_evaluate(config, workdir)
+    print(
+      f"accuracy: {result['accuracy']:.4f} ({result['method']},"
+      f" {result['num_examples']} test examples, workdir {workdir})"
+    )
+  elif mode == "eval":
+    result = train.evaluate_checkpoint(config, workdir)
+    print(
+      f"accuracy: {result['accuracy']:.4f} ({result['method']},"
+      f" step {result['step']}, {result['inference_steps']} steps)"
+    )
+  else:
+    os.makedirs(workdir, exist_ok=True)
+    result = memory.memory_report(config)
+    path = metrics.MetricWriter(workdir).write_json("memory.json", result)
+    print(
+      f"temp bytes block/e2e: {result['temp_ratio_block_over_e2e']:.3f}"
+      f" ({result['block_step']['temp_bytes']:,} /"
+      f" {result['e2e_step']['temp_bytes']:,}); wrote {path}"
+    )
+  return result
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(3)
+
+
+if __name__ == "__main__":
+  app.run(main)

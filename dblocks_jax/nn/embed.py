@@ -1,0 +1,94 @@
+"""Embeddings: patches, positions, noise levels, discrete targets."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dblocks_jax.nn import init
+
+
+def patchify(images: jax.Array, patch_size: int) -> jax.Array:
+  """[batch, H, W, C] -> [batch, (H/p)(W/p), p*p*C], row-major patches."""
+  b, h, w, c = images.shape
+  p = patch_size
+  if h % p or w % p:
+    raise ValueError(f"image {h}x{w} is not divisible by patch size {p}")
+  x = images.reshape(b, h // p, p, w // p, p, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(
+    b, (h // p) * (w // p), p * p * c
+  )
+
+
+class PatchEmbed(nnx.Module):
+  """Non-overlapping patches -> linear projection (= Conv2d kernel=stride=p).
+
+  images: [batch, H, W, C] -> [batch, num_patches, width].
+  """
+
+  def __init__(self, patch_size: int, channels: int, width: int, *, rngs):
+    self.patch_size = patch_size
+    self.proj = init.linear(
+      patch_size * patch_size * channels, width, rngs=rngs
+    )
+
+  def __call__(self, images: jax.Array) -> jax.Array:
+    return self.proj(patchify(images, self.patch_size))
+
+
+def sinusoidal_embedding(t: jax.Array, dim: int, max_period=10000.0):
+  """t: [batch] -> [batch, dim] = [cos(t f), sin(t f)], f = period^(-i/half)."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half) / half)
+  args = t[:, None].astype(jnp.float32) * freqs[None]
+  emb = jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+  if dim % 2:
+    emb = jnp.pad(emb, ((0, 0), (0, 1)))
+  return emb
+
+
+class NoiseLevelEmbedder(nnx.Module):
+  """c_noise: [batch] -> [batch, cond_dim], sinusoid(256) -> MLP (SiLU).
+
+  Weights N(0, 0.02), biases zero, as in the official and DiT embedders.
+  """
+
+  def __init__(self, cond_dim: int, *, frequency_dim: int = 256, rngs):
+    self.frequency_dim = frequency_dim
+    kw = dict(kernel_init=init.NORMAL_002, bias_init=init.ZEROS, rngs=rngs)
+    self.fc1 = nnx.Linear(frequency_dim, cond_dim, **kw)
+    self.fc2 = nnx.Linear(cond_dim, cond_dim, **kw)
+
+  def __call__(self, c_noise: jax.Array) -> jax.Array:
+    h = sinusoidal_embedding(c_noise, self.frequency_dim)
+    return self.fc2(jax.nn.silu(self.fc1(h)))
+
+
+class FixedTable(nnx.Variable):
+  """A non-trainable embedding table (the `independent` sharing mode)."""
+
+
+class TargetTable(nnx.Module):
+  """The table E [num_classes, width] whose rows are the diffusion targets.
+
+  Targets are L2-normalised rows (Dieleman et al. 2022). In the `shared` mode
+  the table is a trained nnx.Param, N(0, 0.02) as in the official code; in the
+  `independent` mode it is a FixedTable drawn from its own seed, so that every
+  block, trained anywhere, diffuses in the same space.
+  """
+
+  def __init__(self, num_classes: int, width: int, *, trainable: bool, rngs):
+    value = init.NORMAL_002(rngs.params(), (num_classes, width), jnp.float32)
+    self.table = nnx.Param(value) if trainable else FixedTable(value)
+
+  def normalized(self) -> jax.Array:
+    """[num_classes, width] rows of unit L2 norm."""
+    table = self.table[...]
+    return table / jnp.maximum(
+      jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-12
+    )
+
+  def __call__(self, labels: jax.Array) -> jax.Array:
+    """labels: [batch] int -> [batch, width] unit-norm targets."""
+    return self.normalized()[labels]

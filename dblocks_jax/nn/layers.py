@@ -1,0 +1,95 @@
+"""The residual transformer layer, with or without AdaLN-Zero conditioning."""
+
+import jax
+from flax import nnx
+
+from dblocks_jax.nn import adaln, attention
+
+
+class TransformerLayer(nnx.Module):
+  """Pre-LN transformer layer; with `cond_dim`, a DiT-style AdaLN-Zero layer.
+
+  Conditioned (the DiffusionBlocks ViT layer):
+    shift1, scale1, gate1, shift2, scale2, gate2 = adaLN(cond)
+    x = x + gate1 * Attn(modulate(LN(x), shift1, scale1))
+    x = x + gate2 * MLP(modulate(LN(x), shift2, scale2))
+  Unconditioned (the plain ViT baseline): the same without modulation.
+  Layer norms are affine, as in the official (HF ViT) layer.
+
+  x: [batch, tokens, width], cond: [batch, cond_dim] -> [batch, tokens, width].
+  """
+
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    mlp_dim: int,
+    *,
+    cond_dim: int | None,
+    dropout: float = 0.0,
+    attention_dropout: float = 0.0,
+    layer_norm_eps: float = 1e-12,
+    modulation: str = "official",
+    rngs: nnx.Rngs,
+  ):
+    self.norm1 = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
+    self.attention = attention.SelfAttention(
+      width,
+      num_heads,
+      attention_dropout=attention_dropout,
+      dropout=dropout,
+      rngs=rngs,
+    )
+    self.norm2 = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
+    self.mlp = attention.Mlp(width, mlp_dim, dropout=dropout, rngs=rngs)
+    self.adaln = (
+      adaln.AdaLNModulation(cond_dim, width, 6, mode=modulation, rngs=rngs)
+      if cond_dim is not None
+      else None
+    )
+
+  def __call__(
+    self,
+    x: jax.Array,
+    cond: jax.Array | None = None,
+    *,
+    mask: jax.Array | None = None,
+    rngs=None,
+  ) -> jax.Array:
+    if self.adaln is None:
+      x = x + self.attention(self.norm1(x), mask=mask, rngs=rngs)
+      return x + self.mlp(self.norm2(x), rngs=rngs)
+    shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(cond)
+    h = adaln.modulate(self.norm1(x), shift1, scale1)
+    x = x + gate1[:, None] * self.attention(h, mask=mask, rngs=rngs)
+    h = adaln.modulate(self.norm2(x), shift2, scale2)
+    return x + gate2[:, None] * self.mlp(h, rngs=rngs)
+
+
+class LayerStack(nnx.Module):
+  """A contiguous group of layers: one DiffusionBlocks block.
+
+  x: [batch, tokens, width] -> [batch, tokens, width].
+  With `remat`, each layer is rematerialised (jax.checkpoint) in backward.
+  """
+
+  def __init__(self, num_layers: int, *, remat: bool = False, rngs, **layer_kw):
+    self.layers = nnx.List(
+      [TransformerLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
+    )
+    self.remat = remat
+
+  def __call__(self, x, cond=None, *, mask=None, rngs=None):
+    for layer in self.layers:
+      if self.remat:
+        # Stateful Rngs cannot cross jax.checkpoint: pass a plain key.
+        key = rngs.dropout() if rngs is not None else None
+        x = nnx.remat(_layer_with_key)(layer, x, cond, mask, key)
+      else:
+        x = layer(x, cond, mask=mask, rngs=rngs)
+    return x
+
+
+def _layer_with_key(layer, x, cond, mask, key):
+  rngs = nnx.Rngs(dropout=key) if key is not None else None
+  return layer(x, cond, mask=mask, rngs=rngs)

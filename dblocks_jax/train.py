@@ -1,0 +1,346 @@
+"""`train_and_evaluate(config, workdir)`: the one trainer.
+
+Reads top to bottom: workdir and config -> data -> model, objective, plan ->
+state (fresh or resumed) -> compiled steps -> loop (block draw, step, logs,
+NaN check, eval, checkpoint) -> final evaluation (`eval.json`).
+
+The workdir is the run: `config.json`, `metrics.jsonl`, `checkpoints/`,
+`eval.json`. Re-running the same command resumes from the newest checkpoint
+(params, optimizer states, step and data-iterator position); a changed block
+topology is refused.
+"""
+
+import collections
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+
+from dblocks_jax import checkpoint, data, evaluate, experiment, metrics
+from dblocks_jax.blockwise import optim, schedule, steps
+from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.errors import (
+  ConfigError,
+  DataError,
+  NonFiniteLossError,
+  TopologyError,
+)
+
+
+def init_state(exp: experiment.Experiment, tx):
+  """-> (graphdefs, state). state is a pytree of arrays:
+
+  {"step": [], "shared": {"params", "opt_state"} or {}, "blocks": [{"params",
+  "opt_state"}] * B, "fixed": {part: state}}. Each group has its own optimizer
+  state and step count.
+  """
+  graphdefs, shared, blocks, fixed = parts_lib.split(exp.model)
+
+  def group(params):
+    return {"params": params, "opt_state": tx.init(params)}
+
+  state = {
+    "step": jnp.zeros((), jnp.int32),
+    "shared": group(shared) if jax.tree.leaves(shared) else {},
+    "blocks": [group(p) for p in blocks],
+    "fixed": fixed,
+  }
+  return graphdefs, state
+
+
+def check_topology(workdir: str, topology: dict, recorded: dict | None):
+  """Refuses to resume a run whose block topology differs from the config."""
+  if recorded is None or recorded == topology:
+    return
+  changed = [
+    f"{k}: {recorded.get(k)} -> {topology.get(k)}"
+    for k in sorted(set(recorded) | set(topology))
+    if recorded.get(k) != topology.get(k)
+  ]
+  raise TopologyError(
+    f"workdir {workdir} holds a run with a different topology"
+    f" ({'; '.join(changed)}); use a new --workdir or the run's config."
+  )
+
+
+def write_config(workdir: str, config, topology: dict) -> None:
+  """Writes config.json, refusing a workdir whose run has another topology."""
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    with open(path) as f:
+      check_topology(workdir, topology, json.load(f).get("topology"))
+  payload = {
+    "config": json.loads(config.to_json_best_effort()),
+    "topology": topology,
+  }
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(payload, f, indent=2)
+  os.replace(tmp, path)
+
+
+def check_data(config, info: data.DatasetInfo) -> None:
+  """The config's declared image shape and classes must match the dataset."""
+  declared = (tuple(config.data.image_shape), config.data.num_classes)
+  actual = (tuple(info.image_shape), info.num_classes)
+  if declared != actual:
+    raise DataError(
+      f"data.image_shape={list(declared[0])} and data.num_classes="
+      f"{declared[1]} do not match dataset {info.name!r}"
+      f" ({list(actual[0])}, {actual[1]} classes); set them to the dataset's."
+    )
+
+
+def check_batch(config) -> None:
+  if config.batch_size % (config.accumulation_steps * jax.process_count()):
+    raise ConfigError(
+      f"batch_size={config.batch_size} must be divisible by"
+      f" accumulation_steps={config.accumulation_steps} x processes"
+      f"={jax.process_count()}."
+    )
+
+
+def _summarise(window: list[tuple[int, int, dict]], blockwise: bool) -> dict:
+  """Means over logged steps, overall and per block."""
+  scalars = collections.defaultdict(list)
+  for _, block, m in window:
+    for name, value in m.items():
+      scalars[name].append(value)
+      if blockwise and name in ("loss", "ce"):
+        scalars[f"{name}/block_{block}"].append(value)
+  return {name: float(np.mean(v)) for name, v in scalars.items()}
+
+
+def _first_non_finite(window):
+  for step, block, m in window:
+    if not np.isfinite(m["loss"]):
+      return step, block
+  return None
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains (or resumes) the run of `config` in `workdir`; returns eval.json."""
+  # ----- Workdir, config and topology -------------------------------------
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  check_batch(config)
+  exp = experiment.build(config)
+  topology = exp.topology(config)
+  info = data.dataset_info(config.data)
+  check_data(config, info)
+  write_config(workdir, config, topology)
+  logging.info("Topology: %s", topology)
+
+  # ----- Data ---------------------------------------------------------------
+  per_process_batch = config.batch_size // jax.process_count()
+  train_iter = data.make_train_iterator(
+    config.data, batch_size=per_process_batch, seed=config.seed
+  )
+
+  # ----- Model, optimizer, state ------------------------------------------
+  tx = optim.make_optimizer(config.optimizer)
+  learning_rate_fn = optim.learning_rate_fn(
+    config.optimizer, config.total_steps
+  )
+  graphdefs, state = init_state(exp, tx)
+  num_params = sum(
+    x.size
+    for x in jax.tree.leaves(
+      [state["shared"].get("params", {})]
+      + [b["params"] for b in state["blocks"]]
+    )
+  )
+  logging.info("Parameters: %d (%s)", num_params, exp.method)
+
+  # ----- Restore --------------------------------------------------------------
+  ckpt = checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"),
+    max_to_keep=config.keep_checkpoints,
+    save_interval_steps=config.checkpoint_every_steps,
+  )
+  if ckpt.latest_step() is not None:
+    check_topology(workdir, topology, ckpt.read_metadata().get("topology"))
+    state, _ = ckpt.restore(state, data_iterator=train_iter)
+    logging.info("Resumed from step %d.", int(state["step"]))
+  start_step = int(state["step"])
+
+  # ----- Steps ----------------------------------------------------------------
+  if exp.blockwise:
+    block_schedule = schedule.BlockSchedule(
+      config.blocks.schedule,
+      exp.plan.num_blocks,
+      tuple(config.blocks.train),
+      seed=config.seed,
+    )
+  step_fns = {}
+
+  def step_fn_for(block: int):
+    """One compiled step per distinct block structure."""
+    key = graphdefs.block_key(block) if exp.blockwise else None
+    if key not in step_fns:
+      if exp.blockwise:
+        loss_fn = steps.make_block_loss(
+          exp.objective,
+          graphdefs,
+          graphdefs.blocks[block],
+          exp.plan.train_ranges,
+          p_mean=config.diffusion.p_mean,
+          p_std=config.diffusion.p_std,
+        )
+      else:
+        loss_fn = steps.make_end_to_end_loss(exp.objective, graphdefs)
+      step_fns[key] = steps.build_train_step(
+        loss_fn,
+        tx,
+        learning_rate_fn,
+        clip_norm=config.optimizer.clip_norm,
+        accumulation_steps=config.accumulation_steps,
+      )
+    return step_fns[key]
+
+  classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
+
+  def run_eval() -> dict:
+    batches = data.make_eval_batches(
+      config.data, batch_size=config.eval_batch_size
+    )
+    result = evaluate.accuracy(
+      classify_fn, state, batches, jax.random.key(config.seed + 1)
+    )
+    result["inference_steps"] = (
+      (config.sampler.num_steps or exp.plan.num_blocks) if exp.blockwise else 1
+    )
+    return result
+
+  # ----- Loop ----------------------------------------------------------------
+  writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
+  progress = metrics.Progress(config.total_steps, start_step)
+  train_key = jax.random.key(config.seed)
+  window: list[tuple[int, int, dict]] = []
+  blocks_ahead = np.zeros(0, np.int64)
+  checked_step = start_step
+
+  def flush_window(step: int) -> None:
+    """Fetches the window's metrics; stops on NaN before anything is saved."""
+    nonlocal window, checked_step
+    fetched = [(s, b, jax.device_get(m)) for s, b, m in window]
+    window = []
+    bad = _first_non_finite(fetched)
+    if bad is not None:
+      writer.flush()
+      raise NonFiniteLossError(
+        f"non-finite loss at step {bad[0]} (block {bad[1]}); the last"
+        f" checkpoint (step {ckpt.latest_step()}) is intact. Lower"
+        " optimizer.learning_rate or set diffusion.max_weight."
+      )
+    checked_step = step
+    if fetched:
+      scalars = _summarise(fetched, exp.blockwise)
+      scalars.update(progress.update(step))
+      writer.write_scalars(step, scalars)
+      logging.info("%s loss %.4f", progress.describe(step), scalars["loss"])
+
+  for step in range(start_step, config.total_steps):
+    if exp.blockwise:
+      if not len(blocks_ahead):
+        blocks_ahead = block_schedule(step, 1000)
+      block, blocks_ahead = int(blocks_ahead[0]), blocks_ahead[1:]
+    else:
+      block = 0
+    batch = jax.tree.map(jnp.asarray, next(train_iter))
+    groups = steps.groups_for_block(
+      state["shared"], state["blocks"][block] if exp.blockwise else None
+    )
+    new_groups, step_metrics = step_fn_for(block)(
+      groups,
+      state["fixed"],
+      batch,
+      jax.random.fold_in(train_key, step),
+      step,
+      block,
+    )
+    if "shared" in new_groups:
+      state["shared"] = new_groups["shared"]
+    if "block" in new_groups:
+      state["blocks"][block] = new_groups["block"]
+    state["step"] = jnp.asarray(step + 1, jnp.int32)
+    window.append((step + 1, block, step_metrics))
+    if step == start_step:
+      logging.info("Compiled and ran the first step (block %d).", block)
+
+    done = step + 1
+    last = done == config.total_steps
+    if done % config.log_every_steps == 0 or last:
+      flush_window(done)
+    if (
+      config.eval_every_steps
+      and done % config.eval_every_steps == 0
+      and not last
+    ):
+      with progress.paused():
+        result = run_eval()
+      writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
+      logging.info("Eval at step %d: %s", done, result)
+    if ckpt.should_save(done) or last:
+      flush_window(done)
+      with progress.paused():
+        ckpt.save(
+          done,
+          state,
+          data_iterator=train_iter,
+          metadata={"topology": topology},
+          force=last,
+        )
+
+  # ----- Final evaluation ----------------------------------------------------
+  ckpt.wait_until_finished()
+  result = run_eval()
+  result.update(step=int(state["step"]), method=exp.method)
+  writer.write_scalars(
+    int(state["step"]),
+    {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))},
+  )
+  writer.write_json("eval.json", result)
+  writer.close()
+  ckpt.close()
+  logging.info("Final eval: %s", result)
+  return result
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """--mode=eval: evaluates the newest checkpoint; writes eval.json."""
+  workdir = os.path.abspath(workdir)
+  exp = experiment.build(config)
+  tx = optim.make_optimizer(config.optimizer)
+  graphdefs, state = init_state(exp, tx)
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+  if ckpt.latest_step() is None:
+    raise ConfigError(
+      f"--mode=eval: no checkpoint in {workdir}/checkpoints; train first"
+      " (--mode=train) or point --workdir at a trained run."
+    )
+  check_topology(
+    workdir, exp.topology(config), ckpt.read_metadata().get("topology")
+  )
+  state, _ = ckpt.restore(state)
+  classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
+  batches = data.make_eval_batches(
+    config.data, batch_size=config.eval_batch_size
+  )
+  result = evaluate.accuracy(
+    classify_fn, state, batches, jax.random.key(config.seed + 1)
+  )
+  result.update(
+    step=int(state["step"]),
+    method=exp.method,
+    inference_steps=(config.sampler.num_steps or exp.plan.num_blocks)
+    if exp.blockwise
+    else 1,
+  )
+  metrics.MetricWriter(workdir).write_json("eval.json", result)
+  ckpt.close()
+  return result

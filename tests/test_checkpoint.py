@@ -1,0 +1,250 @@
+"""Tests of dblocks_jax.checkpoint."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from dblocks_jax import checkpoint, errors
+
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_META = {"num_blocks": 3, "partition": "equiprobable"}
+
+
+class _Model(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.linear = nnx.Linear(3, 4, rngs=rngs)
+    self.norm = nnx.BatchNorm(4, rngs=rngs)
+
+
+def _make_state(seed: int = 0):
+  """A state like the trainer's: nnx.State, optax state, list, step."""
+  model = _Model(nnx.Rngs(seed))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+  opt_state = tx.init(params)
+  block = {"params": params, "rest": rest, "opt": opt_state}
+  return {
+    "blocks": [block, jax.tree.map(lambda x: x + 1, block)],
+    "step": jnp.array(7, jnp.int32),
+  }
+
+
+def _iterator():
+  return iter(grain.MapDataset.range(100).shuffle(seed=1).batch(4))
+
+
+def _iter_dataset_iterator():
+  ds = grain.MapDataset.range(100).shuffle(seed=1).batch(4).to_iter_dataset()
+  return iter(ds)
+
+
+def _assert_trees_equal(a, b):
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert np.asarray(x).dtype == np.asarray(y).dtype
+
+
+def _save_sync(path, steps, **kwargs):
+  ckpt = checkpoint.Checkpointer(path, save_interval_steps=1, **kwargs)
+  state = _make_state()
+  for step in steps:
+    assert ckpt.save(step, state, metadata={**_META, "step": step})
+  ckpt.close()
+  return state
+
+
+def test_round_trip_keeps_types(tmp_path):
+  state = _make_state()
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "ckpt"))
+  assert ckpt.latest_step() is None
+  assert ckpt.save(1000, state, metadata=_META)
+  target = jax.eval_shape(lambda: _make_state(seed=1))
+  restored, meta = ckpt.restore(target)
+  ckpt.close()
+
+  assert meta == _META
+  _assert_trees_equal(restored, state)
+  block = restored["blocks"][1]
+  assert isinstance(block["params"], nnx.State)
+  assert isinstance(block["rest"], nnx.State)
+  assert type(block["opt"]) is type(state["blocks"][1]["opt"])
+  assert isinstance(block["opt"].hyperparams["learning_rate"], jax.Array)
+  assert restored["step"].dtype == jnp.int32
+
+
+def test_restore_into_concrete_arrays(tmp_path):
+  state = _make_state()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_interval_steps=1)
+  ckpt.save(3, state, metadata=_META)
+  restored, _ = ckpt.restore(_make_state(seed=5), step=3)
+  ckpt.close()
+  _assert_trees_equal(restored, state)
+
+
+def test_latest_step_and_max_to_keep(tmp_path):
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [10, 20, 30, 40], max_to_keep=2)
+  ckpt = checkpoint.Checkpointer(path, max_to_keep=2)
+  assert ckpt.latest_step() == 40
+  assert ckpt.all_steps() == [30, 40]
+  assert sorted(os.listdir(path)) == ["30", "40"]
+  assert ckpt.read_metadata()["step"] == 40
+  assert ckpt.read_metadata(30)["step"] == 30
+  assert ckpt.read_metadata(10) is None
+  with pytest.raises(FileNotFoundError, match="step 10"):
+    ckpt.restore(jax.eval_shape(_make_state), step=10)
+  ckpt.close()
+
+
+def test_interval_force_and_duplicates(tmp_path):
+  state = _make_state()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_interval_steps=100)
+  assert ckpt.should_save(200)
+  assert not ckpt.should_save(150)
+  assert not ckpt.save(150, state, metadata=_META)
+  assert ckpt.latest_step() is None
+  assert ckpt.save(200, state, metadata=_META)
+  assert not ckpt.save(200, state, metadata=_META)
+  assert not ckpt.save(200, state, metadata=_META, force=True)
+  assert ckpt.save(250, state, metadata=_META, force=True)
+  assert not ckpt.save(220, state, metadata=_META, force=True)  # Older.
+  ckpt.wait_until_finished()
+  assert ckpt.all_steps() == [200, 250]
+  ckpt.close()
+
+
+def test_metadata_must_be_json(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), save_interval_steps=1)
+  with pytest.raises(TypeError, match="JSON"):
+    ckpt.save(1, _make_state(), metadata={"bad": object()})
+  assert ckpt.latest_step() is None
+  ckpt.close()
+
+
+def test_bad_options():
+  with pytest.raises(errors.ConfigError, match="max_to_keep"):
+    checkpoint.Checkpointer("/tmp/unused", max_to_keep=0)
+  with pytest.raises(errors.ConfigError, match="save_interval_steps"):
+    checkpoint.Checkpointer("/tmp/unused", save_interval_steps=0)
+
+
+def test_read_metadata_without_state(tmp_path):
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [5])
+  ckpt = checkpoint.Checkpointer(path)
+  assert ckpt.read_metadata() == {**_META, "step": 5}
+  ckpt.close()
+  empty = checkpoint.Checkpointer(str(tmp_path / "empty"))
+  assert empty.read_metadata() is None
+  with pytest.raises(FileNotFoundError, match="No checkpoint"):
+    empty.restore(jax.eval_shape(_make_state))
+  empty.close()
+
+
+@pytest.mark.parametrize("make_iterator", [_iter_dataset_iterator, _iterator])
+def test_data_iterator_round_trip(tmp_path, make_iterator):
+  path = str(tmp_path / "ckpt")
+  it = make_iterator()
+  for _ in range(3):
+    next(it)
+  state = _make_state()
+  ckpt = checkpoint.Checkpointer(path, save_interval_steps=1)
+  assert ckpt.save(3, state, data_iterator=it, metadata=_META)
+  expected = next(it)
+  ckpt.close()
+
+  fresh = make_iterator()
+  ckpt = checkpoint.Checkpointer(path)
+  restored, meta = ckpt.restore(
+    jax.eval_shape(_make_state), data_iterator=fresh
+  )
+  np.testing.assert_array_equal(next(fresh), expected)
+  _assert_trees_equal(restored, state)
+  assert meta == _META
+  # The data item is optional when restoring.
+  restored, _ = ckpt.restore(jax.eval_shape(_make_state))
+  _assert_trees_equal(restored, state)
+  ckpt.close()
+
+
+def test_data_iterator_missing_in_checkpoint(tmp_path):
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [1])
+  ckpt = checkpoint.Checkpointer(path)
+  with pytest.raises(errors.ConfigError, match="no data iterator position"):
+    ckpt.restore(jax.eval_shape(_make_state), data_iterator=_iterator())
+  ckpt.close()
+
+
+def test_relative_missing_directory(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  ckpt = checkpoint.Checkpointer(os.path.join("run", "checkpoints"))
+  assert os.path.isabs(ckpt.directory)
+  assert os.path.isdir(tmp_path / "run" / "checkpoints")
+  assert ckpt.save(1, _make_state(), metadata=_META, force=True)
+  ckpt.close()
+  assert os.path.isdir(tmp_path / "run" / "checkpoints" / "1" / "state")
+
+
+def test_unfinished_save_is_ignored(tmp_path):
+  path = str(tmp_path / "ckpt")
+  state = _save_sync(path, [10])
+  # What an interrupted save of step 20 leaves behind.
+  tmp_dir = os.path.join(path, "20.orbax-checkpoint-tmp")
+  os.makedirs(os.path.join(tmp_dir, "state"))
+  with open(os.path.join(tmp_dir, "state", "partial"), "w") as f:
+    f.write("half a checkpoint")
+
+  ckpt = checkpoint.Checkpointer(path, save_interval_steps=10)
+  assert ckpt.latest_step() == 10
+  restored, meta = ckpt.restore(jax.eval_shape(_make_state))
+  _assert_trees_equal(restored, state)
+  assert meta["step"] == 10
+  # Saving step 20 again replaces the leftover.
+  assert ckpt.save(20, state, metadata=_META)
+  ckpt.close()
+  assert sorted(os.listdir(path)) == ["10", "20"]
+
+
+def test_killed_during_save_keeps_previous(tmp_path):
+  """A process killed in the middle of a save, for real."""
+  path = str(tmp_path / "ckpt")
+  script = textwrap.dedent(f"""
+      import os
+      import jax.numpy as jnp
+      from dblocks_jax import checkpoint
+
+      class DiesInSave:
+        def get_state(self):
+          os._exit(3)
+
+      ckpt = checkpoint.Checkpointer({path!r}, save_interval_steps=1)
+      state = {{"w": jnp.arange(1000.0)}}
+      ckpt.save(1, state, metadata={{"step": 1}})
+      ckpt.wait_until_finished()
+      ckpt.save(2, state, data_iterator=DiesInSave(), metadata={{"step": 2}})
+  """)
+  env = dict(os.environ, PYTHONPATH=_REPO_ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, timeout=120
+  )
+  assert proc.returncode == 3, proc.stderr.decode()[-2000:]
+  assert any(".orbax-checkpoint-tmp" in name for name in os.listdir(path))
+
+  ckpt = checkpoint.Checkpointer(path)
+  assert ckpt.latest_step() == 1
+  target = {"w": jax.ShapeDtypeStruct((1000,), jnp.float32)}
+  restored, meta = ckpt.restore(target)
+  np.testing.assert_array_equal(restored["w"], np.arange(1000.0))
+  assert meta == {"step": 1}
+  ckpt.close()
