@@ -85,6 +85,9 @@ def vit_classification(
   # "official": SiLU after each adaLN Linear (the official ViT's quirk);
   # "dit": Linear(SiLU(cond)) as in DiT.
   c.model.modulation = "official"
+  # Where F is read: "label" (the official code: the noisy-label token) or
+  # "cls" (the paper's text: a separate CLS token before it).
+  c.model.readout_token = "label"
   c.model.remat = False  # jax.checkpoint every layer.
   c.model.image_dropout = 0.0  # Zero the image in training, for guidance.
 

@@ -61,6 +61,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     raise ConfigError(
       f"model.name={config.model.name!r} is unknown; choose one of {MODELS}."
     )
+  if config.model.readout_token not in ("label", "cls"):
+    raise ConfigError(
+      f"model.readout_token={config.model.readout_token!r} is unknown;"
+      " choose 'label' (official code) or 'cls' (paper)."
+    )
   image_shape = tuple(config.data.image_shape)
   num_classes = config.data.num_classes
   rngs = nnx.Rngs(params=config.seed)

@@ -6,6 +6,7 @@ and notebooks call directly. Bad input ends with one line on stderr and exit
 status 2; a NaN stops the run with exit status 3, naming the step and block.
 """
 
+import logging as std_logging
 import os
 import sys
 
@@ -29,6 +30,14 @@ flags.DEFINE_enum(
   "train (and evaluate), eval (newest checkpoint), memory.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(std_logging.Filter):
+  """Drops INFO chatter of Orbax and grain; keeps their warnings."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+    return record.levelno >= std_logging.WARNING or not noisy
 
 
 def run(config, workdir: str, mode: str) -> dict:
@@ -69,6 +78,7 @@ def run(config, workdir: str, mode: str) -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
   except ConfigError as e:

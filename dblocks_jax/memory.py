@@ -77,10 +77,17 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
   all_params = [state["shared"].get("params", {})] + [
     b["params"] for b in state["blocks"]
   ]
+  gradient_bytes = _bytes(params)
   return {
     "argument_bytes": int(stats.argument_size_in_bytes),
     "output_bytes": int(stats.output_size_in_bytes),
     "temp_bytes": int(stats.temp_size_in_bytes),
+    # Temporaries minus one gradient per updated parameter: the activations
+    # kept for the backward pass and scratch (an estimate, from the split).
+    "activation_bytes_estimate": max(
+      int(stats.temp_size_in_bytes) - gradient_bytes, 0
+    ),
+    "gradient_bytes": gradient_bytes,
     "alias_bytes": int(stats.alias_size_in_bytes),
     "step_param_bytes": _bytes(params),
     "step_optimizer_state_bytes": _bytes(opt),

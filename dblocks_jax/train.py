@@ -244,60 +244,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       writer.write_scalars(step, scalars)
       logging.info("%s loss %.4f", progress.describe(step), scalars["loss"])
 
-  for step in range(start_step, config.total_steps):
-    if exp.blockwise:
-      if not len(blocks_ahead):
-        blocks_ahead = block_schedule(step, 1000)
-      block, blocks_ahead = int(blocks_ahead[0]), blocks_ahead[1:]
-    else:
-      block = 0
-    batch = jax.tree.map(jnp.asarray, next(train_iter))
-    groups = steps.groups_for_block(
-      state["shared"], state["blocks"][block] if exp.blockwise else None
-    )
-    new_groups, step_metrics = step_fn_for(block)(
-      groups,
-      state["fixed"],
-      batch,
-      jax.random.fold_in(train_key, step),
-      step,
-      block,
-    )
-    if "shared" in new_groups:
-      state["shared"] = new_groups["shared"]
-    if "block" in new_groups:
-      state["blocks"][block] = new_groups["block"]
-    state["step"] = jnp.asarray(step + 1, jnp.int32)
-    window.append((step + 1, block, step_metrics))
-    if step == start_step:
-      logging.info("Compiled and ran the first step (block %d).", block)
+  try:
+    for step in range(start_step, config.total_steps):
+      if exp.blockwise:
+        if not len(blocks_ahead):
+          blocks_ahead = block_schedule(step, 1000)
+        block, blocks_ahead = int(blocks_ahead[0]), blocks_ahead[1:]
+      else:
+        block = 0
+      batch = jax.tree.map(jnp.asarray, next(train_iter))
+      groups = steps.groups_for_block(
+        state["shared"], state["blocks"][block] if exp.blockwise else None
+      )
+      new_groups, step_metrics = step_fn_for(block)(
+        groups,
+        state["fixed"],
+        batch,
+        jax.random.fold_in(train_key, step),
+        step,
+        block,
+      )
+      if "shared" in new_groups:
+        state["shared"] = new_groups["shared"]
+      if "block" in new_groups:
+        state["blocks"][block] = new_groups["block"]
+      state["step"] = jnp.asarray(step + 1, jnp.int32)
+      window.append((step + 1, block, step_metrics))
+      if step == start_step:
+        logging.info("Compiled and ran the first step (block %d).", block)
 
-    done = step + 1
-    last = done == config.total_steps
-    if done % config.log_every_steps == 0 or last:
-      flush_window(done)
-    if (
-      config.eval_every_steps
-      and done % config.eval_every_steps == 0
-      and not last
-    ):
-      with progress.paused():
-        result = run_eval()
-      writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
-      logging.info("Eval at step %d: %s", done, result)
-    if ckpt.should_save(done) or last:
-      flush_window(done)
-      with progress.paused():
-        ckpt.save(
-          done,
-          state,
-          data_iterator=train_iter,
-          metadata={"topology": topology},
-          force=last,
-        )
+      done = step + 1
+      last = done == config.total_steps
+      if done % config.log_every_steps == 0 or last:
+        flush_window(done)
+      if (
+        config.eval_every_steps
+        and done % config.eval_every_steps == 0
+        and not last
+      ):
+        with progress.paused():
+          result = run_eval()
+        writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
+        logging.info("Eval at step %d: %s", done, result)
+      if ckpt.should_save(done) or last:
+        flush_window(done)
+        with progress.paused():
+          ckpt.save(
+            done,
+            state,
+            data_iterator=train_iter,
+            metadata={"topology": topology},
+            force=last,
+          )
+  finally:
+    # An error or NaN must not leave the newest save half written.
+    ckpt.wait_until_finished()
+    writer.flush()
 
   # ----- Final evaluation ----------------------------------------------------
-  ckpt.wait_until_finished()
   result = run_eval()
   result.update(step=int(state["step"]), method=exp.method)
   writer.write_scalars(

@@ -174,7 +174,7 @@ def groups_for_block(
 ) -> dict[str, Mapping]:
   """The groups a step updates: the shared group (if any) and the block."""
   groups = {}
-  if shared is not None and jax.tree.leaves(shared["params"]):
+  if shared and jax.tree.leaves(shared["params"]):
     groups["shared"] = shared
   if block is not None:
     groups["block"] = block

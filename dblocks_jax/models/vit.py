@@ -6,6 +6,12 @@ CLS token; every layer is AdaLN-Zero conditioned on c_noise(sigma); the final
 LayerNorm output at token 0 is the network output F, the denoised embedding is
 D = c_skip z + c_out F, and a final adaLN + linear classifier maps D to logits.
 
+`model.readout_token` switches between the official code ("label": F is read
+at the noisy-label token) and the paper's description ("cls": a separate
+learned CLS token comes first and F is read there). The label token carries
+c_in z, whose norm is about sqrt(width) at every sigma, so the official
+readout must first outgrow that noise; the CLS readout starts clean.
+
 Parts (how the block-wise engine splits the model):
   stem         patch embedding, position embedding, embedding dropout
   noise_embed  sinusoid(c_noise) -> MLP
@@ -29,29 +35,59 @@ from dblocks_jax.nn import adaln, embed, init, layers
 
 
 class ViTStem(nnx.Module):
-  """[batch, H, W, C] images and a first token -> [batch, 1 + P, width]."""
+  """Images and leading tokens -> [batch, cls? + leading + P, width].
+
+  With `cls_token`, a learned CLS token comes first (the baseline, and the
+  paper's description of the DiffusionBlocks ViT); the leading token (the
+  noisy label) follows. Position embeddings cover every token.
+  """
 
   def __init__(
-    self, image_shape, patch_size: int, width: int, *, dropout, rngs
+    self,
+    image_shape,
+    patch_size: int,
+    width: int,
+    *,
+    cls_token: bool,
+    num_leading: int,
+    dropout,
+    rngs,
   ):
     h, w, c = image_shape
     num_patches = (h // patch_size) * (w // patch_size)
     self.patch_embed = embed.PatchEmbed(patch_size, c, width, rngs=rngs)
+    self.cls = (
+      nnx.Param(init.TRUNC_NORMAL_002(rngs.params(), (1, 1, width)))
+      if cls_token
+      else None
+    )
+    num_tokens = num_patches + num_leading + int(cls_token)
     self.position = nnx.Param(
-      init.TRUNC_NORMAL_002(rngs.params(), (1, num_patches + 1, width))
+      init.TRUNC_NORMAL_002(rngs.params(), (1, num_tokens, width))
     )
     self.dropout = nnx.Dropout(dropout)
 
-  def __call__(self, images: jax.Array, first_token: jax.Array, *, rngs=None):
-    """first_token: [batch, width] (noisy label or CLS)."""
-    patches = self.patch_embed(images)
-    tokens = jnp.concatenate([first_token[:, None], patches], axis=1)
+  def __call__(
+    self, images: jax.Array, leading: jax.Array | None = None, *, rngs=None
+  ):
+    """images: [batch, H, W, C]; leading: [batch, n, width] or None."""
+    tokens = self.patch_embed(images)
+    if leading is not None:
+      tokens = jnp.concatenate([leading, tokens], axis=1)
+    if self.cls is not None:
+      cls = jnp.broadcast_to(
+        self.cls[...], (tokens.shape[0], 1, tokens.shape[-1])
+      )
+      tokens = jnp.concatenate([cls, tokens], axis=1)
     tokens = tokens + self.position[...]
     return self.dropout(tokens, rngs=rngs, deterministic=rngs is None)
 
 
 class DiffusionReadout(nnx.Module):
-  """Token 0 -> D (EDM) -> adaLN -> logits (official readout)."""
+  """Token 0 -> D (EDM) -> adaLN -> logits.
+
+  Token 0 is the noisy-label token (official code) or a CLS token (paper).
+  """
 
   def __init__(
     self, width, cond_dim, num_classes, *, layer_norm_eps, modulation, rngs
@@ -86,23 +122,29 @@ class BaselineViT(nnx.Module):
     rngs,
   ):
     m = config.model
-    self.cls = nnx.Param(init.TRUNC_NORMAL_002(rngs.params(), (1, m.width)))
-    self.stem = make_stem(config, image_shape, rngs)
+    self.stem = make_stem(
+      config, image_shape, rngs, cls_token=True, num_leading=0
+    )
     self.layers = make_layers(config, m.num_layers, rngs, conditioned=False)
     self.norm = nnx.LayerNorm(m.width, epsilon=m.layer_norm_eps, rngs=rngs)
     self.head = init.linear(m.width, num_classes, rngs=rngs)
 
   def __call__(self, images: jax.Array, *, rngs=None) -> jax.Array:
     """images: [batch, H, W, C] -> logits [batch, num_classes]."""
-    cls = jnp.broadcast_to(self.cls[...], (images.shape[0], self.cls.shape[-1]))
-    h = self.layers(self.stem(images, cls, rngs=rngs), rngs=rngs)
+    h = self.layers(self.stem(images, rngs=rngs), rngs=rngs)
     return self.head(self.norm(h)[:, 0])
 
 
-def make_stem(config, image_shape, rngs) -> ViTStem:
+def make_stem(config, image_shape, rngs, *, cls_token, num_leading) -> ViTStem:
   m = config.model
   return ViTStem(
-    image_shape, m.patch_size, m.width, dropout=m.dropout, rngs=rngs
+    image_shape,
+    m.patch_size,
+    m.width,
+    cls_token=cls_token,
+    num_leading=num_leading,
+    dropout=m.dropout,
+    rngs=rngs,
   )
 
 
@@ -127,7 +169,13 @@ def make_shell(config, image_shape, num_classes, rngs) -> dict[str, nnx.Module]:
   """The parts outside the layers, minus the target table."""
   m = config.model
   return {
-    "stem": make_stem(config, image_shape, rngs),
+    "stem": make_stem(
+      config,
+      image_shape,
+      rngs,
+      cls_token=m.readout_token == "cls",
+      num_leading=1,
+    ),
     "noise_embed": embed.NoiseLevelEmbedder(
       m.cond_dim, frequency_dim=m.frequency_dim, rngs=rngs
     ),
@@ -171,7 +219,7 @@ def denoise(
     logits: [batch, num_classes], denoised: [batch, width].
   """
   cond = parts["noise_embed"](edm.c_noise(sigma))
-  first = edm.c_in(sigma, sigma_data)[:, None] * z
-  tokens = parts["stem"](images, first, rngs=rngs)
+  noisy_label = edm.c_in(sigma, sigma_data)[:, None, None] * z[:, None]
+  tokens = parts["stem"](images, noisy_label, rngs=rngs)
   tokens = parts["layers"](tokens, cond, rngs=rngs)
   return parts["readout"](tokens, z, sigma, cond, sigma_data=sigma_data)

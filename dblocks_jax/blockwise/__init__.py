@@ -1,0 +1,1 @@
+"""The block-wise engine: plan, schedule, parts, optimizer, steps."""

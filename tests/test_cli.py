@@ -1,0 +1,73 @@
+"""The command line: one-line errors for bad input, and the train command."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = "--config=configs/quickstart.py:smoke"
+
+
+def _main(*args, workdir):
+  return subprocess.run(
+    [sys.executable, "-m", "dblocks_jax.main", *args, f"--workdir={workdir}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    env=dict(os.environ, JAX_PLATFORMS="cpu"),
+  )
+
+
+def _assert_one_line_error(proc, *fragments):
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  assert "Traceback" not in proc.stderr
+  last = proc.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ")
+  for fragment in fragments:
+    assert fragment in last, last
+
+
+@pytest.mark.parametrize(
+  ("override", "fragments"),
+  [
+    ("--config.blocks.num_blocks=4", ["blocks.num_blocks=4", "larger"]),
+    (
+      "--config.blocks.layer_distribution=(1,1,2)",
+      ["blocks.layer_distribution", "sums to 4"],
+    ),
+    ("--config.diffusion.sigma_min=90.0", ["diffusion.sigma_min=90.0"]),
+    ("--config.blocks.gamma=0.7", ["blocks.gamma=0.7", "[0, 0.5]"]),
+    ("--config.data.name=imagenet21k", ["data.name", "imagenet21k"]),
+  ],
+)
+def test_bad_config_is_one_line(tmp_path, override, fragments):
+  _assert_one_line_error(_main(SMOKE, override, workdir=tmp_path), *fragments)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path):
+  proc = _main(
+    "--config=configs/vit_fashion_mnist.py:smoke",
+    "--config.data.name=fashion_mnist_idx",
+    f"--config.data.dir={tmp_path}/nowhere",
+    workdir=tmp_path,
+  )
+  _assert_one_line_error(proc, "apt-get install dataset-fashion-mnist")
+  proc = _main(
+    "--config=configs/vit_cifar100.py:smoke",
+    "--config.data.name=cifar100",
+    f"--config.data.dir={tmp_path}/tfds",
+    workdir=tmp_path,
+  )
+  _assert_one_line_error(proc, "tfds build cifar100 --file_format=array_record")
+
+
+def test_train_then_resume_with_another_b_is_refused(tmp_path):
+  proc = _main(SMOKE, workdir=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith("accuracy: ")
+  assert os.path.exists(tmp_path / "eval.json")
+  proc = _main(SMOKE, "--config.blocks.num_blocks=1", workdir=tmp_path)
+  _assert_one_line_error(proc, "num_blocks: 3 -> 1", "new --workdir")

@@ -1,0 +1,142 @@
+"""The trainer: workdir contents, learning, exact resume, topology, NaN."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from conftest import assert_trees_equal
+
+from dblocks_jax import checkpoint, experiment, memory, metrics, train
+from dblocks_jax.blockwise import optim, steps
+from dblocks_jax.errors import NonFiniteLossError, TopologyError
+
+
+def _synthetic(config, *, classes=4, steps_=12):
+  config.data.name = "synthetic"
+  config.data.num_classes = config.data.synthetic_num_classes = classes
+  config.data.image_shape = config.data.synthetic_image_shape = (8, 8, 1)
+  config.data.crop_padding = 0  # Shifts scramble random prototypes.
+  config.data.flip = False
+  config.total_steps = steps_
+  return config
+
+
+def test_run_writes_the_workdir(smoke_config, tmp_path):
+  result = train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert set(result) >= {"accuracy", "num_examples", "inference_steps"}
+  assert result["num_examples"] == 300 and result["inference_steps"] == 3
+  assert json.loads((tmp_path / "eval.json").read_text()) == result
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["topology"]["num_blocks"] == 3
+  assert saved["config"]["blocks"]["sharing"] == "shared"
+  rows = metrics.read_metrics(str(tmp_path))
+  train_rows = [r for r in rows if "loss" in r]
+  # Every log step, and every checkpoint step (checked for NaN first).
+  assert [r["step"] for r in train_rows] == [4, 6, 8, 12]
+  assert any(k.startswith("ce/block_") for k in train_rows[-1])
+  assert {"steps_per_sec", "eta_seconds", "learning_rate"} <= set(
+    train_rows[-1]
+  )
+  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [
+    6,
+    12,
+  ]
+
+
+@pytest.mark.parametrize("method", ["e2e", "dblocks"])
+def test_learns_a_tiny_task(smoke_config, tmp_path, method):
+  config = _synthetic(smoke_config, steps_=150)
+  config.method = method
+  config.optimizer.learning_rate = 3e-3
+  config.checkpoint_every_steps = 1000
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["accuracy"] > 0.7  # Chance is 0.25.
+
+
+def test_resume_continues_exactly(smoke_config, tmp_path):
+  """6 steps + resume to 12 == 12 steps in one go (params and opt state)."""
+  config = smoke_config
+  config.optimizer.schedule = "constant"  # Independent of total_steps.
+  config.total_steps = 12
+  train.train_and_evaluate(config, str(tmp_path / "once"))
+  config.total_steps = 6
+  train.train_and_evaluate(config, str(tmp_path / "twice"))
+  config.total_steps = 12
+  train.train_and_evaluate(config, str(tmp_path / "twice"))
+
+  def final(path):
+    exp = experiment.build(config)
+    _, target = train.init_state(exp, optim.make_optimizer(config.optimizer))
+    with checkpoint.Checkpointer(str(path / "checkpoints")) as ckpt:
+      return ckpt.restore(target, step=12)[0]
+
+  assert_trees_equal(final(tmp_path / "once"), final(tmp_path / "twice"))
+  rows = metrics.read_metrics(str(tmp_path / "twice"))
+  assert [r["step"] for r in rows if "loss" in r] == [4, 6, 8, 12]
+
+
+def test_changed_topology_is_refused(smoke_config, tmp_path):
+  smoke_config.total_steps = 6
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  smoke_config.blocks.num_blocks = 1
+  with pytest.raises(TopologyError, match=r"num_blocks: 3 -> 1"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  smoke_config.blocks.num_blocks = 3
+  smoke_config.blocks.sharing = "independent"
+  with pytest.raises(TopologyError, match="sharing: shared -> independent"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+
+
+def test_nan_stops_the_run_and_keeps_the_last_checkpoint(
+  smoke_config, tmp_path, monkeypatch
+):
+  real_build = steps.build_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = real_build(*args, **kwargs)
+
+    def wrapped(groups, fixed, batch, key, global_step, block):
+      new, m = step_fn(groups, fixed, batch, key, global_step, block)
+      if global_step >= 8:
+        m = dict(m, loss=m["loss"] * np.nan)
+      return new, m
+
+    return wrapped
+
+  monkeypatch.setattr(steps, "build_train_step", poisoned)
+  with pytest.raises(NonFiniteLossError, match=r"step 9 \(block \d\)"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
+  assert ckpt.all_steps() == [6]
+  ckpt.close()
+  monkeypatch.setattr(steps, "build_train_step", real_build)
+  result = train.train_and_evaluate(smoke_config, str(tmp_path))  # Resumes.
+  assert result["step"] == 12
+
+
+def test_eval_mode_takes_any_number_of_steps(smoke_config, tmp_path):
+  train.train_and_evaluate(smoke_config, str(tmp_path))
+  for num_steps, method in ((3, "euler"), (7, "euler"), (4, "heun")):
+    smoke_config.sampler.num_steps = num_steps
+    smoke_config.sampler.method = method
+    result = train.evaluate_checkpoint(smoke_config, str(tmp_path))
+    assert result["inference_steps"] == num_steps
+    assert 0.0 <= result["accuracy"] <= 1.0 and result["step"] == 12
+  assert os.path.exists(tmp_path / "eval.json")
+
+
+def test_memory_report_splits_the_step(smoke_config):
+  smoke_config.memory.include_remat = False
+  report = memory.memory_report(smoke_config)
+  block, e2e = report["block_step"], report["e2e_step"]
+  for entry in (block, e2e):
+    assert entry["temp_bytes"] > 0 and entry["argument_bytes"] > 0
+    # Adam holds two moments per parameter (plus scalars).
+    assert entry["step_optimizer_state_bytes"] >= 2 * entry["step_param_bytes"]
+  assert block["step_param_count"] < e2e["step_param_count"]
+  assert report["temp_ratio_block_over_e2e"] == pytest.approx(
+    block["temp_bytes"] / e2e["temp_bytes"]
+  )
+  assert jax.default_backend() == report["backend"]
