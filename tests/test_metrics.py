@@ -212,3 +212,19 @@ def test_progress_first_describe():
 )
 def test_format_duration(seconds, expected):
   assert metrics.format_duration(seconds) == expected
+
+
+def test_tensorboard_with_tensorflow_writes_events(tmp_path):
+  if importlib.util.find_spec("tensorflow") is None:
+    pytest.skip("needs the [tensorboard] extra (TensorFlow)")
+  writer = metrics.MetricWriter(str(tmp_path), tensorboard=True)
+  writer.write_scalars(3, {"loss": 0.5})
+  writer.close()
+  events = [
+    name
+    for _, _, files in os.walk(tmp_path / metrics.TENSORBOARD_DIR)
+    for name in files
+    if "tfevents" in name
+  ]
+  assert events
+  assert metrics.read_metrics(str(tmp_path))[0] == {"step": 3, "loss": 0.5}

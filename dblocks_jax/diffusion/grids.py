@@ -33,10 +33,9 @@ def cdf_sigmas(
   q_max = noise.lognormal_cdf(sigma_max, p_mean, p_std)
   if num_steps == 1:
     return np.array([sigma_min])
-  qs = np.linspace(q_max, q_min, num_steps)
-  sigmas = np.array([noise.lognormal_quantile(q, p_mean, p_std) for q in qs])
-  sigmas[0], sigmas[-1] = sigma_max, sigma_min
-  return sigmas
+  qs = np.linspace(q_max, q_min, num_steps)[1:-1]  # Ends are exact below.
+  inner = [noise.lognormal_quantile(q, p_mean, p_std) for q in qs]
+  return np.array([sigma_max, *inner, sigma_min], np.float64)
 
 
 def karras_sigmas(
