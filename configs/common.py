@@ -119,6 +119,9 @@ def vit_classification(
   # The official estimate is softmax(logits) @ E with the RAW table although
   # the targets are normalised rows; True uses the normalised rows.
   c.sampler.normalized_table = False
+  # The denoised estimate between steps: "soft" = softmax(logits) @ table
+  # (official) or "hard" = the argmax class's row.
+  c.sampler.estimate = "soft"
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"

@@ -17,6 +17,7 @@ from dblocks_jax.models import vit
 
 METHODS = ("dblocks", "e2e")
 MODELS = ("vit",)
+ESTIMATES = ("soft", "hard")
 
 
 @dataclasses.dataclass
@@ -66,6 +67,11 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       f"model.readout_token={config.model.readout_token!r} is unknown;"
       " choose 'label' (official code) or 'cls' (paper)."
     )
+  if config.sampler.estimate not in ESTIMATES:
+    raise ConfigError(
+      f"sampler.estimate={config.sampler.estimate!r} is unknown; choose one"
+      f" of {ESTIMATES}."
+    )
   image_shape = tuple(config.data.image_shape)
   num_classes = config.data.num_classes
   rngs = nnx.Rngs(params=config.seed)
@@ -111,6 +117,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     max_weight=d.max_weight,
     image_dropout=config.model.image_dropout,
     normalized_table=config.sampler.normalized_table,
+    estimate=config.sampler.estimate,
   )
   return Experiment(
     "dblocks", BlockwiseModel(shared, blocks, fixed), objective, plan

@@ -582,11 +582,16 @@ def test_classify_routes_every_grid_point(num_steps, method):
   assert np.all(np.abs(logits) > 0)
 
 
-@pytest.mark.parametrize("normalized_table", [False, True])
-def test_classify_euler_uses_softmax_estimate_of_the_target(normalized_table):
+@pytest.mark.parametrize(
+  ("normalized_table", "estimate"),
+  [(False, "soft"), (True, "soft"), (True, "hard")],
+)
+def test_classify_euler_uses_the_configured_estimate(
+  normalized_table, estimate
+):
   recorder = _Recorder(3)
   objective = DiffusionClassification(
-    recorder.denoise, normalized_table=normalized_table
+    recorder.denoise, normalized_table=normalized_table, estimate=estimate
   )
   sigmas = diffusion.cdf_sigmas(5)
   blocks = diffusion.route(sigmas, diffusion.block_boundaries(3))
@@ -610,9 +615,12 @@ def test_classify_euler_uses_softmax_estimate_of_the_target(normalized_table):
     logits = recorder.logits[i].astype(np.float64)
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    estimate = probs @ table
+    if estimate == "hard":  # The row of the argmax class.
+      target = table[np.argmax(logits, -1)]
+    else:
+      target = probs @ table
     ratio = sigmas[i + 1] / sigmas[i]
-    expected = ratio * recorder.states[i] + (1 - ratio) * estimate
+    expected = ratio * recorder.states[i] + (1 - ratio) * target
     np.testing.assert_allclose(
       recorder.states[i + 1], expected, rtol=1e-4, atol=1e-5
     )
