@@ -17,7 +17,7 @@ import ml_collections
 
 from dblocks_jax import experiment
 from dblocks_jax.blockwise import optim, steps
-from dblocks_jax.train import init_state
+from dblocks_jax.train import init_state, make_train_step
 
 
 def _bytes(tree) -> int:
@@ -37,27 +37,11 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
   exp = experiment.build(config)
   tx = optim.make_optimizer(config.optimizer)
   graphdefs, state = init_state(exp, tx)
-  if exp.blockwise:
-    block = 0
-    loss_fn = steps.make_block_loss(
-      exp.objective,
-      graphdefs,
-      graphdefs.blocks[block],
-      exp.plan.train_ranges,
-      p_mean=config.diffusion.p_mean,
-      p_std=config.diffusion.p_std,
-    )
-    groups = steps.groups_for_block(state["shared"], state["blocks"][block])
-  else:
-    loss_fn = steps.make_end_to_end_loss(exp.objective, graphdefs)
-    groups = steps.groups_for_block(state["shared"], None)
-  step_fn = steps.build_train_step(
-    loss_fn,
-    tx,
-    optim.learning_rate_fn(config.optimizer, config.total_steps),
-    clip_norm=config.optimizer.clip_norm,
-    accumulation_steps=config.accumulation_steps,
+  block = 0  # Representative: every block of its shape compiles the same.
+  groups = steps.groups_for_block(
+    state["shared"], state["blocks"][block] if exp.blockwise else None
   )
+  step_fn = make_train_step(exp, graphdefs, config, tx, block)
   h, w, c = config.data.image_shape
   batch = {
     "image": jax.ShapeDtypeStruct((config.batch_size, h, w, c), jnp.float32),

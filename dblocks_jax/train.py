@@ -52,6 +52,45 @@ def init_state(exp: experiment.Experiment, tx):
   return graphdefs, state
 
 
+def make_loss(exp: experiment.Experiment, graphdefs, config, block: int):
+  """The loss of block `block` (block-wise) or of the whole baseline."""
+  if not exp.blockwise:
+    return steps.make_end_to_end_loss(exp.objective, graphdefs)
+  return steps.make_block_loss(
+    exp.objective,
+    graphdefs,
+    graphdefs.blocks[block],
+    exp.plan.train_ranges,
+    p_mean=config.diffusion.p_mean,
+    p_std=config.diffusion.p_std,
+  )
+
+
+def make_train_step(exp, graphdefs, config, tx, block: int, loss_fn=None):
+  """The jitted step of `block` from the config (`loss_fn` overrides)."""
+  return steps.build_train_step(
+    loss_fn or make_loss(exp, graphdefs, config, block),
+    tx,
+    optim.learning_rate_fn(config.optimizer, config.total_steps),
+    clip_norm=config.optimizer.clip_norm,
+    accumulation_steps=config.accumulation_steps,
+  )
+
+
+def evaluate_state(exp, classify_fn, state, config) -> dict:
+  """Test accuracy of `state` with the config's sampler (eval.json fields)."""
+  batches = data.make_eval_batches(
+    config.data, batch_size=config.eval_batch_size
+  )
+  result = evaluate.accuracy(
+    classify_fn, state, batches, jax.random.key(config.seed + 1)
+  )
+  result["inference_steps"] = (
+    (config.sampler.num_steps or exp.plan.num_blocks) if exp.blockwise else 1
+  )
+  return result
+
+
 def check_topology(workdir: str, topology: dict, recorded: dict | None):
   """Refuses to resume a run whose block topology differs from the config."""
   if recorded is None or recorded == topology:
@@ -143,9 +182,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # ----- Model, optimizer, state ------------------------------------------
   tx = optim.make_optimizer(config.optimizer)
-  learning_rate_fn = optim.learning_rate_fn(
-    config.optimizer, config.total_steps
-  )
   graphdefs, state = init_state(exp, tx)
   num_params = sum(
     x.size
@@ -182,39 +218,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """One compiled step per distinct block structure."""
     key = graphdefs.block_key(block) if exp.blockwise else None
     if key not in step_fns:
-      if exp.blockwise:
-        loss_fn = steps.make_block_loss(
-          exp.objective,
-          graphdefs,
-          graphdefs.blocks[block],
-          exp.plan.train_ranges,
-          p_mean=config.diffusion.p_mean,
-          p_std=config.diffusion.p_std,
-        )
-      else:
-        loss_fn = steps.make_end_to_end_loss(exp.objective, graphdefs)
-      step_fns[key] = steps.build_train_step(
-        loss_fn,
-        tx,
-        learning_rate_fn,
-        clip_norm=config.optimizer.clip_norm,
-        accumulation_steps=config.accumulation_steps,
-      )
+      step_fns[key] = make_train_step(exp, graphdefs, config, tx, block)
     return step_fns[key]
 
   classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
 
   def run_eval() -> dict:
-    batches = data.make_eval_batches(
-      config.data, batch_size=config.eval_batch_size
-    )
-    result = evaluate.accuracy(
-      classify_fn, state, batches, jax.random.key(config.seed + 1)
-    )
-    result["inference_steps"] = (
-      (config.sampler.num_steps or exp.plan.num_blocks) if exp.blockwise else 1
-    )
-    return result
+    return evaluate_state(exp, classify_fn, state, config)
 
   # ----- Loop ----------------------------------------------------------------
   writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
@@ -332,19 +342,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   )
   state, _ = ckpt.restore(state)
   classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
-  batches = data.make_eval_batches(
-    config.data, batch_size=config.eval_batch_size
-  )
-  result = evaluate.accuracy(
-    classify_fn, state, batches, jax.random.key(config.seed + 1)
-  )
-  result.update(
-    step=int(state["step"]),
-    method=exp.method,
-    inference_steps=(config.sampler.num_steps or exp.plan.num_blocks)
-    if exp.blockwise
-    else 1,
-  )
+  result = evaluate_state(exp, classify_fn, state, config)
+  result.update(step=int(state["step"]), method=exp.method)
   metrics.MetricWriter(workdir).write_json("eval.json", result)
   ckpt.close()
   return result

@@ -8,11 +8,10 @@ import optax
 import pytest
 from conftest import assert_trees_equal, snapshot
 
-from dblocks_jax import experiment
+from dblocks_jax import experiment, train
 from dblocks_jax.blockwise import optim, schedule, steps
 from dblocks_jax.blockwise import plan as plan_lib
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.train import init_state
 
 
 def _batch(config, size=8, seed=0):
@@ -25,22 +24,10 @@ def _batch(config, size=8, seed=0):
 
 
 def _block_step(exp, graphdefs, config, block, tx, loss_wrapper=None):
-  loss_fn = steps.make_block_loss(
-    exp.objective,
-    graphdefs,
-    graphdefs.blocks[block],
-    exp.plan.train_ranges,
-    p_mean=config.diffusion.p_mean,
-    p_std=config.diffusion.p_std,
-  )
+  loss_fn = train.make_loss(exp, graphdefs, config, block)
   if loss_wrapper is not None:
     loss_fn = loss_wrapper(loss_fn)
-  return steps.build_train_step(
-    loss_fn,
-    tx,
-    optim.learning_rate_fn(config.optimizer, config.total_steps),
-    clip_norm=config.optimizer.clip_norm,
-  )
+  return train.make_train_step(exp, graphdefs, config, tx, block, loss_fn)
 
 
 def _run(step_fn, state, block, batch, step):
@@ -128,7 +115,7 @@ def test_step_changes_only_the_active_block(smoke_config, sharing):
   smoke_config.blocks.sharing = sharing
   exp = experiment.build(smoke_config)
   tx = optim.make_optimizer(smoke_config.optimizer)
-  graphdefs, state = init_state(exp, tx)
+  graphdefs, state = train.init_state(exp, tx)
   step_fn = _block_step(exp, graphdefs, smoke_config, 1, tx)
   before = snapshot(state)
   _run(step_fn, state, 1, _batch(smoke_config), 5)
@@ -155,7 +142,7 @@ def test_step_changes_only_the_active_block(smoke_config, sharing):
 def test_per_block_adam_counts_follow_the_blocks_trained(smoke_config):
   exp = experiment.build(smoke_config)
   tx = optim.make_optimizer(smoke_config.optimizer)
-  graphdefs, state = init_state(exp, tx)
+  graphdefs, state = train.init_state(exp, tx)
   step_fn = _block_step(exp, graphdefs, smoke_config, 0, tx)
   for i, b in enumerate([0, 0, 2, 0]):
     _run(step_fn, state, b, _batch(smoke_config, seed=i), i)
@@ -167,7 +154,7 @@ def test_per_block_adam_counts_follow_the_blocks_trained(smoke_config):
 def test_one_compile_serves_every_equal_block(smoke_config):
   exp = experiment.build(smoke_config)
   tx = optim.make_optimizer(smoke_config.optimizer)
-  graphdefs, state = init_state(exp, tx)
+  graphdefs, state = train.init_state(exp, tx)
   assert graphdefs.block_key(0) == graphdefs.block_key(2)
   traced = lambda f: chex.assert_max_traces(f, n=1)
   step_fn = _block_step(exp, graphdefs, smoke_config, 0, tx, traced)
@@ -183,7 +170,7 @@ def test_uneven_blocks_compile_once_per_shape(smoke_config):
   smoke_config.blocks.layer_distribution = (1, 2, 1)
   exp = experiment.build(smoke_config)
   tx = optim.make_optimizer(smoke_config.optimizer)
-  graphdefs, state = init_state(exp, tx)
+  graphdefs, state = train.init_state(exp, tx)
   assert graphdefs.block_key(0) == graphdefs.block_key(2)
   assert graphdefs.block_key(0) != graphdefs.block_key(1)
   one = _block_step(exp, graphdefs, smoke_config, 0, tx)
@@ -202,7 +189,7 @@ def test_block_loss_ignores_other_blocks_weights(smoke_config):
 
   exp = experiment.build(smoke_config)
   tx = optim.make_optimizer(smoke_config.optimizer)
-  graphdefs, state = init_state(exp, tx)
+  graphdefs, state = train.init_state(exp, tx)
   # Train a little so no output is trivially zero.
   step_fn = _block_step(exp, graphdefs, smoke_config, 0, tx)
   for i in range(6):
