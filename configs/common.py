@@ -1,10 +1,14 @@
-"""Shared config pieces: argument parsing and the ViT classification base.
+"""Shared config pieces: argument parsing, the ViT classification recipe and
+the DiT generation recipe.
 
 Every field a run reads is defined here or in the config file that calls
-`vit_classification`; nothing has a default hidden in code.
+`vit_classification` or `dit_generation`; nothing has a default hidden in
+code.
 """
 
 import ml_collections
+
+from dblocks_jax.models import dit
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -28,6 +32,98 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def _run(c, *, epochs, steps_per_epoch, num_blocks, batch_size):
+  """Run-level fields. Durations count baseline epochs; block-wise runs take
+  B times as many (B x cheaper) steps: the same number of layer evaluations
+  (the official convention, epochs x B and warmup x B)."""
+  c.seed = 42  # The official seed.
+  c.method = "dblocks"  # dblocks | e2e (the end-to-end baseline).
+  c.steps_per_epoch = steps_per_epoch
+  c.epochs = epochs
+  c.total_steps = epochs * steps_per_epoch * num_blocks
+  c.batch_size = batch_size
+  c.accumulation_steps = 1
+  c.eval_batch_size = 500
+  c.log_every_steps = 100
+  c.eval_every_steps = 0  # 0 = only at the end.
+  c.checkpoint_every_steps = 2000
+  c.keep_checkpoints = 2
+  c.tensorboard = False  # Needs the [tensorboard] extra.
+
+
+def _blocks_and_diffusion(c, *, num_blocks):
+  c.blocks = ml_collections.ConfigDict()
+  c.blocks.num_blocks = num_blocks
+  c.blocks.layer_distribution = ()  # () = equal split; e.g. (2, 4, 6).
+  c.blocks.partition = "equiprobable"  # equiprobable | log_uniform | explicit
+  c.blocks.boundaries = ()  # For partition="explicit": B+1 ascending sigmas.
+  c.blocks.gamma = 0.05  # Overlap: log-width fraction added on each side.
+  # How a block draws sigma in its range: "lognormal" (the paper: the
+  # truncated log-normal) or "log_uniform" (every part of the range alike).
+  c.blocks.sigma_sampling = "lognormal"
+  c.blocks.sharing = "shared"  # shared (official) | independent
+  c.blocks.schedule = "uniform"  # uniform (official) | round_robin
+  c.blocks.train = ()  # () = all blocks; (1,) = train only block 1.
+  c.blocks.target_table_seed = 0  # The fixed table of the independent mode.
+
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.sigma_min = 0.002
+  c.diffusion.sigma_max = 80.0
+  c.diffusion.p_mean = -1.2
+  c.diffusion.p_std = 1.2
+  c.diffusion.sigma_data = 0.5
+  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
+
+
+def _sampler(c, *, num_steps, guidance_scale):
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.num_steps = num_steps  # 0 = B evaluations (the ViT default).
+  c.sampler.method = "euler"  # euler | heun
+  c.sampler.grid = "cdf"  # cdf (official) | karras
+  c.sampler.rho = 7.0
+  c.sampler.guidance_scale = guidance_scale  # 1 = no guidance.
+
+
+def _optimizer(
+  c, *, learning_rate, warmup_steps, schedule, weight_decay, clip_norm
+):
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"
+  c.optimizer.learning_rate = learning_rate
+  c.optimizer.min_learning_rate = 5e-5
+  c.optimizer.schedule = schedule  # cosine (to min_learning_rate) | constant
+  c.optimizer.warmup_steps = warmup_steps
+  c.optimizer.weight_decay = weight_decay
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.clip_norm = clip_norm  # Global norm over what a step updates.
+
+
+def _data(c, *, dataset, image_shape, num_classes, normalisation):
+  c.data = ml_collections.ConfigDict()
+  c.data.name = dataset
+  c.data.dir = ""  # "" = the dataset's default location.
+  c.data.image_shape = image_shape
+  c.data.num_classes = num_classes
+  c.data.train_split = "train"
+  c.data.eval_split = "test"
+  # "dataset": (x - mean) / std with the dataset's statistics; "symmetric":
+  # pixels in [-1, 1] (the data space of diffusion models).
+  c.data.normalisation = normalisation
+  c.data.crop_padding = 4
+  c.data.flip = True
+  c.data.random_resized_crop = False
+  c.data.randaugment = False
+  c.data.randaugment_num_ops = 2
+  c.data.randaugment_magnitude = 9
+  c.data.num_workers = 0
+  c.data.synthetic_num_classes = num_classes
+  c.data.synthetic_image_shape = image_shape
+  c.data.synthetic_num_train = 2048
+  c.data.synthetic_num_eval = 256
+
+
 def vit_classification(
   *,
   dataset: str,
@@ -45,28 +141,16 @@ def vit_classification(
   learning_rate: float,
   warmup_epochs: float,
 ) -> ml_collections.ConfigDict:
-  """The DiffusionBlocks ViT recipe (method_spec 2.1, 4) for one dataset.
-
-  Durations are in epochs of the end-to-end baseline; the block-wise run takes
-  B times as many (B x cheaper) steps, so both see the same number of layer
-  evaluations (the official convention, epochs x B and warmup x B).
-  """
+  """The DiffusionBlocks ViT recipe (method_spec 2.1, 4) for one dataset."""
   c = ml_collections.ConfigDict()
-  c.seed = 42  # The official seed.
-  c.method = "dblocks"  # dblocks | e2e (the end-to-end baseline).
-
   steps_per_epoch = num_train // batch_size  # drop_last, as the official.
-  c.steps_per_epoch = steps_per_epoch
-  c.epochs = epochs
-  c.total_steps = epochs * steps_per_epoch * num_blocks
-  c.batch_size = batch_size
-  c.accumulation_steps = 1
-  c.eval_batch_size = 500
-  c.log_every_steps = 100
-  c.eval_every_steps = 0  # 0 = only at the end.
-  c.checkpoint_every_steps = 2000
-  c.keep_checkpoints = 2
-  c.tensorboard = False  # Needs the [tensorboard] extra.
+  _run(
+    c,
+    epochs=epochs,
+    steps_per_epoch=steps_per_epoch,
+    num_blocks=num_blocks,
+    batch_size=batch_size,
+  )
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "vit"
@@ -91,71 +175,117 @@ def vit_classification(
   c.model.remat = False  # jax.checkpoint every layer.
   c.model.image_dropout = 0.0  # Zero the image in training, for guidance.
 
-  c.blocks = ml_collections.ConfigDict()
-  c.blocks.num_blocks = num_blocks
-  c.blocks.layer_distribution = ()  # () = equal split; e.g. (2, 4, 6).
-  c.blocks.partition = "equiprobable"  # equiprobable | log_uniform | explicit
-  c.blocks.boundaries = ()  # For partition="explicit": B+1 ascending sigmas.
-  c.blocks.gamma = 0.05  # Overlap: log-width fraction added on each side.
-  c.blocks.sharing = "shared"  # shared (official) | independent
-  c.blocks.schedule = "uniform"  # uniform (official) | round_robin
-  c.blocks.train = ()  # () = all blocks; (1,) = train only block 1.
-  c.blocks.target_table_seed = 0  # The fixed table of the independent mode.
-
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.sigma_min = 0.002
-  c.diffusion.sigma_max = 80.0
-  c.diffusion.p_mean = -1.2
-  c.diffusion.p_std = 1.2
-  c.diffusion.sigma_data = 0.5
-  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
-
-  c.sampler = ml_collections.ConfigDict()
-  c.sampler.num_steps = 0  # 0 = B evaluations (official default).
-  c.sampler.method = "euler"  # euler | heun
-  c.sampler.grid = "cdf"  # cdf (official) | karras
-  c.sampler.rho = 7.0
-  c.sampler.guidance_scale = 1.0  # 1 = no classifier-free guidance.
+  _blocks_and_diffusion(c, num_blocks=num_blocks)
+  _sampler(c, num_steps=0, guidance_scale=1.0)
   # The official estimate is softmax(logits) @ E with the RAW table although
   # the targets are normalised rows; True uses the normalised rows.
   c.sampler.normalized_table = False
   # The denoised estimate between steps: "soft" = softmax(logits) @ table
   # (official) or "hard" = the argmax class's row.
   c.sampler.estimate = "soft"
-
-  c.optimizer = ml_collections.ConfigDict()
-  c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = learning_rate
-  c.optimizer.min_learning_rate = 5e-5
-  c.optimizer.schedule = "cosine"  # cosine (to min_learning_rate) | constant
-  c.optimizer.warmup_steps = int(warmup_epochs * steps_per_epoch * num_blocks)
-  c.optimizer.weight_decay = 0.01
-  c.optimizer.b1 = 0.9
-  c.optimizer.b2 = 0.999
-  c.optimizer.eps = 1e-8
-  c.optimizer.clip_norm = 1.0  # Global norm over what the step updates.
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = dataset
-  c.data.dir = ""  # "" = the dataset's default location.
-  c.data.image_shape = image_shape
-  c.data.num_classes = num_classes
-  c.data.train_split = "train"
-  c.data.eval_split = "test"
-  c.data.crop_padding = 4
-  c.data.flip = True
-  c.data.random_resized_crop = False
-  c.data.randaugment = False
-  c.data.randaugment_num_ops = 2
-  c.data.randaugment_magnitude = 9
-  c.data.num_workers = 0
-  c.data.synthetic_num_classes = num_classes
-  c.data.synthetic_image_shape = image_shape
-  c.data.synthetic_num_train = 2048
-  c.data.synthetic_num_eval = 256
-
+  _optimizer(
+    c,
+    learning_rate=learning_rate,
+    warmup_steps=int(warmup_epochs * steps_per_epoch * num_blocks),
+    schedule="cosine",
+    weight_decay=0.01,
+    clip_norm=1.0,
+  )
+  _data(
+    c,
+    dataset=dataset,
+    image_shape=image_shape,
+    num_classes=num_classes,
+    normalisation="dataset",
+  )
   c.memory = ml_collections.ConfigDict()
   c.memory.include_remat = True  # Also report both steps with jax.checkpoint.
+  return c
+
+
+def set_dit_variant(c: ml_collections.ConfigDict, variant: str) -> None:
+  """Sets model.variant and its layers, width, heads and patch ("L/2")."""
+  layers, width, heads, patch = dit.parse_variant(variant)
+  c.model.variant = variant.removeprefix("DiT-")
+  c.model.num_layers, c.model.width, c.model.num_heads = layers, width, heads
+  c.model.patch_size = patch
+
+
+def dit_generation(
+  *,
+  dataset: str,
+  image_shape: tuple[int, int, int],
+  num_classes: int,
+  num_train: int,
+  variant: str,
+  num_blocks: int,
+  epochs: int,
+  batch_size: int,
+  learning_rate: float,
+) -> ml_collections.ConfigDict:
+  """The DiffusionBlocks DiT recipe (method_spec 2.2; DiT's train.py).
+
+  EDM with the paper's noise settings; AdamW with DiT's constant learning
+  rate, no weight decay and no clipping; 10% label dropout; 50 Euler steps
+  with guidance 2.0. EMA, which DiT uses, is not part of this recipe yet.
+  """
+  c = ml_collections.ConfigDict()
+  _run(
+    c,
+    epochs=epochs,
+    steps_per_epoch=num_train // batch_size,
+    num_blocks=num_blocks,
+    batch_size=batch_size,
+  )
+  c.eval_batch_size = 250
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "dit"
+  set_dit_variant(c, variant)
+  c.model.mlp_ratio = 4
+  c.model.frequency_dim = 256
+  # Reference default: 2 C output channels (DiT's learned variance), of which
+  # EDM uses C; keeps the reference's parameter count and checkpoints.
+  c.model.learn_sigma = True
+  c.model.label_dropout = 0.1  # Null-class training, for guidance.
+  c.model.remat = False  # jax.checkpoint every layer.
+
+  _blocks_and_diffusion(c, num_blocks=num_blocks)
+  _sampler(c, num_steps=50, guidance_scale=2.0)
+  _optimizer(
+    c,
+    learning_rate=learning_rate,
+    warmup_steps=0,
+    schedule="constant",
+    weight_decay=0.0,
+    clip_norm=0.0,
+  )
+  _data(
+    c,
+    dataset=dataset,
+    image_shape=image_shape,
+    num_classes=num_classes,
+    normalisation="symmetric",
+  )
+  c.data.crop_padding = 0  # DiT: horizontal flips only.
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.num_samples = 10_000
+  # "classifier": features of an end-to-end ViT trained by this project on
+  # the same data (eval.classifier_workdir); "none": sample, no FID.
+  c.eval.feature_network = "classifier"
+  c.eval.classifier_workdir = ""
+  c.eval.reference_split = "test"
+  c.eval.reference_cache_dir = ""  # "" = <workdir>/fid_reference.
+
+  c.sample = ml_collections.ConfigDict()  # --mode=sample
+  c.sample.num_samples = 100
+  c.sample.labels = ()  # () = cycle through the classes.
+  c.sample.columns = 0  # 0 = one column per class.
+  c.sample.seed = 0
+
+  c.memory = ml_collections.ConfigDict()
+  c.memory.include_remat = True
   return c
 
 
@@ -185,5 +315,32 @@ def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:
   c.optimizer.warmup_steps = 2
   if not keep_data:
     c.data.name = "synthetic"
+    c.data.synthetic_num_train = 256
+    c.data.synthetic_num_eval = 64
+
+
+def as_dit_smoke(c: ml_collections.ConfigDict, *, keep_data=False) -> None:
+  """A tiny DiT: seconds on a CPU, synthetic data of a small shape."""
+  c.model.variant = "smoke"
+  c.model.num_layers = 3
+  c.model.width = 32
+  c.model.num_heads = 2
+  c.model.frequency_dim = 32
+  c.model.patch_size = 4
+  c.blocks.num_blocks = 3
+  c.blocks.layer_distribution = ()
+  c.total_steps = 12
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 6
+  c.sampler.num_steps = 6
+  c.eval.num_samples = 64
+  c.eval.feature_network = "none"
+  c.sample.num_samples = 20
+  if not keep_data:
+    c.data.name = "synthetic"
+    c.data.image_shape = (16, 16, c.data.image_shape[-1])
+    c.data.synthetic_image_shape = c.data.image_shape
     c.data.synthetic_num_train = 256
     c.data.synthetic_num_eval = 64

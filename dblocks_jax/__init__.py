@@ -10,7 +10,7 @@ inference the blocks run in order as the steps of a sampler.
   result = db.train_and_evaluate(config, workdir)    # the trainer
 """
 
-from dblocks_jax import diffusion, errors, nn, objectives
+from dblocks_jax import diffusion, errors, evaluate, models, nn, objectives
 from dblocks_jax.blockwise.optim import learning_rate_fn, make_optimizer
 from dblocks_jax.blockwise.parts import BlockwiseModel, GraphDefs, merge, split
 from dblocks_jax.blockwise.plan import BlockPlan, layer_distribution
@@ -25,47 +25,62 @@ from dblocks_jax.blockwise.steps import (
 from dblocks_jax.experiment import Experiment
 from dblocks_jax.experiment import build as build_experiment
 from dblocks_jax.memory import memory_report
-from dblocks_jax.models import vit
+from dblocks_jax.models import dit, vae, vit
+from dblocks_jax.models.vae import AutoencoderKL, VAEConfig
+from dblocks_jax.models.vae_weights import load_vae, save_vae
 from dblocks_jax.models.vit import BaselineViT
 from dblocks_jax.objectives import (
   DiffusionClassification,
+  DiffusionGeneration,
   EndToEndClassification,
 )
+from dblocks_jax.state import init_state, restore_run
 from dblocks_jax.train import (
   evaluate_checkpoint,
-  init_state,
+  sample_checkpoint,
   train_and_evaluate,
 )
 
 __version__ = "0.1.0"
 
 __all__ = [
+  "AutoencoderKL",
   "BaselineViT",
   "BlockPlan",
   "BlockSchedule",
   "BlockwiseModel",
   "DiffusionClassification",
+  "DiffusionGeneration",
   "EndToEndClassification",
   "Experiment",
   "GraphDefs",
+  "VAEConfig",
   "block_plan_from_config",
   "build_experiment",
   "build_train_step",
   "diffusion",
+  "dit",
   "errors",
+  "evaluate",
   "evaluate_checkpoint",
   "groups_for_block",
   "init_state",
   "layer_distribution",
   "learning_rate_fn",
+  "load_vae",
   "make_block_loss",
   "make_end_to_end_loss",
   "make_optimizer",
   "memory_report",
   "merge",
+  "models",
   "nn",
   "objectives",
+  "restore_run",
+  "sample_checkpoint",
+  "save_vae",
   "split",
   "train_and_evaluate",
+  "vae",
   "vit",
 ]

@@ -4,6 +4,7 @@ The one place that knows which model family serves which `model.name`; the
 trainer, the memory report and the evaluator all start here.
 """
 
+import copy
 import dataclasses
 
 import ml_collections
@@ -13,11 +14,12 @@ from dblocks_jax import objectives
 from dblocks_jax.blockwise import plan as plan_lib
 from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.models import vit
+from dblocks_jax.models import dit, vit
 
 METHODS = ("dblocks", "e2e")
-MODELS = ("vit",)
+MODELS = ("vit", "dit")
 ESTIMATES = ("soft", "hard")
+TASKS = {"vit": "classification", "dit": "generation"}
 
 
 @dataclasses.dataclass
@@ -28,17 +30,21 @@ class Experiment:
     method: "dblocks" (block-wise) or "e2e" (the end-to-end baseline).
     model: the NNX modules by part and group.
     objective: the loss and the inference procedure.
-    plan: the block plan (None for the baseline).
+    plan: the block plan. None for a baseline trained without noise (the ViT
+      classifier); a one-block plan for a diffusion baseline (DiT at B=1).
+    task: "classification" or "generation".
   """
 
   method: str
   model: BlockwiseModel
   objective: object
   plan: plan_lib.BlockPlan | None
+  task: str = "classification"
 
   @property
   def blockwise(self) -> bool:
-    return self.method == "dblocks"
+    """Trained through the block engine (sigma ranges, routed sampling)."""
+    return self.plan is not None
 
   def topology(self, config) -> dict:
     """The run's topology, which a resumed run must not change."""
@@ -52,30 +58,58 @@ class Experiment:
     return topology
 
 
+def _choice(value, choices, field: str, hint: str = "") -> None:
+  if value not in choices:
+    raise ConfigError(
+      f"{field}={value!r} is unknown; choose one of {tuple(choices)}{hint}."
+    )
+
+
 def build(config: ml_collections.ConfigDict) -> Experiment:
   """Builds the experiment of `config.method` and `config.model.name`."""
-  if config.method not in METHODS:
-    raise ConfigError(
-      f"method={config.method!r} is unknown; choose one of {METHODS}."
-    )
-  if config.model.name not in MODELS:
-    raise ConfigError(
-      f"model.name={config.model.name!r} is unknown; choose one of {MODELS}."
-    )
-  if config.model.readout_token not in ("label", "cls"):
-    raise ConfigError(
-      f"model.readout_token={config.model.readout_token!r} is unknown;"
-      " choose 'label' (official code) or 'cls' (paper)."
-    )
-  if config.sampler.estimate not in ESTIMATES:
-    raise ConfigError(
-      f"sampler.estimate={config.sampler.estimate!r} is unknown; choose one"
-      f" of {ESTIMATES}."
-    )
+  _choice(config.method, METHODS, "method")
+  _choice(config.model.name, MODELS, "model.name")
+  if config.model.name == "dit":
+    return _build_dit(config)
+  return _build_vit(config)
+
+
+def _blockwise_parts(config, plan, make_shell, make_layers, make_fixed=None):
+  """(shared, blocks, fixed) for the config's sharing mode.
+
+  shared: one shell (stem, embedders, readout) trained with every block.
+  independent: every block owns a shell, seeded per block; a discrete target
+  space (`make_fixed`) is a fixed table from its own seed.
+  """
+  if config.blocks.sharing == "shared":
+    rngs = nnx.Rngs(params=config.seed)
+    shared = make_shell(rngs)
+    blocks = [{"layers": make_layers(n, rngs)} for n in plan.layers_per_block]
+    return shared, blocks, {}
+  fixed = {}
+  if make_fixed is not None:
+    fixed = make_fixed(nnx.Rngs(params=config.blocks.target_table_seed))
+  blocks = []
+  for b, n in enumerate(plan.layers_per_block):
+    rngs = nnx.Rngs(params=config.seed + 1000 * (b + 1))
+    parts = make_shell(rngs)
+    parts["layers"] = make_layers(n, rngs)
+    blocks.append(parts)
+  return {}, blocks, fixed
+
+
+def _build_vit(config) -> Experiment:
+  _choice(
+    config.model.readout_token,
+    ("label", "cls"),
+    "model.readout_token",
+    " ('label' = official code, 'cls' = paper)",
+  )
+  _choice(config.sampler.estimate, ESTIMATES, "sampler.estimate")
   image_shape = tuple(config.data.image_shape)
   num_classes = config.data.num_classes
-  rngs = nnx.Rngs(params=config.seed)
   if config.method == "e2e":
+    rngs = nnx.Rngs(params=config.seed)
     model = BlockwiseModel(
       shared={
         "model": vit.BaselineViT(config, image_shape, num_classes, rngs=rngs)
@@ -86,30 +120,27 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     return Experiment("e2e", model, objectives.EndToEndClassification(), None)
 
   plan = plan_lib.from_config(config)
-  if config.blocks.sharing == "shared":
-    shared = vit.make_shell(config, image_shape, num_classes, rngs)
-    shared["targets"] = vit.make_targets(
-      config, num_classes, trainable=True, rngs=rngs
-    )
-    blocks = [
-      {"layers": vit.make_layers(config, n, rngs)}
-      for n in plan.layers_per_block
-    ]
-    fixed = {}
-  else:  # independent: every block owns its stem and readout.
-    table_rngs = nnx.Rngs(params=config.blocks.target_table_seed)
-    fixed = {
-      "targets": vit.make_targets(
-        config, num_classes, trainable=False, rngs=table_rngs
+  shared_mode = config.blocks.sharing == "shared"
+
+  def make_shell(rngs):
+    shell = vit.make_shell(config, image_shape, num_classes, rngs)
+    if shared_mode:
+      shell["targets"] = vit.make_targets(
+        config, num_classes, trainable=True, rngs=rngs
       )
-    }
-    shared = {}
-    blocks = []
-    for b, n in enumerate(plan.layers_per_block):
-      block_rngs = nnx.Rngs(params=config.seed + 1000 * (b + 1))
-      parts = vit.make_shell(config, image_shape, num_classes, block_rngs)
-      parts["layers"] = vit.make_layers(config, n, block_rngs)
-      blocks.append(parts)
+    return shell
+
+  def make_fixed(rngs):
+    targets = vit.make_targets(config, num_classes, trainable=False, rngs=rngs)
+    return {"targets": targets}
+
+  shared, blocks, fixed = _blockwise_parts(
+    config,
+    plan,
+    make_shell,
+    lambda n, rngs: vit.make_layers(config, n, rngs),
+    make_fixed,
+  )
   d = config.diffusion
   objective = objectives.DiffusionClassification(
     denoise=vit.denoise,
@@ -122,3 +153,47 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   return Experiment(
     "dblocks", BlockwiseModel(shared, blocks, fixed), objective, plan
   )
+
+
+def _one_block_plan(config) -> plan_lib.BlockPlan:
+  """The diffusion baseline's plan: one block of all layers, full range."""
+  single = copy.deepcopy(config)
+  with single.unlocked():
+    single.blocks.num_blocks = 1
+    single.blocks.layer_distribution = ()
+    single.blocks.partition = "equiprobable"
+    single.blocks.boundaries = ()
+    single.blocks.sharing = "shared"
+  return plan_lib.from_config(single)
+
+
+def _build_dit(config) -> Experiment:
+  image_shape = tuple(config.data.image_shape)
+  num_classes = config.data.num_classes
+  if config.method == "e2e":
+    plan = _one_block_plan(config)
+  else:
+    plan = plan_lib.from_config(config)
+  shared, blocks, fixed = _blockwise_parts(
+    config if config.method == "dblocks" else _shared_only(config),
+    plan,
+    lambda rngs: dit.make_shell(config, image_shape, num_classes, rngs),
+    lambda n, rngs: dit.make_layers(config, n, rngs),
+  )
+  d = config.diffusion
+  objective = objectives.DiffusionGeneration(
+    denoise=dit.denoise,
+    num_classes=num_classes,
+    sigma_data=d.sigma_data,
+    max_weight=d.max_weight,
+    label_dropout=config.model.label_dropout,
+  )
+  model = BlockwiseModel(shared, blocks, fixed)
+  return Experiment(config.method, model, objective, plan, task="generation")
+
+
+def _shared_only(config):
+  single = copy.deepcopy(config)
+  with single.unlocked():
+    single.blocks.sharing = "shared"
+  return single

@@ -1,5 +1,5 @@
 """Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
---workdir=DIR [--mode=train|eval|memory].
+--workdir=DIR [--mode=train|eval|sample|memory].
 
 Kept short on purpose: the work is in `train.train_and_evaluate`, which tests
 and notebooks call directly. Bad input ends with one line on stderr and exit
@@ -26,8 +26,9 @@ flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "memory"],
-  "train (and evaluate), eval (newest checkpoint), memory.",
+  ["train", "eval", "sample", "memory"],
+  "train (and evaluate), eval (newest checkpoint), sample (a generator's"
+  " newest checkpoint: PNG grid and .npz), memory (compiled step memory).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -53,15 +54,16 @@ def run(config, workdir: str, mode: str) -> dict:
   )
   if mode == "train":
     result = train.train_and_evaluate(config, workdir)
-    print(
-      f"accuracy: {result['accuracy']:.4f} ({result['method']},"
-      f" {result['num_examples']} test examples, workdir {workdir})"
-    )
+    print(describe(result, workdir))
   elif mode == "eval":
     result = train.evaluate_checkpoint(config, workdir)
+    print(describe(result, workdir))
+  elif mode == "sample":
+    result = train.sample_checkpoint(config, workdir)
     print(
-      f"accuracy: {result['accuracy']:.4f} ({result['method']},"
-      f" step {result['step']}, {result['inference_steps']} steps)"
+      f"samples: {result['num_samples']} at step {result['step']}"
+      f" ({result['inference_steps']} {result['sampler']} steps, guidance"
+      f" {result['guidance_scale']}); wrote {result['png']} and {result['npz']}"
     )
   else:
     os.makedirs(workdir, exist_ok=True)
@@ -73,6 +75,27 @@ def run(config, workdir: str, mode: str) -> dict:
       f" {result['e2e_step']['temp_bytes']:,}); wrote {path}"
     )
   return result
+
+
+def describe(result: dict, workdir: str) -> str:
+  """The one line a run prints about its final evaluation."""
+  where = f"{result['method']}, step {result['step']}, workdir {workdir}"
+  if "accuracy" in result:
+    return (
+      f"accuracy: {result['accuracy']:.4f} ({where},"
+      f" {result['num_examples']} test examples,"
+      f" {result['inference_steps']} inference steps)"
+    )
+  line = (
+    f"{result['num_samples']} samples, {result['inference_steps']}"
+    f" {result['sampler']} steps, guidance {result['guidance_scale']}"
+  )
+  if "fid" in result:
+    return (
+      f"fid: {result['fid']:.3f} ({where}, {line},"
+      f" {result['feature_network']} features vs {result['split']} split)"
+    )
+  return f"sampled ({where}, {line}; eval.feature_network='none': no FID)"
 
 
 def main(argv):

@@ -22,34 +22,10 @@ from absl import logging
 
 from dblocks_jax import checkpoint, data, evaluate, experiment, metrics
 from dblocks_jax.blockwise import optim, schedule, steps
-from dblocks_jax.blockwise import parts as parts_lib
-from dblocks_jax.errors import (
-  ConfigError,
-  DataError,
-  NonFiniteLossError,
-  TopologyError,
-)
-
-
-def init_state(exp: experiment.Experiment, tx):
-  """-> (graphdefs, state). state is a pytree of arrays:
-
-  {"step": [], "shared": {"params", "opt_state"} or {}, "blocks": [{"params",
-  "opt_state"}] * B, "fixed": {part: state}}. Each group has its own optimizer
-  state and step count.
-  """
-  graphdefs, shared, blocks, fixed = parts_lib.split(exp.model)
-
-  def group(params):
-    return {"params": params, "opt_state": tx.init(params)}
-
-  state = {
-    "step": jnp.zeros((), jnp.int32),
-    "shared": group(shared) if jax.tree.leaves(shared) else {},
-    "blocks": [group(p) for p in blocks],
-    "fixed": fixed,
-  }
-  return graphdefs, state
+from dblocks_jax.data.info import normalisation
+from dblocks_jax.errors import ConfigError, DataError, NonFiniteLossError
+from dblocks_jax.evaluate import features
+from dblocks_jax.state import check_topology, init_state, restore_run
 
 
 def make_loss(exp: experiment.Experiment, graphdefs, config, block: int):
@@ -63,6 +39,7 @@ def make_loss(exp: experiment.Experiment, graphdefs, config, block: int):
     exp.plan.train_ranges,
     p_mean=config.diffusion.p_mean,
     p_std=config.diffusion.p_std,
+    sigma_sampling=config.blocks.sigma_sampling,
   )
 
 
@@ -91,19 +68,27 @@ def evaluate_state(exp, classify_fn, state, config) -> dict:
   return result
 
 
-def check_topology(workdir: str, topology: dict, recorded: dict | None):
-  """Refuses to resume a run whose block topology differs from the config."""
-  if recorded is None or recorded == topology:
-    return
-  changed = [
-    f"{k}: {recorded.get(k)} -> {topology.get(k)}"
-    for k in sorted(set(recorded) | set(topology))
-    if recorded.get(k) != topology.get(k)
-  ]
-  raise TopologyError(
-    f"workdir {workdir} holds a run with a different topology"
-    f" ({'; '.join(changed)}); use a new --workdir or the run's config."
-  )
+def make_evaluator(exp, graphdefs, config, workdir: str):
+  """`evaluate(state) -> eval.json fields`: accuracy, or samples and FID."""
+  if exp.task == "generation":
+    sample_fn = evaluate.make_sample_fn(exp, graphdefs, config)
+    feature_network = features.from_config(config)
+    cache_dir = config.eval.reference_cache_dir or os.path.join(
+      workdir, "fid_reference"
+    )
+    return lambda state: evaluate.evaluate_samples(
+      exp, sample_fn, feature_network, state, config, cache_dir=cache_dir
+    )
+  classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
+  return lambda state: evaluate_state(exp, classify_fn, state, config)
+
+
+def _numeric(result: dict) -> dict:
+  return {
+    f"eval/{k}": v
+    for k, v in result.items()
+    if isinstance(v, (int, float)) and not isinstance(v, bool)
+  }
 
 
 def write_config(workdir: str, config, topology: dict) -> None:
@@ -149,7 +134,7 @@ def _summarise(window: list[tuple[int, int, dict]], blockwise: bool) -> dict:
   for _, block, m in window:
     for name, value in m.items():
       scalars[name].append(value)
-      if blockwise and name in ("loss", "ce"):
+      if blockwise and name in ("loss", "ce", "mse"):
         scalars[f"{name}/block_{block}"].append(value)
   return {name: float(np.mean(v)) for name, v in scalars.items()}
 
@@ -221,10 +206,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       step_fns[key] = make_train_step(exp, graphdefs, config, tx, block)
     return step_fns[key]
 
-  classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
+  evaluator = make_evaluator(exp, graphdefs, config, workdir)
 
   def run_eval() -> dict:
-    return evaluate_state(exp, classify_fn, state, config)
+    return evaluator(state)
 
   # ----- Loop ----------------------------------------------------------------
   writer = metrics.MetricWriter(workdir, tensorboard=config.tensorboard)
@@ -294,7 +279,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ):
         with progress.paused():
           result = run_eval()
-        writer.write_scalars(done, {f"eval/{k}": v for k, v in result.items()})
+        writer.write_scalars(done, _numeric(result))
         logging.info("Eval at step %d: %s", done, result)
       if ckpt.should_save(done) or last:
         flush_window(done)
@@ -314,10 +299,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ----- Final evaluation ----------------------------------------------------
   result = run_eval()
   result.update(step=int(state["step"]), method=exp.method)
-  writer.write_scalars(
-    int(state["step"]),
-    {f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))},
-  )
+  writer.write_scalars(int(state["step"]), _numeric(result))
   writer.write_json("eval.json", result)
   writer.close()
   ckpt.close()
@@ -328,22 +310,64 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   """--mode=eval: evaluates the newest checkpoint; writes eval.json."""
   workdir = os.path.abspath(workdir)
-  exp = experiment.build(config)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdefs, state = init_state(exp, tx)
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
-  if ckpt.latest_step() is None:
-    raise ConfigError(
-      f"--mode=eval: no checkpoint in {workdir}/checkpoints; train first"
-      " (--mode=train) or point --workdir at a trained run."
-    )
-  check_topology(
-    workdir, exp.topology(config), ckpt.read_metadata().get("topology")
-  )
-  state, _ = ckpt.restore(state)
-  classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
-  result = evaluate_state(exp, classify_fn, state, config)
+  exp, graphdefs, state = restore_run(config, workdir)
+  result = make_evaluator(exp, graphdefs, config, workdir)(state)
   result.update(step=int(state["step"]), method=exp.method)
   metrics.MetricWriter(workdir).write_json("eval.json", result)
-  ckpt.close()
   return result
+
+
+def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """--mode=sample: images from the newest checkpoint of a generator.
+
+  Writes `samples/step_<N>.png` (a grid, one column per class by default)
+  and `samples/step_<N>.npz` (`images` uint8 [n, H, W, C], `labels` [n], and
+  the sampler settings). The same config and seed give the same images.
+  """
+  workdir = os.path.abspath(workdir)
+  exp, graphdefs, state = restore_run(config, workdir)
+  if exp.task != "generation":
+    raise ConfigError(
+      f"--mode=sample needs a generator (model.name='dit'); this config"
+      f" trains a {config.model.name} classifier. Use --mode=eval."
+    )
+  sample_fn = evaluate.make_sample_fn(exp, graphdefs, config)
+  s = config.sample
+  labels = (
+    np.asarray(s.labels, np.int32)
+    if len(s.labels)
+    else evaluate.generation.class_labels(
+      s.num_samples, config.data.num_classes
+    )
+  )
+  images = evaluate.generate(
+    sample_fn,
+    state,
+    labels,
+    jax.random.key(s.seed),
+    batch_size=min(config.eval_batch_size, len(labels)),
+  )
+  mean, std = normalisation(config.data)
+  pixels = evaluate.to_pixels(images, mean, std)
+  step = int(state["step"])
+  out_dir = os.path.join(workdir, "samples")
+  os.makedirs(out_dir, exist_ok=True)
+  stem = os.path.join(out_dir, f"step_{step}")
+  sampler = {
+    "inference_steps": int(config.sampler.num_steps or exp.plan.num_blocks),
+    "sampler": config.sampler.method,
+    "guidance_scale": float(config.sampler.guidance_scale),
+    "seed": int(s.seed),
+  }
+  np.savez(stem + ".npz", images=pixels, labels=labels, **sampler)
+  columns = s.columns or min(len(labels), config.data.num_classes)
+  evaluate.generation.save_png(
+    evaluate.image_grid(pixels, columns), stem + ".png"
+  )
+  return {
+    "png": stem + ".png",
+    "npz": stem + ".npz",
+    "num_samples": int(len(labels)),
+    "step": step,
+    **sampler,
+  }

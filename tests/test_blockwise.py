@@ -257,3 +257,64 @@ def test_clipping_uses_the_global_norm_and_the_global_step():
   # Clipped to norm ~1, learning rate 0.1 * (4 + 1) = 0.5 -> |update| = 0.5.
   norm = float(jnp.linalg.norm(new["g"]["params"]["w"]))
   assert norm == pytest.approx(0.5, rel=1e-4)
+
+
+class _SigmaSpy:
+  """An objective that records the sigmas a block loss draws."""
+
+  def __init__(self):
+    self.sigmas = []
+
+  def loss(self, parts, batch, sigma, key, *, train=True):
+    self.sigmas.append(sigma)
+    return jnp.zeros(()), {}
+
+
+@pytest.mark.parametrize("sampling", ["lognormal", "log_uniform"])
+def test_block_loss_draws_sigma_in_the_block_range(smoke_config, sampling):
+  exp = experiment.build(smoke_config)
+  graphdefs, state = train.init_state(
+    exp, optim.make_optimizer(smoke_config.optimizer)
+  )
+  spy = _SigmaSpy()
+  loss_fn = steps.make_block_loss(
+    spy,
+    graphdefs,
+    graphdefs.blocks[0],
+    exp.plan.train_ranges,
+    p_mean=-1.2,
+    p_std=1.2,
+    sigma_sampling=sampling,
+  )
+  params = {
+    "shared": state["shared"]["params"],
+    "block": state["blocks"][0]["params"],
+  }
+  batch = {"label": jnp.zeros(20_000, jnp.int32)}
+  loss_fn(params, {}, batch, jax.random.key(0), 0)
+  sigma = np.asarray(spy.sigmas[0])
+  lo, hi = exp.plan.train_ranges[0]
+  assert sigma.min() >= np.float32(lo) and sigma.max() <= np.float32(hi)
+  # Block 0's range [0.39, 80]: the log-normal puts ~2% above sigma = 5,
+  # log-uniform sampling about half.
+  expected = (
+    0.023 if sampling == "lognormal" else np.log(hi / 5) / np.log(hi / lo)
+  )
+  assert np.mean(sigma > 5.0) == pytest.approx(expected, abs=0.01)
+
+
+def test_unknown_sigma_sampling_is_refused(smoke_config):
+  exp = experiment.build(smoke_config)
+  graphdefs, _ = train.init_state(
+    exp, optim.make_optimizer(smoke_config.optimizer)
+  )
+  with pytest.raises(ConfigError, match="blocks.sigma_sampling='uniform'"):
+    steps.make_block_loss(
+      _SigmaSpy(),
+      graphdefs,
+      graphdefs.blocks[0],
+      exp.plan.train_ranges,
+      p_mean=-1.2,
+      p_std=1.2,
+      sigma_sampling="uniform",
+    )

@@ -263,6 +263,19 @@ def test_truncated_lognormal_is_reproducible_per_key():
   assert np.all((a >= np.float32(0.1)) & (a <= 1.0))
 
 
+def test_log_uniform_sampling_is_uniform_in_log_sigma():
+  lo, hi = 0.392, 80.0
+  sample = jax.jit(diffusion.sample_log_uniform, static_argnums=1)
+  sigma = np.asarray(sample(jax.random.key(0), (_NUM_SAMPLES,), lo, hi))
+  assert sigma.min() >= np.float32(lo) and sigma.max() <= np.float32(hi)
+  u = np.sort((np.log(sigma) - np.log(lo)) / (np.log(hi) - np.log(lo)))
+  steps = np.arange(1, len(u) + 1) / len(u)
+  assert np.max(np.abs(steps - u)) < 0.01  # Kolmogorov-Smirnov to U(0, 1).
+  # Half of block 0's samples lie above sigma = 5 (the log-normal: ~2%).
+  expected = np.log(hi / 5.0) / np.log(hi / lo)
+  assert np.mean(sigma > 5.0) == pytest.approx(expected, abs=0.01)
+
+
 # ----------------------------------------------------------------------- EDM
 
 

@@ -15,6 +15,9 @@ import optax
 
 from dblocks_jax import diffusion
 from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.errors import ConfigError
+
+SIGMA_SAMPLINGS = ("lognormal", "log_uniform")
 
 LossFn = Callable[..., tuple[jax.Array, dict]]
 
@@ -121,12 +124,13 @@ def make_block_loss(
   *,
   p_mean: float,
   p_std: float,
+  sigma_sampling: str = "lognormal",
 ) -> LossFn:
   """The DiffusionBlocks loss of one block, for `build_train_step`.
 
   Draws sigma per example from the log-normal truncated to the (widened)
-  training range of the traced `block_index`, then calls
-  `objective.loss(parts, batch, sigma, key, train=True)`.
+  training range of the traced `block_index` (or log-uniformly in it), then
+  calls `objective.loss(parts, batch, sigma, key, train=True)`.
 
   Args:
     objective: a diffusion objective (e.g. DiffusionClassification).
@@ -135,7 +139,13 @@ def make_block_loss(
     train_ranges: [B, 2] (lo, hi) per layer block.
     p_mean: mean of ln(sigma).
     p_std: standard deviation of ln(sigma).
+    sigma_sampling: "lognormal" (the paper) or "log_uniform" within the range.
   """
+  if sigma_sampling not in SIGMA_SAMPLINGS:
+    raise ConfigError(
+      f"blocks.sigma_sampling={sigma_sampling!r} is unknown; choose one of"
+      f" {SIGMA_SAMPLINGS}."
+    )
   ranges = jnp.asarray(train_ranges, jnp.float32)
 
   def loss_fn(params, fixed, batch, key, block_index):
@@ -147,9 +157,12 @@ def make_block_loss(
     sigma_key, key = jax.random.split(key)
     batch_size = jax.tree.leaves(batch)[0].shape[0]
     lo, hi = ranges[block_index, 0], ranges[block_index, 1]
-    sigma = diffusion.sample_truncated_lognormal(
-      sigma_key, (batch_size,), lo, hi, p_mean, p_std
-    )
+    if sigma_sampling == "log_uniform":
+      sigma = diffusion.sample_log_uniform(sigma_key, (batch_size,), lo, hi)
+    else:
+      sigma = diffusion.sample_truncated_lognormal(
+        sigma_key, (batch_size,), lo, hi, p_mean, p_std
+      )
     return objective.loss(parts, batch, sigma, key, train=True)
 
   return loss_fn

@@ -5,6 +5,7 @@ import dataclasses
 import ml_collections
 
 from dblocks_jax.data import sources
+from dblocks_jax.errors import ConfigError
 
 # Per-channel mean and standard deviation of the train pixels, in [0, 1] units.
 _STATS = {
@@ -16,6 +17,7 @@ _STATS = {
   "digits": ((0.3058,), (0.3759,)),
   "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+NORMALISATIONS = ("dataset", "symmetric")
 _SYNTHETIC_MEAN = 0.5
 _SYNTHETIC_STD = 0.25
 
@@ -46,8 +48,21 @@ class DatasetInfo:
 def normalisation(
   data_config: ml_collections.ConfigDict,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
-  """Returns (mean, std) per channel for `data.name`, reading no data."""
+  """Returns (mean, std) per channel, reading no data.
+
+  `data.normalisation` "dataset" (default) uses the statistics of
+  `data.name`; "symmetric" maps pixels to [-1, 1] (mean 0.5, std 0.5), the
+  data space of diffusion models (DiT, EDM).
+  """
   name = sources.check_name(data_config)
+  kind = data_config.get("normalisation", "dataset")
+  if kind not in NORMALISATIONS:
+    raise ConfigError(
+      f"data.normalisation={kind!r} is unknown; choose one of {NORMALISATIONS}."
+    )
+  if kind == "symmetric":
+    channels = int(data_config.image_shape[-1])
+    return (0.5,) * channels, (0.5,) * channels
   if name == "synthetic":
     channels = sources.synthetic_shape(data_config)[-1]
     return (_SYNTHETIC_MEAN,) * channels, (_SYNTHETIC_STD,) * channels

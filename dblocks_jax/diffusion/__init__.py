@@ -18,6 +18,7 @@ from dblocks_jax.diffusion.grids import (
 from dblocks_jax.diffusion.noise import (
   lognormal_cdf,
   lognormal_quantile,
+  sample_log_uniform,
   sample_truncated_lognormal,
 )
 from dblocks_jax.diffusion.partition import (
@@ -54,6 +55,7 @@ __all__ = [
   "loss_weight",
   "route",
   "sample",
+  "sample_log_uniform",
   "sample_truncated_lognormal",
   "sigma_grid",
   "training_ranges",

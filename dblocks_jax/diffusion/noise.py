@@ -61,3 +61,20 @@ def sample_truncated_lognormal(
   x = special.ndtri(u)
   x = jnp.where(mirrored, -x, x)
   return jnp.clip(jnp.exp(p_mean + p_std * x), lo, hi)
+
+
+def sample_log_uniform(
+  key: jax.Array,
+  shape: tuple[int, ...],
+  lo: jax.Array | float,
+  hi: jax.Array | float,
+) -> jax.Array:
+  """Draws sigma with ln(sigma) uniform on [ln lo, ln hi] (may be traced).
+
+  Not the paper's distribution: an option (`blocks.sigma_sampling`) that
+  gives every part of a block's range the same share of its training.
+  """
+  log_lo = jnp.log(jnp.asarray(lo, jnp.float32))
+  log_hi = jnp.log(jnp.asarray(hi, jnp.float32))
+  u = jax.random.uniform(key, shape)
+  return jnp.clip(jnp.exp(log_lo + u * (log_hi - log_lo)), lo, hi)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dblocks_jax import diffusion
 from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.evaluate.routing import parts_for_block_fn, sampler_grid
 
 
 def make_classify_fn(experiment, graphdefs, config):
@@ -27,25 +27,12 @@ def make_classify_fn(experiment, graphdefs, config):
 
     return jax.jit(classify_baseline)
 
-  plan, s, d = experiment.plan, config.sampler, config.diffusion
-  num_steps = s.num_steps or plan.num_blocks
-  sigmas = diffusion.sigma_grid(
-    s.grid, num_steps, d.sigma_min, d.sigma_max, d.p_mean, d.p_std, s.rho
-  )
-  blocks = plan.route(sigmas)
+  sigmas, blocks = sampler_grid(experiment, config)
+  s = config.sampler
 
   def classify(state, images, key):
-    shared = state["shared"]["params"] if state["shared"] else {}
-
-    def parts_for_block(b):
-      return {
-        **parts_lib.merge(graphdefs.fixed, state["fixed"]),
-        **parts_lib.merge(graphdefs.shared, shared),
-        **parts_lib.merge(graphdefs.blocks[b], state["blocks"][b]["params"]),
-      }
-
     return experiment.objective.classify(
-      parts_for_block,
+      parts_for_block_fn(graphdefs, state),
       images,
       key,
       sigmas=sigmas,

@@ -1,6 +1,15 @@
-"""Model families: ViT classification (DiT and LMs follow)."""
+"""Model families: ViT classification, DiT generation (LMs follow), and the
+SD VAE for latent diffusion."""
 
-from dblocks_jax.models import vit
+from dblocks_jax.models import dit, vae, vae_weights, vit
 from dblocks_jax.models.vit import BaselineViT, DiffusionReadout, ViTStem
 
-__all__ = ["BaselineViT", "DiffusionReadout", "ViTStem", "vit"]
+__all__ = [
+  "BaselineViT",
+  "DiffusionReadout",
+  "ViTStem",
+  "dit",
+  "vae",
+  "vae_weights",
+  "vit",
+]

@@ -129,10 +129,14 @@ class BaselineViT(nnx.Module):
     self.norm = nnx.LayerNorm(m.width, epsilon=m.layer_norm_eps, rngs=rngs)
     self.head = init.linear(m.width, num_classes, rngs=rngs)
 
+  def features(self, images: jax.Array, *, rngs=None) -> jax.Array:
+    """images: [batch, H, W, C] -> [batch, width], the head's input."""
+    h = self.layers(self.stem(images, rngs=rngs), rngs=rngs)
+    return self.norm(h)[:, 0]
+
   def __call__(self, images: jax.Array, *, rngs=None) -> jax.Array:
     """images: [batch, H, W, C] -> logits [batch, num_classes]."""
-    h = self.layers(self.stem(images, rngs=rngs), rngs=rngs)
-    return self.head(self.norm(h)[:, 0])
+    return self.head(self.features(images, rngs=rngs))
 
 
 def make_stem(config, image_shape, rngs, *, cls_token, num_leading) -> ViTStem:

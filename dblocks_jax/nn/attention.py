@@ -20,13 +20,15 @@ class SelfAttention(nnx.Module):
     *,
     attention_dropout: float,
     dropout: float,
+    kernel_init=init.TRUNC_NORMAL_002,
     rngs: nnx.Rngs,
   ):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by {num_heads} heads")
     self.num_heads = num_heads
-    self.qkv = init.linear(width, 3 * width, rngs=rngs)
-    self.out = init.linear(width, width, rngs=rngs)
+    kw = dict(kernel_init=kernel_init, rngs=rngs)
+    self.qkv = init.linear(width, 3 * width, **kw)
+    self.out = init.linear(width, width, **kw)
     self.attention_dropout = nnx.Dropout(attention_dropout)
     self.dropout = nnx.Dropout(dropout)
 
@@ -48,13 +50,26 @@ class SelfAttention(nnx.Module):
 
 
 class Mlp(nnx.Module):
-  """Linear -> GELU (exact) -> Linear -> dropout. [..., width] -> same."""
+  """Linear -> GELU -> Linear -> dropout. [..., width] -> same.
 
-  def __init__(self, width: int, hidden: int, *, dropout: float, rngs):
-    self.fc1 = init.linear(width, hidden, rngs=rngs)
-    self.fc2 = init.linear(hidden, width, rngs=rngs)
+  GELU is exact (ViT) or the tanh approximation (DiT) with `gelu_approximate`.
+  """
+
+  def __init__(
+    self,
+    width: int,
+    hidden: int,
+    *,
+    dropout: float,
+    gelu_approximate: bool = False,
+    kernel_init=init.TRUNC_NORMAL_002,
+    rngs,
+  ):
+    self.fc1 = init.linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
+    self.fc2 = init.linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
     self.dropout = nnx.Dropout(dropout)
+    self.gelu_approximate = gelu_approximate
 
   def __call__(self, x: jax.Array, *, rngs=None) -> jax.Array:
-    h = jax.nn.gelu(self.fc1(x), approximate=False)
+    h = jax.nn.gelu(self.fc1(x), approximate=self.gelu_approximate)
     return self.dropout(self.fc2(h), rngs=rngs, deterministic=rngs is None)

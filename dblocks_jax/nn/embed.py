@@ -21,16 +21,61 @@ def patchify(images: jax.Array, patch_size: int) -> jax.Array:
   )
 
 
+def unpatchify(tokens: jax.Array, patch_size: int, height: int, width: int):
+  """Inverse of `patchify`: [batch, (H/p)(W/p), p*p*C] -> [batch, H, W, C]."""
+  b, _, d = tokens.shape
+  p = patch_size
+  c = d // (p * p)
+  x = tokens.reshape(b, height // p, width // p, p, p, c)
+  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, height, width, c)
+
+
+def sincos_position_embedding_2d(grid_size: int, width: int) -> jax.Array:
+  """DiT's fixed 2-D sin-cos position embedding: [grid_size**2, width].
+
+  Token t = row * grid_size + col. The first half of the channels encodes the
+  column and the second half the row (the reference's meshgrid order), each
+  as [sin(pos w), cos(pos w)] with w = 10000^(-k / (width / 4)).
+  """
+  if width % 4:
+    raise ValueError(f"width {width} must be divisible by 4")
+  quarter = width // 4
+  omega = 1.0 / 10000.0 ** (jnp.arange(quarter, dtype=jnp.float32) / quarter)
+  rows, cols = jnp.meshgrid(
+    jnp.arange(grid_size, dtype=jnp.float32),
+    jnp.arange(grid_size, dtype=jnp.float32),
+    indexing="ij",
+  )
+
+  def encode(pos):
+    args = pos.reshape(-1)[:, None] * omega[None]
+    return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+  return jnp.concatenate([encode(cols), encode(rows)], axis=-1)
+
+
 class PatchEmbed(nnx.Module):
   """Non-overlapping patches -> linear projection (= Conv2d kernel=stride=p).
 
-  images: [batch, H, W, C] -> [batch, num_patches, width].
+  images: [batch, H, W, C] -> [batch, num_patches, width]. The kernel is
+  [p*p*C, width], so Xavier init gets the reference conv's fans.
   """
 
-  def __init__(self, patch_size: int, channels: int, width: int, *, rngs):
+  def __init__(
+    self,
+    patch_size: int,
+    channels: int,
+    width: int,
+    *,
+    kernel_init=init.TRUNC_NORMAL_002,
+    rngs,
+  ):
     self.patch_size = patch_size
     self.proj = init.linear(
-      patch_size * patch_size * channels, width, rngs=rngs
+      patch_size * patch_size * channels,
+      width,
+      kernel_init=kernel_init,
+      rngs=rngs,
     )
 
   def __call__(self, images: jax.Array) -> jax.Array:
@@ -63,6 +108,28 @@ class NoiseLevelEmbedder(nnx.Module):
   def __call__(self, c_noise: jax.Array) -> jax.Array:
     h = sinusoidal_embedding(c_noise, self.frequency_dim)
     return self.fc2(jax.nn.silu(self.fc1(h)))
+
+
+class LabelEmbedder(nnx.Module):
+  """Class labels -> [batch, width], N(0, 0.02) rows (DiT's LabelEmbedder).
+
+  With `null_class` the table has one extra row, index `num_classes`, the
+  "no label" input of classifier-free guidance; the objective swaps labels
+  for it (label dropout).
+  """
+
+  def __init__(self, num_classes: int, width: int, *, null_class: bool, rngs):
+    self.num_classes = num_classes
+    rows = num_classes + int(null_class)
+    self.table = nnx.Param(init.NORMAL_002(rngs.params(), (rows, width)))
+
+  @property
+  def has_null_class(self) -> bool:
+    return self.table.shape[0] > self.num_classes
+
+  def __call__(self, labels: jax.Array) -> jax.Array:
+    """labels: [batch] int in [0, num_classes] -> [batch, width]."""
+    return self.table[...][labels]
 
 
 class FixedTable(nnx.Variable):

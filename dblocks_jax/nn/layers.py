@@ -3,7 +3,7 @@
 import jax
 from flax import nnx
 
-from dblocks_jax.nn import adaln, attention
+from dblocks_jax.nn import adaln, attention, init
 
 
 class TransformerLayer(nnx.Module):
@@ -14,7 +14,8 @@ class TransformerLayer(nnx.Module):
     x = x + gate1 * Attn(modulate(LN(x), shift1, scale1))
     x = x + gate2 * MLP(modulate(LN(x), shift2, scale2))
   Unconditioned (the plain ViT baseline): the same without modulation.
-  Layer norms are affine, as in the official (HF ViT) layer.
+  Layer norms are affine, as in the official (HF ViT) layer; DiT's are not
+  (`norm_affine=False`), and DiT uses tanh-GELU and Xavier-uniform weights.
 
   x: [batch, tokens, width], cond: [batch, cond_dim] -> [batch, tokens, width].
   """
@@ -30,18 +31,35 @@ class TransformerLayer(nnx.Module):
     attention_dropout: float = 0.0,
     layer_norm_eps: float = 1e-12,
     modulation: str = "official",
+    norm_affine: bool = True,
+    gelu_approximate: bool = False,
+    kernel_init=init.TRUNC_NORMAL_002,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
+    norm = dict(
+      epsilon=layer_norm_eps,
+      use_bias=norm_affine,
+      use_scale=norm_affine,
+      rngs=rngs,
+    )
+    self.norm1 = nnx.LayerNorm(width, **norm)
     self.attention = attention.SelfAttention(
       width,
       num_heads,
       attention_dropout=attention_dropout,
       dropout=dropout,
+      kernel_init=kernel_init,
       rngs=rngs,
     )
-    self.norm2 = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
-    self.mlp = attention.Mlp(width, mlp_dim, dropout=dropout, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(width, **norm)
+    self.mlp = attention.Mlp(
+      width,
+      mlp_dim,
+      dropout=dropout,
+      gelu_approximate=gelu_approximate,
+      kernel_init=kernel_init,
+      rngs=rngs,
+    )
     self.adaln = (
       adaln.AdaLNModulation(cond_dim, width, 6, mode=modulation, rngs=rngs)
       if cond_dim is not None

@@ -4,5 +4,10 @@ from dblocks_jax.objectives.classification import (
   DiffusionClassification,
   EndToEndClassification,
 )
+from dblocks_jax.objectives.generation import DiffusionGeneration
 
-__all__ = ["DiffusionClassification", "EndToEndClassification"]
+__all__ = [
+  "DiffusionClassification",
+  "DiffusionGeneration",
+  "EndToEndClassification",
+]

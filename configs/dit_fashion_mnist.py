@@ -1,0 +1,45 @@
+"""DiT on Fashion-MNIST from the local IDX files (dataset-fashion-mnist).
+
+DiT-S/4 by default (12 layers, width 384, 6 heads, patch 4: 49 tokens on
+28x28 grey images), B=3 (4 layers each), gamma 0.05, AdamW 1e-4 constant,
+batch 128, 10% label dropout; 50 Euler steps with guidance 2.0. Durations
+count baseline epochs; the block-wise run takes B x the steps (the same
+number of layer evaluations).
+
+  apt-get install dataset-fashion-mnist
+  python -m dblocks_jax.main --config=configs/vit_fashion_mnist.py:e2e --workdir=runs/fm_e2e
+  python -m dblocks_jax.main --config=configs/dit_fashion_mnist.py --workdir=runs/dit_fm \\
+    --config.eval.classifier_workdir=runs/fm_e2e
+  python -m dblocks_jax.main --config=configs/dit_fashion_mnist.py --workdir=runs/dit_fm --mode=sample
+
+FID is measured in the feature space of the end-to-end ViT classifier of
+`vit_fashion_mnist.py:e2e` (eval.classifier_workdir), against the test split.
+
+Arguments: smoke, e2e, variant=S/4 (any of S, B, L, XL with patch 2, 4, 8),
+epochs=N (baseline epochs; default 50), tfds (read TFDS fashion_mnist).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(
+    arg, smoke=False, e2e=False, variant="S/4", epochs=50, tfds=False
+  )
+  c = common.dit_generation(
+    dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
+    image_shape=(28, 28, 1),
+    num_classes=10,
+    num_train=60_000,
+    variant=args.variant,
+    num_blocks=3,
+    epochs=args.epochs,
+    batch_size=128,
+    learning_rate=1e-4,
+  )
+  c.log_every_steps = 200
+  if args.smoke:
+    common.as_dit_smoke(c)
+  if args.e2e:
+    common.as_end_to_end(c)
+  return c
