@@ -319,6 +319,44 @@ def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:
     c.data.synthetic_num_eval = 64
 
 
+def latent_encoding(
+  c: ml_collections.ConfigDict,
+  *,
+  images: str,
+  image_size: int,
+  num_classes: int,
+  splits: tuple[str, ...],
+) -> None:
+  """`--mode=encode`: which images become the latent dataset in data.dir."""
+  c.data.name = "latents"
+  c.data.normalisation = "dataset"  # Latents are used as stored.
+  c.encode = ml_collections.ConfigDict()
+  # The image dataset to encode (any data.name that yields images).
+  holder = ml_collections.ConfigDict()
+  _data(
+    holder,
+    dataset=images,
+    image_shape=(image_size, image_size, 3),
+    num_classes=num_classes,
+    normalisation="dataset",
+  )
+  c.encode.images = holder.data
+  c.encode.splits = splits
+  c.encode.image_size = image_size
+  c.encode.flip = True  # Also encode the mirror image (DiT trains on flips).
+  c.encode.shard_size = 10_000
+  c.encode.batch_size = 32
+  # diffusion_pytorch_model.safetensors of stabilityai/sd-vae-ft-ema; also
+  # decodes samples in --mode=sample.
+  c.encode.vae_weights = ""
+  c.encode.vae = ml_collections.ConfigDict()  # AutoencoderKL (SD VAE).
+  c.encode.vae.block_out_channels = (128, 256, 512, 512)
+  c.encode.vae.layers_per_block = 2
+  c.encode.vae.norm_num_groups = 32
+  c.encode.vae.latent_channels = 4
+  c.encode.vae.scaling_factor = 0.18215
+
+
 def as_dit_smoke(c: ml_collections.ConfigDict, *, keep_data=False) -> None:
   """A tiny DiT: seconds on a CPU, synthetic data of a small shape."""
   c.model.variant = "smoke"
@@ -344,3 +382,26 @@ def as_dit_smoke(c: ml_collections.ConfigDict, *, keep_data=False) -> None:
     c.data.synthetic_image_shape = c.data.image_shape
     c.data.synthetic_num_train = 256
     c.data.synthetic_num_eval = 64
+
+
+def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
+  """Tiny latents: a random-weight tiny VAE over synthetic 16x16 images."""
+  c.data.name = "latents"
+  c.data.image_shape = (8, 8, 4)
+  c.data.eval_split = "test"
+  c.model.patch_size = 2
+  c.encode.images.name = "synthetic"
+  c.encode.images.image_shape = (16, 16, 3)
+  c.encode.images.synthetic_image_shape = (16, 16, 3)
+  c.encode.images.num_classes = c.data.num_classes
+  c.encode.images.synthetic_num_classes = c.data.num_classes
+  c.encode.images.synthetic_num_train = 40
+  c.encode.images.synthetic_num_eval = 20
+  c.encode.images.eval_split = "test"
+  c.encode.splits = ("train", "test")
+  c.encode.image_size = 16
+  c.encode.shard_size = 16
+  c.encode.batch_size = 8
+  c.encode.vae.block_out_channels = (8, 16)
+  c.encode.vae.layers_per_block = 1
+  c.encode.vae.norm_num_groups = 4

@@ -6,10 +6,17 @@ batch 512, 100 epochs (x B for DiffusionBlocks), 10% label dropout over 1,000
 classes; 50 Euler steps, guidance 2.0.
 
   python -m dblocks_jax.main --config=configs/dit_imagenet.py --mode=memory --workdir=runs/mem_dit
+  # Once: ImageNet (TFDS imagenet2012, prepared as ArrayRecord) -> latents.
+  python -m dblocks_jax.main --config=configs/dit_imagenet.py --mode=encode --workdir=runs/encode \
+    --config.data.dir=/data/imagenet_latents --config.encode.vae_weights=/data/sd-vae-ft-ema/diffusion_pytorch_model.safetensors
+  python -m dblocks_jax.main --config=configs/dit_imagenet.py --workdir=runs/dit_in \
+    --config.data.dir=/data/imagenet_latents --config.encode.vae_weights=...
+  python -m dblocks_jax.main --config=configs/dit_imagenet.py --workdir=runs/dit_in --mode=sample ...
 
-`--mode=memory` needs no data. Training reads a latent dataset
-(`data.name=imagenet_latents`), which needs the VAE encoding step; that step
-and its reader are not implemented yet, so training stops with a data error.
+`--mode=memory` needs no data. The encode mode writes 256x256 centre crops
+and their mirrors as SD-VAE posteriors (mean and std, float16) in resumable
+shards; training samples the posterior and scales it by 0.18215; sampling
+decodes with the same VAE.
 
 Arguments: smoke, e2e, variant=L/2, epochs=N (default 100).
 """
@@ -32,11 +39,21 @@ def get_config(arg=None):
     batch_size=512,
     learning_rate=5e-5,
   )
-  c.data.flip = False  # Latents of flipped images are not flipped latents.
-  c.eval.feature_network = "none"  # Inception features need the VAE decoder.
+  c.data.flip = False  # Mirrors are encoded as views (encode.flip).
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  common.latent_encoding(
+    c,
+    images="imagenet2012",
+    image_size=256,
+    num_classes=1000,
+    splits=("train",),
+  )
+  c.eval.feature_network = "none"  # Inception features are not built yet.
   c.eval.num_samples = 1_000
   if args.smoke:
     common.as_dit_smoke(c)
+    common.as_latent_smoke(c)
   if args.e2e:
     common.as_end_to_end(c)
   return c

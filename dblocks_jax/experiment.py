@@ -50,10 +50,10 @@ class Experiment:
     """The run's topology, which a resumed run must not change."""
     topology = {"method": self.method, "num_layers": config.model.num_layers}
     if self.plan is not None:
+      topology.update(self.plan.topology())
+    if self.method == "dblocks":
       topology.update(
-        self.plan.topology(),
-        partition=config.blocks.partition,
-        sharing=config.blocks.sharing,
+        partition=config.blocks.partition, sharing=config.blocks.sharing
       )
     return topology
 

@@ -1,5 +1,5 @@
 """Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
---workdir=DIR [--mode=train|eval|sample|memory].
+--workdir=DIR [--mode=train|eval|sample|memory|encode].
 
 Kept short on purpose: the work is in `train.train_and_evaluate`, which tests
 and notebooks call directly. Bad input ends with one line on stderr and exit
@@ -26,9 +26,10 @@ flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "sample", "memory"],
+  ["train", "eval", "sample", "memory", "encode"],
   "train (and evaluate), eval (newest checkpoint), sample (a generator's"
-  " newest checkpoint: PNG grid and .npz), memory (compiled step memory).",
+  " newest checkpoint: PNG grid and .npz), memory (compiled step memory),"
+  " encode (an image dataset -> latents in data.dir, with the SD VAE).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -65,6 +66,14 @@ def run(config, workdir: str, mode: str) -> dict:
       f" ({result['inference_steps']} {result['sampler']} steps, guidance"
       f" {result['guidance_scale']}); wrote {result['png']} and {result['npz']}"
     )
+  elif mode == "encode":
+    from dblocks_jax import encode
+
+    result = encode.encode_dataset(config)
+    splits = ", ".join(
+      f"{k}: {v['num_examples']}" for k, v in result["splits"].items()
+    )
+    print(f"latents {result['latent_shape']} ({splits}) in {config.data.dir}")
   else:
     os.makedirs(workdir, exist_ok=True)
     result = memory.memory_report(config)

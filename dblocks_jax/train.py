@@ -347,7 +347,13 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str):
     jax.random.key(s.seed),
     batch_size=min(config.eval_batch_size, len(labels)),
   )
-  mean, std = normalisation(config.data)
+  if config.data.name == "latents":
+    images = evaluate.generation.decode_latents(
+      config, images, config.eval_batch_size
+    )
+    mean, std = (0.5,) * 3, (0.5,) * 3  # Decoded images are in [-1, 1].
+  else:
+    mean, std = normalisation(config.data)
   pixels = evaluate.to_pixels(images, mean, std)
   step = int(state["step"])
   out_dir = os.path.join(workdir, "samples")

@@ -71,3 +71,43 @@ def test_train_then_resume_with_another_b_is_refused(tmp_path):
   assert os.path.exists(tmp_path / "eval.json")
   proc = _main(SMOKE, "--config.blocks.num_blocks=1", workdir=tmp_path)
   _assert_one_line_error(proc, "num_blocks: 3 -> 1", "new --workdir")
+
+
+def test_dit_sample_command_and_its_errors(tmp_path):
+  """Train a tiny DiT without label dropout, sample it, and refuse guidance
+  (which needs the null class), a corrupt VAE file, and a missing one."""
+  dit = "--config=configs/dit_fashion_mnist.py:smoke"
+  no_guidance = ["--config.model.label_dropout=0.0"]
+  proc = _main(
+    dit, *no_guidance, "--config.sampler.guidance_scale=1.0", workdir=tmp_path
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "no FID" in proc.stdout
+  proc = _main(
+    dit,
+    *no_guidance,
+    "--config.sampler.guidance_scale=1.0",
+    "--mode=sample",
+    workdir=tmp_path,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert proc.stdout.startswith("samples: 20")
+  assert os.path.exists(tmp_path / "samples" / "step_12.png")
+  proc = _main(dit, *no_guidance, "--mode=sample", workdir=tmp_path)
+  _assert_one_line_error(proc, "sampler.guidance_scale=2.0", "label_dropout")
+
+  corrupt = tmp_path / "vae.safetensors"
+  corrupt.write_bytes(b"not safetensors" * 20)
+  encode = [
+    "--config=configs/dit_imagenet.py:smoke",
+    "--mode=encode",
+    f"--config.data.dir={tmp_path}/latents",
+  ]
+  proc = _main(
+    *encode, f"--config.encode.vae_weights={corrupt}", workdir=tmp_path
+  )
+  _assert_one_line_error(proc, "not a readable safetensors")
+  proc = _main(
+    *encode, f"--config.encode.vae_weights={tmp_path}/no.st", workdir=tmp_path
+  )
+  _assert_one_line_error(proc, "huggingface-cli download")

@@ -74,6 +74,8 @@ def test_datasets_lists_every_supported_name():
     "digits",
     "tiny_imagenet",
     "synthetic",
+    "imagenet2012",
+    "latents",
   }
 
 

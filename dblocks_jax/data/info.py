@@ -16,6 +16,7 @@ _STATS = {
   # Computed from the 1,497 train digits; tests check it against the data.
   "digits": ((0.3058,), (0.3759,)),
   "tiny_imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+  "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 NORMALISATIONS = ("dataset", "symmetric")
 _SYNTHETIC_MEAN = 0.5
@@ -60,9 +61,11 @@ def normalisation(
     raise ConfigError(
       f"data.normalisation={kind!r} is unknown; choose one of {NORMALISATIONS}."
     )
-  if kind == "symmetric":
+  if kind == "symmetric" or name == "latents":
     channels = int(data_config.image_shape[-1])
-    return (0.5,) * channels, (0.5,) * channels
+    if kind == "symmetric":
+      return (0.5,) * channels, (0.5,) * channels
+    return (0.0,) * channels, (1.0,) * channels  # Latents, used as stored.
   if name == "synthetic":
     channels = sources.synthetic_shape(data_config)[-1]
     return (_SYNTHETIC_MEAN,) * channels, (_SYNTHETIC_STD,) * channels

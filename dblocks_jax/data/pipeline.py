@@ -10,7 +10,7 @@ import ml_collections
 import numpy as np
 from absl import flags, logging
 
-from dblocks_jax.data import info, preprocess, sources
+from dblocks_jax.data import info, latents, preprocess, sources
 from dblocks_jax.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -70,8 +70,12 @@ def make_train_iterator(
     "label": [batch_size] int32}`.
   """
   _check_batch_size(batch_size)
-  augment = preprocess.Augment.from_config(data_config)
-  normalise = preprocess.Normalise(*info.normalisation(data_config))
+  if data_config.name == "latents":
+    scaling = latents.read_meta(data_config.dir)["scaling_factor"]
+    augment, normalise = latents.SampleLatent(scaling), None
+  else:
+    augment = preprocess.Augment.from_config(data_config)
+    normalise = preprocess.Normalise(*info.normalisation(data_config))
   num_workers = int(data_config.num_workers)
   if num_workers < 0:
     raise ConfigError(
@@ -92,9 +96,10 @@ def make_train_iterator(
     dataset.shuffle(seed=shuffle_seed)
     .repeat()
     .random_map(augment, seed=augment_seed)
-    .map(normalise)
-    .batch(batch_size, drop_remainder=True)
   )
+  if normalise is not None:
+    dataset = dataset.map(normalise)
+  dataset = dataset.batch(batch_size, drop_remainder=True)
   iter_dataset = dataset.to_iter_dataset(_read_options(num_workers))
   if num_workers > 0:
     _allow_unparsed_flags()
@@ -143,6 +148,10 @@ def make_eval_batches(
     "label": [batch_size] int32, "mask": [batch_size] bool}`.
   """
   _check_batch_size(batch_size)
-  normalise = preprocess.Normalise(*info.normalisation(data_config))
+  if data_config.name == "latents":
+    scaling = latents.read_meta(data_config.dir)["scaling_factor"]
+    normalise = latents.LatentMean(scaling)
+  else:
+    normalise = preprocess.Normalise(*info.normalisation(data_config))
   source = sources.load_split(data_config, sources.EVAL_FIELD)
   return _eval_batches(source, normalise, batch_size)

@@ -8,19 +8,22 @@ from dblocks_jax.data import (
   arrays,
   digits,
   idx,
+  latents,
   synthetic,
   tfds_sources,
   tiny_imagenet,
 )
 from dblocks_jax.errors import DataError
 
-TFDS_DATASETS = ("cifar10", "cifar100", "fashion_mnist")
+# imagenet2012 has images of many sizes: a source for --mode=encode only.
+TFDS_DATASETS = ("cifar10", "cifar100", "fashion_mnist", "imagenet2012")
 DATASETS = (
   *TFDS_DATASETS,
   "fashion_mnist_idx",
   "digits",
   "tiny_imagenet",
   "synthetic",
+  "latents",
 )
 # The config fields that name the two splits.
 TRAIN_FIELD = "train_split"
@@ -99,6 +102,8 @@ def load_split(data_config: ml_collections.ConfigDict, field: str) -> Any:
     return digits.load(split, field)
   if name == "tiny_imagenet":
     return tiny_imagenet.load(data_config.dir, split, field)
+  if name == "latents":
+    return latents.LatentSource(data_config.dir, split)
   return _synthetic(data_config, field)
 
 
@@ -120,6 +125,16 @@ def describe(data_config: ml_collections.ConfigDict) -> Description:
     train, test = (_synthetic(data_config, f) for f in fields)
     return Description(
       train.image_shape, train.num_classes, len(train), len(test)
+    )
+  if name == "latents":
+    meta = latents.read_meta(data_config.dir)
+    latents.check_split(meta, data_config.dir, data_config.train_split)
+    sizes = [
+      meta["splits"].get(getattr(data_config, f), {}).get("num_examples", 0)
+      for f in fields
+    ]
+    return Description(
+      tuple(meta["latent_shape"]), int(meta["num_classes"]), *sizes
     )
   if name == "tiny_imagenet":
     train, test = (load_split(data_config, f) for f in fields)

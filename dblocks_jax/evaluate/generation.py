@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
+from flax import nnx
 from PIL import Image
 
 from dblocks_jax import data
@@ -191,3 +192,32 @@ def evaluate_samples(
       frechet_evaluation(pixels, feature_network, config, cache_dir)
     )
   return result
+
+
+def decode_latents(config, latents: np.ndarray, batch_size: int) -> np.ndarray:
+  """Scaled latents [n, h, w, c] -> images [n, H, W, 3] in [-1, 1].
+
+  Uses the VAE of `encode.vae` with the weights of `encode.vae_weights`, or
+  those recorded in the latent dataset's meta.json when that is empty.
+  """
+  from dblocks_jax.data import latents as latents_lib
+  from dblocks_jax.encode import vae_config
+  from dblocks_jax.models import vae_weights
+
+  meta = latents_lib.read_meta(config.data.dir)
+  weights = config.encode.vae_weights or meta["vae"]["weights"]
+  model = vae_weights.load_vae(weights, vae_config(config))
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def decode(state, z):
+    return nnx.merge(graphdef, state).decode(z / meta["scaling_factor"])
+
+  out = []
+  for start in range(0, len(latents), batch_size):
+    out.append(
+      np.asarray(
+        decode(state, jnp.asarray(latents[start : start + batch_size]))
+      )
+    )
+  return np.concatenate(out)
