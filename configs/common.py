@@ -63,8 +63,17 @@ def _blocks_and_diffusion(c, *, num_blocks):
   c.blocks.sigma_sampling = "lognormal"
   c.blocks.sharing = "shared"  # shared (official) | independent
   c.blocks.schedule = "uniform"  # uniform (official) | round_robin
-  c.blocks.train = ()  # () = all blocks; (1,) = train only block 1.
+  # () = all blocks; (1,) = a per-block job: only block 1 is built and
+  # trained (independent sharing; assemble the jobs with --mode=assemble).
+  c.blocks.train = ()
   c.blocks.target_table_seed = 0  # The fixed table of the independent mode.
+
+  # Block-parallel training (docs/parallel.md): G device groups along a
+  # `block` mesh axis, each training its own blocks; D devices per group
+  # along `data` (0 = all devices // G). 1 = the sequential trainer.
+  c.parallel = ml_collections.ConfigDict()
+  c.parallel.block_groups = 1
+  c.parallel.data_shards = 0
 
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.sigma_min = 0.002

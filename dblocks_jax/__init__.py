@@ -11,7 +11,13 @@ inference the blocks run in order as the steps of a sampler.
 """
 
 from dblocks_jax import diffusion, errors, evaluate, models, nn, objectives
+from dblocks_jax.assemble import assemble as assemble_blocks
+from dblocks_jax.blockwise import parallel
 from dblocks_jax.blockwise.optim import learning_rate_fn, make_optimizer
+from dblocks_jax.blockwise.parallel import (
+  build_parallel_step,
+  collectives_across_groups,
+)
 from dblocks_jax.blockwise.parts import BlockwiseModel, GraphDefs, merge, split
 from dblocks_jax.blockwise.plan import BlockPlan, layer_distribution
 from dblocks_jax.blockwise.plan import from_config as block_plan_from_config
@@ -34,6 +40,7 @@ from dblocks_jax.objectives import (
   DiffusionGeneration,
   EndToEndClassification,
 )
+from dblocks_jax.parallel_train import train_parallel
 from dblocks_jax.state import init_state, restore_run
 from dblocks_jax.train import (
   evaluate_checkpoint,
@@ -55,9 +62,12 @@ __all__ = [
   "Experiment",
   "GraphDefs",
   "VAEConfig",
+  "assemble_blocks",
   "block_plan_from_config",
   "build_experiment",
+  "build_parallel_step",
   "build_train_step",
+  "collectives_across_groups",
   "diffusion",
   "dit",
   "errors",
@@ -76,11 +86,13 @@ __all__ = [
   "models",
   "nn",
   "objectives",
+  "parallel",
   "restore_run",
   "sample_checkpoint",
   "save_vae",
   "split",
   "train_and_evaluate",
+  "train_parallel",
   "vae",
   "vit",
 ]

@@ -6,6 +6,7 @@ trainer, the memory report and the evaluator all start here.
 
 import copy
 import dataclasses
+import functools
 
 import ml_collections
 from flax import nnx
@@ -55,6 +56,12 @@ class Experiment:
       topology.update(
         partition=config.blocks.partition, sharing=config.blocks.sharing
       )
+      trained = sorted(set(config.blocks.train))
+      if trained and len(trained) < self.plan.num_blocks:
+        topology["trained_blocks"] = trained  # A per-block job.
+      groups = config.get("parallel", {}).get("block_groups", 1)
+      if groups > 1:  # (Runs from before block-parallel training lack it.)
+        topology["block_groups"] = groups
     return topology
 
 
@@ -89,23 +96,26 @@ def _blockwise_parts(config, plan, make_shell, make_layers, make_fixed=None):
   fixed = {}
   if make_fixed is not None:
     fixed = make_fixed(nnx.Rngs(params=config.blocks.target_table_seed))
-  blocks = []
-  for b, n in enumerate(plan.layers_per_block):
+  trained = set(config.blocks.train) or set(range(plan.num_blocks))
+
+  def make_block(b: int):
     rngs = nnx.Rngs(params=config.seed + 1000 * (b + 1))
     parts = make_shell(rngs)
-    parts["layers"] = make_layers(n, rngs)
-    blocks.append(parts)
+    parts["layers"] = make_layers(plan.layers_per_block[b], rngs)
+    return parts
+
+  # A per-block job builds the other blocks abstractly (shapes only): their
+  # parameters never exist in its memory.
+  blocks = [
+    make_block(b)
+    if b in trained
+    else nnx.eval_shape(functools.partial(make_block, b))
+    for b in range(plan.num_blocks)
+  ]
   return {}, blocks, fixed
 
 
 def _build_vit(config) -> Experiment:
-  _choice(
-    config.model.readout_token,
-    ("label", "cls"),
-    "model.readout_token",
-    " ('label' = official code, 'cls' = paper)",
-  )
-  _choice(config.sampler.estimate, ESTIMATES, "sampler.estimate")
   image_shape = tuple(config.data.image_shape)
   num_classes = config.data.num_classes
   if config.method == "e2e":
@@ -118,6 +128,14 @@ def _build_vit(config) -> Experiment:
       fixed={},
     )
     return Experiment("e2e", model, objectives.EndToEndClassification(), None)
+
+  _choice(
+    config.model.readout_token,
+    ("label", "cls"),
+    "model.readout_token",
+    " ('label' = official code, 'cls' = paper)",
+  )
+  _choice(config.sampler.estimate, ESTIMATES, "sampler.estimate")
 
   plan = plan_lib.from_config(config)
   shared_mode = config.blocks.sharing == "shared"

@@ -1,5 +1,6 @@
 """Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
---workdir=DIR [--mode=train|eval|sample|memory|encode].
+--workdir=DIR [--mode=train|eval|sample|memory|encode|assemble]
+[--sources=DIR,...] [--distributed].
 
 Kept short on purpose: the work is in `train.train_and_evaluate`, which tests
 and notebooks call directly. Bad input ends with one line on stderr and exit
@@ -26,10 +27,21 @@ flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "sample", "memory", "encode"],
+  ["train", "eval", "sample", "memory", "encode", "assemble"],
   "train (and evaluate), eval (newest checkpoint), sample (a generator's"
   " newest checkpoint: PNG grid and .npz), memory (compiled step memory),"
-  " encode (an image dataset -> latents in data.dir, with the SD VAE).",
+  " encode (an image dataset -> latents in data.dir, with the SD VAE),"
+  " assemble (per-block jobs' checkpoints in --sources -> one model in"
+  " --workdir).",
+)
+flags.DEFINE_list(
+  "sources", [], "--mode=assemble: the workdirs of the per-block jobs."
+)
+flags.DEFINE_bool(
+  "distributed",
+  False,
+  "Call jax.distributed.initialize() first (multi-host TPU pods, Slurm):"
+  " every host runs the same command.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -42,7 +54,7 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def run(config, workdir: str, mode: str) -> dict:
+def run(config, workdir: str, mode: str, sources=()) -> dict:
   import jax
 
   from dblocks_jax import memory, metrics, train
@@ -66,6 +78,15 @@ def run(config, workdir: str, mode: str) -> dict:
       f" ({result['inference_steps']} {result['sampler']} steps, guidance"
       f" {result['guidance_scale']}); wrote {result['png']} and {result['npz']}"
     )
+  elif mode == "assemble":
+    from dblocks_jax import assemble
+
+    result = assemble.assemble(config, workdir, list(sources))
+    print(
+      f"assembled {result['num_blocks']} blocks from"
+      f" {len(set(result['sources'].values()))} job(s) into {workdir} (step"
+      f" {result['step']}); evaluate with --mode=eval or --mode=sample"
+    )
   elif mode == "encode":
     from dblocks_jax import encode
 
@@ -83,12 +104,28 @@ def run(config, workdir: str, mode: str) -> dict:
       f" ({result['block_step']['temp_bytes']:,} /"
       f" {result['e2e_step']['temp_bytes']:,}); wrote {path}"
     )
+    if "parallel" in result:
+      p = result["parallel"]
+      ratio = p["total_ratio_mesh_over_sequential"]
+      print(
+        f"per-device bytes, mesh of {p['block_groups']} groups / one device"
+        f" training the blocks in turn: {ratio:.3f}"
+        f" ({p['mesh_step']['total_bytes']:,} /"
+        f" {p['sequential_device']['total_bytes']:,})"
+      )
   return result
 
 
 def describe(result: dict, workdir: str) -> str:
   """The one line a run prints about its final evaluation."""
   where = f"{result['method']}, step {result['step']}, workdir {workdir}"
+  if "inference_steps" not in result:
+    if not result["complete"]:
+      return (
+        f"trained blocks {result['blocks']} ({where}); merge the per-block"
+        " jobs with --mode=assemble"
+      )
+    return f"trained all blocks ({where}); evaluate with --mode=eval"
   if "accuracy" in result:
     return (
       f"accuracy: {result['accuracy']:.4f} ({where},"
@@ -111,8 +148,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  if FLAGS.distributed:
+    import jax
+
+    jax.distributed.initialize()
   try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.sources)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

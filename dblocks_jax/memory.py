@@ -7,6 +7,11 @@ and the split of the step's inputs into parameters, optimizer state and batch.
 XLA temporaries hold the activations kept for the backward pass, the
 gradients and scratch space. With `memory.include_remat`, both steps are also
 compiled with every layer under `jax.checkpoint`.
+
+With `parallel.block_groups` = G > 1 the report adds the block-parallel mesh
+step (`mesh_step`), compiled for G groups of the devices JAX sees: its
+per-device bytes against one device that trains the blocks in turn and so
+holds all of them (`sequential_device`).
 """
 
 import copy
@@ -16,8 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from dblocks_jax import experiment
-from dblocks_jax.blockwise import optim, steps
-from dblocks_jax.train import init_state, make_train_step
+from dblocks_jax.blockwise import optim, parallel, steps
+from dblocks_jax.train import init_state, make_loss, make_train_step
 
 
 def _bytes(tree) -> int:
@@ -42,11 +47,7 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
     state["shared"], state["blocks"][block] if exp.blockwise else None
   )
   step_fn = make_train_step(exp, graphdefs, config, tx, block)
-  h, w, c = config.data.image_shape
-  batch = {
-    "image": jax.ShapeDtypeStruct((config.batch_size, h, w, c), jnp.float32),
-    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
-  }
+  batch = _abstract_batch(config)
   compiled = step_fn.lower(
     _abstract(groups),
     _abstract(state["fixed"]),
@@ -82,6 +83,110 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
   }
 
 
+def _abstract_batch(config, leading=()):
+  h, w, c = config.data.image_shape
+  return {
+    "image": jax.ShapeDtypeStruct(
+      (*leading, config.batch_size, h, w, c), jnp.float32
+    ),
+    "label": jax.ShapeDtypeStruct((*leading, config.batch_size), jnp.int32),
+  }
+
+
+def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
+  """Per-device bytes of the block-parallel step against sequential training.
+
+  `mesh_step`: XLA's per-device argument, output and temporary bytes of the
+  mesh step (G groups, each one block of the config's batch).
+  `sequential_device`: one device training all blocks in turn: it holds
+  every block's parameters and optimizer state, and runs the block step.
+  `e2e_device`: one device training the end-to-end baseline.
+  """
+  exp = experiment.build(config)
+  tx = optim.make_optimizer(config.optimizer)
+  graphdefs, state = init_state(exp, tx)
+  layout = parallel.layout_from_config(
+    config, exp.plan.layers_per_block, jax.device_count()
+  )
+  mesh = parallel.make_mesh(layout)
+  step_fn = parallel.build_parallel_step(
+    make_loss(exp, graphdefs, config, layout.blocks[0]),
+    tx,
+    optim.learning_rate_fn(config.optimizer, config.total_steps),
+    mesh,
+    num_blocks=layout.num_blocks,
+    clip_norm=config.optimizer.clip_norm,
+    accumulation_steps=config.accumulation_steps,
+    has_shared=bool(state["shared"]),
+  )
+  g, k = layout.num_groups, layout.blocks_per_group
+  by_block = jax.sharding.NamedSharding(
+    mesh, jax.sharding.PartitionSpec("block")
+  )
+  stacked = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(
+      (g, k, *x.shape), x.dtype, sharding=by_block
+    ),
+    state["blocks"][layout.blocks[0]],
+  )
+  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), g))
+  compiled = step_fn.lower(
+    stacked,
+    _abstract(state["shared"]),
+    _abstract(state["fixed"]),
+    _abstract_batch(config, leading=(g,)),
+    keys,
+    jax.ShapeDtypeStruct((g,), jnp.int32),
+    0,
+    0,
+  ).compile()
+  stats = compiled.memory_analysis()
+  batch_bytes = _bytes(_abstract_batch(config)) // layout.data_shards
+  mesh_device = {
+    "held_state_bytes": int(stats.argument_size_in_bytes) - batch_bytes,
+    "batch_bytes": batch_bytes,
+    "argument_bytes": int(stats.argument_size_in_bytes),
+    "output_bytes": int(stats.output_size_in_bytes),
+    "temp_bytes": int(stats.temp_size_in_bytes),
+    "alias_bytes": int(stats.alias_size_in_bytes),
+  }
+  mesh_device["total_bytes"] = (
+    mesh_device["argument_bytes"] + mesh_device["temp_bytes"]
+  )
+  sequential = compiled_step_memory(config)
+  held = _bytes([state["shared"], state["blocks"], state["fixed"]])
+  sequential_device = {
+    "held_state_bytes": held,
+    "temp_bytes": sequential["temp_bytes"],
+    "batch_bytes": sequential["batch_bytes"],
+    "total_bytes": held + sequential["batch_bytes"] + sequential["temp_bytes"],
+  }
+  e2e = copy.deepcopy(config)
+  with e2e.unlocked():
+    e2e.method = "e2e"
+  e2e_step = compiled_step_memory(e2e)
+  e2e_device = {
+    "held_state_bytes": e2e_step["argument_bytes"] - e2e_step["batch_bytes"],
+    "batch_bytes": e2e_step["batch_bytes"],
+    "temp_bytes": e2e_step["temp_bytes"],
+    "total_bytes": e2e_step["argument_bytes"] + e2e_step["temp_bytes"],
+  }
+  return {
+    "block_groups": g,
+    "data_shards": layout.data_shards,
+    "blocks_per_group": k,
+    "mesh_step": mesh_device,
+    "sequential_device": sequential_device,
+    "e2e_device": e2e_device,
+    "total_ratio_mesh_over_e2e": (
+      mesh_device["total_bytes"] / e2e_device["total_bytes"]
+    ),
+    "total_ratio_mesh_over_sequential": (
+      mesh_device["total_bytes"] / sequential_device["total_bytes"]
+    ),
+  }
+
+
 def memory_report(config: ml_collections.ConfigDict) -> dict:
   """The block step against the end-to-end step (and both with remat)."""
   variants = {"block_step": "dblocks", "e2e_step": "e2e"}
@@ -97,6 +202,8 @@ def memory_report(config: ml_collections.ConfigDict) -> dict:
   report["temp_ratio_block_over_e2e"] = block["temp_bytes"] / e2e["temp_bytes"]
   report["param_count"] = block["param_count"]
   report["num_blocks"] = config.blocks.num_blocks
+  if config.parallel.block_groups > 1:
+    report["parallel"] = compiled_mesh_memory(config)
   if config.memory.include_remat:
     report["temp_ratio_block_remat_over_e2e"] = (
       report["block_step_remat"]["temp_bytes"] / e2e["temp_bytes"]

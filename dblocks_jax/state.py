@@ -18,9 +18,17 @@ from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.errors import ConfigError, TopologyError
 
 
-def init_state(exp: experiment.Experiment, tx):
-  """-> (graphdefs, state) of a fresh model and optimizer."""
-  graphdefs, shared, blocks, fixed = parts_lib.split(exp.model)
+def init_state(exp: experiment.Experiment, tx, blocks=None):
+  """-> (graphdefs, state) of a fresh model and optimizer.
+
+  Args:
+    exp: the experiment.
+    tx: the optimizer.
+    blocks: the blocks to hold (None = all); the others' entries are {}
+      (a per-block job holds nothing of the blocks it does not train).
+  """
+  graphdefs, shared, block_params, fixed = parts_lib.split(exp.model)
+  held = set(range(len(block_params)) if blocks is None else blocks)
 
   def group(params):
     return {"params": params, "opt_state": tx.init(params)}
@@ -28,7 +36,9 @@ def init_state(exp: experiment.Experiment, tx):
   state = {
     "step": jnp.zeros((), jnp.int32),
     "shared": group(shared) if jax.tree.leaves(shared) else {},
-    "blocks": [group(p) for p in blocks],
+    "blocks": [
+      group(p) if b in held else {} for b, p in enumerate(block_params)
+    ],
     "fixed": fixed,
   }
   return graphdefs, state
@@ -60,19 +70,39 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f)["config"])
 
 
-def restore_run(config: ml_collections.ConfigDict, workdir: str):
+def restore_run(
+  config: ml_collections.ConfigDict, workdir: str, *, complete: bool = True
+):
   """The newest checkpoint of the run in `workdir`, for evaluation.
+
+  Args:
+    config: the run's config.
+    workdir: the run.
+    complete: require every block (a per-block job's workdir is refused;
+      False restores the job's own blocks).
 
   Returns:
     (experiment, graphdefs, state), with optimizer states restored too.
 
   Raises:
-    ConfigError: there is no checkpoint.
+    ConfigError: there is no checkpoint, or `complete` and the config trains
+      some of the blocks only.
     TopologyError: the checkpoint's topology differs from `config`'s.
   """
   workdir = os.path.abspath(workdir)
+  trained = (
+    tuple(sorted(set(config.blocks.train))) if "blocks" in config else ()
+  )
+  if complete and trained and len(trained) < config.blocks.num_blocks:
+    raise ConfigError(
+      f"blocks.train={list(trained)}: {workdir} holds a per-block job, not a"
+      " complete model; merge the jobs with --mode=assemble --sources=... and"
+      " evaluate the result."
+    )
   exp = experiment.build(config)
-  graphdefs, state = init_state(exp, optim.make_optimizer(config.optimizer))
+  graphdefs, state = init_state(
+    exp, optim.make_optimizer(config.optimizer), blocks=trained or None
+  )
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
     if ckpt.latest_step() is None:
       raise ConfigError(

@@ -21,7 +21,7 @@ import numpy as np
 from absl import logging
 
 from dblocks_jax import checkpoint, data, evaluate, experiment, metrics
-from dblocks_jax.blockwise import optim, schedule, steps
+from dblocks_jax.blockwise import optim, parallel, schedule, steps
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError, DataError, NonFiniteLossError
 from dblocks_jax.evaluate import features
@@ -83,7 +83,7 @@ def make_evaluator(exp, graphdefs, config, workdir: str):
   return lambda state: evaluate_state(exp, classify_fn, state, config)
 
 
-def _numeric(result: dict) -> dict:
+def numeric(result: dict) -> dict:
   return {
     f"eval/{k}": v
     for k, v in result.items()
@@ -128,7 +128,7 @@ def check_batch(config) -> None:
     )
 
 
-def _summarise(window: list[tuple[int, int, dict]], blockwise: bool) -> dict:
+def summarise(window: list[tuple[int, int, dict]], blockwise: bool) -> dict:
   """Means over logged steps, overall and per block."""
   scalars = collections.defaultdict(list)
   for _, block, m in window:
@@ -139,7 +139,7 @@ def _summarise(window: list[tuple[int, int, dict]], blockwise: bool) -> dict:
   return {name: float(np.mean(v)) for name, v in scalars.items()}
 
 
-def _first_non_finite(window):
+def first_non_finite(window):
   for step, block, m in window:
     if not np.isfinite(m["loss"]):
       return step, block
@@ -147,7 +147,15 @@ def _first_non_finite(window):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-  """Trains (or resumes) the run of `config` in `workdir`; returns eval.json."""
+  """Trains (or resumes) the run of `config` in `workdir`; returns eval.json.
+
+  Block-parallel configs (`parallel.block_groups > 1`, or `blocks.train`
+  naming some blocks: a per-block job) run `parallel_train.train_parallel`.
+  """
+  if parallel.is_parallel(config):
+    from dblocks_jax import parallel_train
+
+    return parallel_train.train_parallel(config, workdir)
   # ----- Workdir, config and topology -------------------------------------
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -224,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     nonlocal window, checked_step
     fetched = [(s, b, jax.device_get(m)) for s, b, m in window]
     window = []
-    bad = _first_non_finite(fetched)
+    bad = first_non_finite(fetched)
     if bad is not None:
       writer.flush()
       raise NonFiniteLossError(
@@ -234,7 +242,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       )
     checked_step = step
     if fetched:
-      scalars = _summarise(fetched, exp.blockwise)
+      scalars = summarise(fetched, exp.blockwise)
       scalars.update(progress.update(step))
       writer.write_scalars(step, scalars)
       logging.info("%s loss %.4f", progress.describe(step), scalars["loss"])
@@ -279,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       ):
         with progress.paused():
           result = run_eval()
-        writer.write_scalars(done, _numeric(result))
+        writer.write_scalars(done, numeric(result))
         logging.info("Eval at step %d: %s", done, result)
       if ckpt.should_save(done) or last:
         flush_window(done)
@@ -299,7 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ----- Final evaluation ----------------------------------------------------
   result = run_eval()
   result.update(step=int(state["step"]), method=exp.method)
-  writer.write_scalars(int(state["step"]), _numeric(result))
+  writer.write_scalars(int(state["step"]), numeric(result))
   writer.write_json("eval.json", result)
   writer.close()
   ckpt.close()

@@ -8,6 +8,9 @@ import pytest
 
 from configs import quickstart
 
+# Eight fake CPU devices for the mesh tests (before JAX starts a backend).
+jax.config.update("jax_num_cpu_devices", 8)
+
 
 @pytest.fixture
 def smoke_config():

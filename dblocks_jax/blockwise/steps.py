@@ -44,6 +44,49 @@ def clip_by_global_norm(grads, max_norm: float):
   return jax.tree.map(lambda g: g * scale, grads), norm
 
 
+def make_gradients(loss_fn: LossFn, accumulation_steps: int = 1):
+  """`gradients(params, fixed, batch, key, block_index) -> ((loss, metrics),
+  grads)`, averaged over `accumulation_steps` equal micro-batches (the
+  batch's leading axis is split; all are trained on the same block)."""
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if accumulation_steps == 1:
+    return grad_fn
+
+  def gradients(params, fixed, batch, key, block_index):
+    micro = jax.tree.map(
+      lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch
+    )
+
+    def body(total, inputs):
+      i, micro_batch = inputs
+      out = grad_fn(
+        params, fixed, micro_batch, jax.random.fold_in(key, i), block_index
+      )
+      return jax.tree.map(jnp.add, total, out), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(
+      jnp.zeros_like,
+      jax.eval_shape(grad_fn, params, fixed, first, key, block_index),
+    )
+    total, _ = jax.lax.scan(
+      body, zeros, (jnp.arange(accumulation_steps), micro)
+    )
+    return jax.tree.map(lambda x: x / accumulation_steps, total)
+
+  return gradients
+
+
+def update_group(tx: optax.GradientTransformation, group, grads, learning_rate):
+  """One optimizer update of a group {"params", "opt_state"} at a rate."""
+  opt_state = with_learning_rate(group["opt_state"], learning_rate)
+  updates, opt_state = tx.update(grads, opt_state, group["params"])
+  return {
+    "params": optax.apply_updates(group["params"], updates),
+    "opt_state": opt_state,
+  }
+
+
 def build_train_step(
   loss_fn: LossFn,
   tx: optax.GradientTransformation,
@@ -69,45 +112,17 @@ def build_train_step(
     A jitted function returning (new groups, metrics). groups maps group name
     -> {"params", "opt_state"}; metrics are scalars (means over micro-batches).
   """
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def gradients(params, fixed, batch, key, block_index):
-    if accumulation_steps == 1:
-      return grad_fn(params, fixed, batch, key, block_index)
-    micro = jax.tree.map(
-      lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch
-    )
-
-    def body(total, inputs):
-      i, micro_batch = inputs
-      out = grad_fn(
-        params, fixed, micro_batch, jax.random.fold_in(key, i), block_index
-      )
-      return jax.tree.map(jnp.add, total, out), None
-
-    first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(
-      jnp.zeros_like,
-      jax.eval_shape(grad_fn, params, fixed, first, key, block_index),
-    )
-    total, _ = jax.lax.scan(
-      body, zeros, (jnp.arange(accumulation_steps), micro)
-    )
-    return jax.tree.map(lambda x: x / accumulation_steps, total)
+  gradients = make_gradients(loss_fn, accumulation_steps)
 
   def step(groups, fixed, batch, key, global_step, block_index):
     params = {name: g["params"] for name, g in groups.items()}
     (loss, metrics), grads = gradients(params, fixed, batch, key, block_index)
     grads, grad_norm = clip_by_global_norm(grads, clip_norm)
     learning_rate = learning_rate_fn(global_step)
-    new_groups = {}
-    for name, group in groups.items():
-      opt_state = with_learning_rate(group["opt_state"], learning_rate)
-      updates, opt_state = tx.update(grads[name], opt_state, group["params"])
-      new_groups[name] = {
-        "params": optax.apply_updates(group["params"], updates),
-        "opt_state": opt_state,
-      }
+    new_groups = {
+      name: update_group(tx, group, grads[name], learning_rate)
+      for name, group in groups.items()
+    }
     metrics = dict(
       metrics, loss=loss, grad_norm=grad_norm, learning_rate=learning_rate
     )

@@ -50,7 +50,11 @@ def _allow_unparsed_flags() -> None:
 
 
 def make_train_iterator(
-  data_config: ml_collections.ConfigDict, *, batch_size: int, seed: int
+  data_config: ml_collections.ConfigDict,
+  *,
+  batch_size: int,
+  seed: int,
+  shard: tuple[int, int] | None = None,
 ) -> grain.DatasetIterator:
   """Returns an endless, checkpointable iterator of augmented train batches.
 
@@ -64,6 +68,9 @@ def make_train_iterator(
     data_config: the `data` config.
     batch_size: examples per batch in this process.
     seed: seeds shuffling and augmentation.
+    shard: (index, count): read every count-th example from the index-th;
+      default (jax.process_index(), jax.process_count()). Block-parallel
+      runs split a block's stream over the processes of its device group.
 
   Returns:
     An iterator of `{"image": [batch_size, height, width, channels] float32,
@@ -82,7 +89,10 @@ def make_train_iterator(
       f"data.num_workers={num_workers} must be 0 (in-process) or positive"
     )
   source = sources.load_split(data_config, sources.TRAIN_FIELD)
-  process_index, process_count = jax.process_index(), jax.process_count()
+  process_index, process_count = shard or (
+    jax.process_index(),
+    jax.process_count(),
+  )
   dataset = grain.MapDataset.source(source)
   if process_count > 1:
     dataset = dataset.slice(slice(process_index, None, process_count))
