@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Block-parallel training on a TPU VM slice (one or many hosts): every host
+# runs the same command; --distributed calls jax.distributed.initialize(),
+# and the mesh puts parallel.block_groups groups of chips on the `block` axis
+# (the remaining chips of each group split the batch along `data`).
+#
+#   TPU=my-v4-32 ZONE=us-central2-b BLOCK_GROUPS=3 \
+#     bash launch/tpu_pod.sh configs/dit_imagenet.py /mnt/shared/runs/dit_in \
+#     --config.data.dir=/mnt/shared/imagenet_latents
+#
+# The repository must be installed on every host (e.g. `pip install -e .` in
+# REPO_DIR), and WORKDIR must be a filesystem every host sees.
+set -euo pipefail
+usage="usage: TPU=NAME ZONE=ZONE BLOCK_GROUPS=G tpu_pod.sh CONFIG WORKDIR [FLAGS...]"
+config="${1:?${usage}}"
+workdir="${2:?${usage}}"
+shift 2
+repo_dir="${REPO_DIR:-~/dblocks_jax}"
+command="cd ${repo_dir} && python -m dblocks_jax.main --distributed \
+  --config=${config} --workdir=${workdir} \
+  --config.parallel.block_groups=${BLOCK_GROUPS:?${usage}} $*"
+gcloud compute tpus tpu-vm ssh "${TPU:?${usage}}" --zone="${ZONE:?${usage}}" \
+  --worker=all --command="${command}"
