@@ -16,7 +16,10 @@ FID is measured in the feature space of the end-to-end ViT classifier of
 `vit_fashion_mnist.py:e2e` (eval.classifier_workdir), against the test split.
 
 Arguments: smoke, e2e, variant=S/4 (any of S, B, L, XL with patch 2, 4, 8),
-epochs=N (baseline epochs; default 50), tfds (read TFDS fashion_mnist).
+epochs=N (baseline epochs; default 50, 5 with cpu), tfds (read TFDS fashion_mnist),
+cpu (the CPU-sized comparison of docs/results.md: a DiT of 6 layers, width
+64, 4 heads, patch 4, i.e. 2 layers per block; learning rate 5e-4; 5
+baseline epochs; FID on 4,000 samples).
 """
 
 from configs import common
@@ -24,8 +27,9 @@ from configs import common
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, smoke=False, e2e=False, variant="S/4", epochs=50, tfds=False
+    arg, smoke=False, e2e=False, variant="S/4", epochs=0, tfds=False, cpu=False
   )
+  epochs = args.epochs or (5 if args.cpu else 50)
   c = common.dit_generation(
     dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
     image_shape=(28, 28, 1),
@@ -33,11 +37,15 @@ def get_config(arg=None):
     num_train=60_000,
     variant=args.variant,
     num_blocks=3,
-    epochs=args.epochs,
+    epochs=epochs,
     batch_size=128,
-    learning_rate=1e-4,
+    learning_rate=5e-4 if args.cpu else 1e-4,
   )
   c.log_every_steps = 200
+  if args.cpu:
+    c.model.variant = "custom"
+    c.model.num_layers, c.model.width, c.model.num_heads = 6, 64, 4
+    c.eval.num_samples = 4_000
   if args.smoke:
     common.as_dit_smoke(c)
   if args.e2e:
