@@ -87,7 +87,9 @@ def _restore(source: str, blocks: tuple[int, ...]) -> dict:
   exp = experiment.build(run_config)
   tx = optim.make_optimizer(run_config.optimizer)
   _, target = init_state(exp, tx, blocks=blocks)
-  with checkpoint.Checkpointer(os.path.join(source, "checkpoints")) as ckpt:
+  with checkpoint.Checkpointer(
+    os.path.join(source, "checkpoints"), read_only=True
+  ) as ckpt:
     if ckpt.latest_step() is None:
       raise ConfigError(
         f"no checkpoint in {source}/checkpoints; train the job first."

@@ -54,6 +54,7 @@ class Checkpointer:
     max_to_keep: int = 2,
     save_interval_steps: int = 1000,
     async_save: bool = True,
+    read_only: bool = False,
   ):
     """Opens (and creates if needed) a checkpoint directory.
 
@@ -64,6 +65,11 @@ class Checkpointer:
       save_interval_steps: `should_save(step)` is true for multiples of it.
       async_save: write the files in a background thread. With False, `save`
         returns only when the checkpoint is complete on disk.
+      read_only: for evaluation and assembly: a missing directory is not
+        created (it reads as no checkpoint) and unfinished temporary
+        directories are left to the run that owns them (Orbax removes them
+        in a background thread that a short-lived reader would cut off at
+        exit).
 
     Raises:
       ConfigError: `max_to_keep` or `save_interval_steps` is below 1.
@@ -80,8 +86,8 @@ class Checkpointer:
     self._save_interval_steps = save_interval_steps
     options = ocp.CheckpointManagerOptions(
       max_to_keep=max_to_keep,
-      create=True,
-      cleanup_tmp_directories=True,
+      create=not read_only,
+      cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=async_save,
     )
     self._manager = ocp.CheckpointManager(

@@ -103,7 +103,9 @@ def restore_run(
   graphdefs, state = init_state(
     exp, optim.make_optimizer(config.optimizer), blocks=trained or None
   )
-  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")) as ckpt:
+  with checkpoint.Checkpointer(
+    os.path.join(workdir, "checkpoints"), read_only=True
+  ) as ckpt:
     if ckpt.latest_step() is None:
       raise ConfigError(
         f"no checkpoint in {workdir}/checkpoints; train first"

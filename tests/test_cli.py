@@ -73,6 +73,13 @@ def test_train_then_resume_with_another_b_is_refused(tmp_path):
   _assert_one_line_error(proc, "num_blocks: 3 -> 1", "new --workdir")
 
 
+def test_eval_without_a_checkpoint_is_one_line_and_writes_nothing(tmp_path):
+  untrained = tmp_path / "untrained"
+  proc = _main(SMOKE, "--mode=eval", workdir=untrained)
+  _assert_one_line_error(proc, "no checkpoint in", "train first")
+  assert not (untrained / "checkpoints").exists()
+
+
 def test_dit_sample_command_and_its_errors(tmp_path):
   """Train a tiny DiT without label dropout, sample it, and refuse guidance
   (which needs the null class), a corrupt VAE file, and a missing one."""
