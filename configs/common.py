@@ -280,10 +280,15 @@ def dit_generation(
 
   c.eval = ml_collections.ConfigDict()
   c.eval.num_samples = 10_000
+  # "inception": FID Inception-v3 pool features (eval.inception_weights);
   # "classifier": features of an end-to-end ViT trained by this project on
   # the same data (eval.classifier_workdir); "none": sample, no FID.
   c.eval.feature_network = "classifier"
   c.eval.classifier_workdir = ""
+  # pytorch-fid's FID weights, pt_inception-2015-12-05-6726825d.pth, from
+  # github.com/mseitzer/pytorch-fid/releases (fid_weights); read without
+  # torch (.npz and .safetensors with the same tensor names work too).
+  c.eval.inception_weights = ""
   c.eval.reference_split = "test"
   c.eval.reference_cache_dir = ""  # "" = <workdir>/fid_reference.
 

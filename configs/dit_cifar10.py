@@ -5,11 +5,15 @@ each), gamma 0.05, AdamW 1e-4 constant, batch 512, 100 epochs (x B for
 DiffusionBlocks), 10% label dropout; 50 Euler steps, guidance 2.0. The paper
 reports FID 37.20 (DiffusionBlocks) against 39.83 (end to end).
 
+FID uses the standard Inception-v3 pool features: download pytorch-fid's FID
+weights once (no torch needed to read them),
+https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth,
+and pass their path as --config.eval.inception_weights (or sample without
+FID: --config.eval.feature_network=none).
+
   tfds build cifar10 --file_format=array_record   # once, needs TensorFlow
-  python -m dblocks_jax.main --config=configs/vit_cifar100.py:e2e --workdir=runs/c10_cls \\
-    --config.data.name=cifar10 --config.data.num_classes=10
   python -m dblocks_jax.main --config=configs/dit_cifar10.py --workdir=runs/dit_c10 \\
-    --config.eval.classifier_workdir=runs/c10_cls
+    --config.eval.inception_weights=/data/pt_inception-2015-12-05-6726825d.pth
 
 Arguments: smoke, e2e, variant=S/2, epochs=N (default 100).
 """
@@ -32,8 +36,9 @@ def get_config(arg=None):
     batch_size=512,
     learning_rate=1e-4,
   )
+  c.eval.feature_network = "inception"
   if args.smoke:
-    common.as_dit_smoke(c)
+    common.as_dit_smoke(c)  # No FID.
   if args.e2e:
     common.as_end_to_end(c)
   return c

@@ -18,6 +18,11 @@ and their mirrors as SD-VAE posteriors (mean and std, float16) in resumable
 shards; training samples the posterior and scales it by 0.18215; sampling
 decodes with the same VAE.
 
+FID: the evaluation samples latents and does not decode them yet, so
+eval.feature_network stays "none" here; the Inception features (`inception`,
+with --config.eval.inception_weights, as in dit_cifar10.py) take decoded
+pixels, and ImageNet reference statistics need the image split as pixels.
+
 Arguments: smoke, e2e, variant=L/2, epochs=N (default 100).
 """
 
@@ -49,7 +54,9 @@ def get_config(arg=None):
     num_classes=1000,
     splits=("train",),
   )
-  c.eval.feature_network = "none"  # Inception features are not built yet.
+  # No FID yet: Inception features take pixels and the evaluation does not
+  # decode latents yet (see the docstring).
+  c.eval.feature_network = "none"
   c.eval.num_samples = 1_000
   if args.smoke:
     common.as_dit_smoke(c)

@@ -31,7 +31,9 @@ from dblocks_jax.blockwise.steps import (
 from dblocks_jax.experiment import Experiment
 from dblocks_jax.experiment import build as build_experiment
 from dblocks_jax.memory import memory_report
-from dblocks_jax.models import dit, vae, vit
+from dblocks_jax.models import dit, inception, vae, vit
+from dblocks_jax.models.inception import InceptionV3
+from dblocks_jax.models.inception_weights import load_inception
 from dblocks_jax.models.vae import AutoencoderKL, VAEConfig
 from dblocks_jax.models.vae_weights import load_vae, save_vae
 from dblocks_jax.models.vit import BaselineViT
@@ -61,6 +63,7 @@ __all__ = [
   "EndToEndClassification",
   "Experiment",
   "GraphDefs",
+  "InceptionV3",
   "VAEConfig",
   "assemble_blocks",
   "block_plan_from_config",
@@ -74,9 +77,11 @@ __all__ = [
   "evaluate",
   "evaluate_checkpoint",
   "groups_for_block",
+  "inception",
   "init_state",
   "layer_distribution",
   "learning_rate_fn",
+  "load_inception",
   "load_vae",
   "make_block_loss",
   "make_end_to_end_loss",

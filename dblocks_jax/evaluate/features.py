@@ -1,11 +1,20 @@
 """Feature networks for the Frechet distance.
 
 A feature network maps pixels in [0, 1], `[batch, H, W, C]` float32, to
-`[batch, dim]` features. `ClassifierFeatures` uses a ViT classifier trained
-by this project (the end-to-end baseline of a `vit_*` config) on the same
-dataset: its features are the final-LayerNorm CLS token, the classifier
-head's input. It serves data for which no standard feature network exists
-(Fashion-MNIST); distances in different feature spaces are not comparable.
+`[batch, dim]` features; its `description` identifies the feature space (the
+reference-statistics cache key, also written into eval.json). Distances in
+different feature spaces are not comparable.
+
+  "inception": `InceptionFeatures`, the standard FID space: the 2048-d pool
+    features of the FID Inception-v3 (pytorch-fid's port of the TensorFlow
+    FID graph and weights, `models.inception`), for RGB or grey images of
+    any size (resized to 299x299). The weight file is downloaded once by the
+    user (`inception_weights.FID_WEIGHTS_URL`; eval.inception_weights).
+  "classifier": `ClassifierFeatures`, a ViT classifier trained by this
+    project (the end-to-end baseline of a `vit_*` config) on the same
+    dataset: its final-LayerNorm CLS token, the classifier head's input. It
+    serves data for which Inception features mean little (Fashion-MNIST).
+  "none": no feature network; sampling without FID.
 """
 
 import os
@@ -13,13 +22,15 @@ import os
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from dblocks_jax import state
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.models import inception, inception_weights
 
-FEATURE_NETWORKS = ("classifier", "none")
+FEATURE_NETWORKS = ("inception", "classifier", "none")
 
 
 class ClassifierFeatures:
@@ -74,6 +85,55 @@ class ClassifierFeatures:
     return np.asarray(self._features(jnp.asarray(pixels, jnp.float32)))
 
 
+class InceptionFeatures:
+  """Pool features [batch, 2048] of the FID Inception-v3 with the weights
+  of `weights_path` (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)."""
+
+  def __init__(self, weights_path: str):
+    self.weights_path = os.path.abspath(weights_path)
+    model = inception_weights.load_inception(self.weights_path)
+    self.sha256 = inception_weights.file_sha256(self.weights_path)
+    graphdef, self._params = nnx.split(model)
+    self._batch = 0  # The first batch size; smaller batches are padded.
+    # Two programs: the resize (per input size), then the network at 299.
+    self._preprocess = jax.jit(inception.preprocess)
+    self._network = jax.jit(
+      lambda params, x: nnx.merge(graphdef, params).pool_features(x)
+    )
+
+  @property
+  def description(self) -> dict:
+    """What identifies this feature space (for caches and eval.json)."""
+    return {
+      "feature_network": "inception",
+      "inception_weights": os.path.basename(self.weights_path),
+      "inception_sha256": self.sha256,
+    }
+
+  def check_shape(self, image_shape) -> None:
+    shape = tuple(image_shape)
+    if len(shape) != 3 or shape[-1] not in (1, 3) or min(shape) < 1:
+      raise ConfigError(
+        f"Inception features take [H, W, 1 or 3] images but the samples are"
+        f" {list(shape)}; use --config.eval.feature_network=none (or"
+        " classifier) for other data."
+      )
+
+  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    """pixels: [batch, H, W, 1 or 3] in [0, 1] -> [batch, 2048].
+
+    A batch smaller than the first one (the last of a split) is padded to
+    its size, so that one compiled network serves every batch.
+    """
+    pixels = np.asarray(pixels, np.float32)
+    n = len(pixels)
+    self._batch = self._batch or n
+    pad = ((0, max(self._batch - n, 0)),) + ((0, 0),) * (pixels.ndim - 1)
+    x = self._preprocess(jnp.asarray(np.pad(pixels, pad)))
+    out = self._network(self._params, x)
+    return np.asarray(out)[:n]
+
+
 def from_config(config):
   """The feature network of `config.eval`, or None for "none"."""
   name = config.eval.feature_network
@@ -84,6 +144,18 @@ def from_config(config):
     )
   if name == "none":
     return None
+  if name == "inception":
+    weights = config.eval.get("inception_weights", "")
+    if not weights:
+      raise ConfigError(
+        "eval.feature_network='inception' needs eval.inception_weights:"
+        " pytorch-fid's FID Inception weights, downloaded once from"
+        f" {inception_weights.FID_WEIGHTS_URL}; pass"
+        f" {inception_weights.FLAG} (or --config.eval.feature_network=none)."
+      )
+    network = InceptionFeatures(weights)
+    network.check_shape(config.data.image_shape)
+    return network
   if not config.eval.classifier_workdir:
     raise ConfigError(
       "eval.feature_network='classifier' needs eval.classifier_workdir: the"

@@ -1,0 +1,248 @@
+"""Reading PyTorch `torch.save` state dicts into numpy, without torch.
+
+Two formats are read:
+
+  zip (torch >= 1.6): a zip archive `<name>/data.pkl` (the pickled object,
+    storages as persistent ids) plus one raw file `<name>/data/<key>` per
+    storage and an optional `<name>/byteorder` ("little" or "big").
+  legacy (`_use_new_zipfile_serialization=False`, and torch < 1.6): a
+    sequence of pickles in one file: magic number, protocol version (1001),
+    system info, the object, the list of storage keys; then, per key in that
+    order, the storage's element count (int64, little-endian) and its bytes.
+
+Persistent ids are `("storage", storage type, key, location, numel)`, with a
+sixth entry in the legacy format (a view of another storage, or None).
+Tensors are rebuilt by `torch._utils._rebuild_tensor_v2(storage, offset,
+size, stride, ...)` (and parameters by `_rebuild_parameter(tensor, ...)`).
+The unpickler resolves only those names (and `collections.OrderedDict` and
+the typed storage classes); any other global, e.g. a function a malicious
+file wants called, is refused before it runs.
+"""
+
+import collections
+import pickle
+import struct
+import zipfile
+
+import ml_dtypes
+import numpy as np
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
+LEGACY_PROTOCOL = 1001
+
+_STORAGE_DTYPES = {
+  "DoubleStorage": np.float64,
+  "FloatStorage": np.float32,
+  "HalfStorage": np.float16,
+  "BFloat16Storage": ml_dtypes.bfloat16,
+  "LongStorage": np.int64,
+  "IntStorage": np.int32,
+  "ShortStorage": np.int16,
+  "CharStorage": np.int8,
+  "ByteStorage": np.uint8,
+  "BoolStorage": np.bool_,
+}
+
+
+class FormatError(ValueError):
+  """The file is not a state dict this reader understands (the reason)."""
+
+
+class _StorageType:
+  def __init__(self, name: str):
+    self.dtype = np.dtype(_STORAGE_DTYPES[name])
+
+
+class _Storage:
+  """A storage seen in the pickle; its data is filled in later."""
+
+  def __init__(self, dtype, numel: int):
+    self.dtype, self.numel, self.data = dtype, int(numel), None
+
+  def fill(self, raw: bytes, byteorder: str = "little") -> None:
+    expected = self.numel * self.dtype.itemsize
+    if len(raw) != expected:
+      raise FormatError(f"a storage holds {len(raw)} bytes, not {expected}")
+    dtype = self.dtype.newbyteorder("<" if byteorder == "little" else ">")
+    self.data = np.frombuffer(raw, dtype).astype(self.dtype)
+
+
+class _View:
+  """A legacy storage view: `numel` elements of `root` from `offset`."""
+
+  def __init__(self, root: _Storage, offset: int, numel: int):
+    self.root, self.offset, self.numel = root, int(offset), int(numel)
+    self.dtype = root.dtype
+
+  @property
+  def data(self):
+    return self.root.data[self.offset : self.offset + self.numel]
+
+
+class _Tensor:
+  """A tensor awaiting its storage's data: (storage, offset, size, stride)."""
+
+  def __init__(self, storage, offset, size, stride):
+    self.storage, self.offset = storage, int(offset)
+    self.size = tuple(int(s) for s in size)
+    self.stride = tuple(int(s) for s in stride)
+
+  def materialise(self) -> np.ndarray:
+    data = self.storage.data
+    if data is None:
+      raise FormatError("a tensor's storage has no data")
+    if len(self.size) != len(self.stride) or min(self.size, default=1) < 0:
+      raise FormatError(f"bad tensor size {self.size} / stride {self.stride}")
+    if 0 in self.size:
+      return np.zeros(self.size, data.dtype)
+    last = self.offset + sum(
+      (n - 1) * s for n, s in zip(self.size, self.stride, strict=True)
+    )
+    if self.offset < 0 or min(self.stride, default=0) < 0 or last >= len(data):
+      raise FormatError(
+        f"a tensor of size {self.size} and stride {self.stride} at offset"
+        f" {self.offset} does not fit its storage of {len(data)} elements"
+      )
+    itemsize = data.dtype.itemsize
+    view = np.lib.stride_tricks.as_strided(
+      data[self.offset :],
+      self.size,
+      tuple(s * itemsize for s in self.stride),
+      writeable=False,
+    )
+    return np.array(view)
+
+
+def _rebuild_tensor(storage, offset, size, stride, *unused):
+  del unused  # requires_grad, backward hooks, metadata.
+  return _Tensor(storage, offset, size, stride)
+
+
+def _rebuild_parameter(tensor, *unused):
+  del unused  # requires_grad, backward hooks.
+  return tensor
+
+
+_ALLOWED = {
+  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+  ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+}
+
+
+def _text(value) -> str:
+  return value.decode("ascii") if isinstance(value, bytes) else str(value)
+
+
+class _Unpickler(pickle.Unpickler):
+  """Resolves only the names of a plain state dict; records storages."""
+
+  def __init__(self, file, storages: dict | None = None):
+    super().__init__(file, encoding="utf-8")
+    self.storages = storages
+
+  def find_class(self, module, name):
+    if (module, name) in _ALLOWED:
+      return _ALLOWED[(module, name)]
+    if module == "torch" and name in _STORAGE_DTYPES:
+      return _StorageType(name)
+    raise FormatError(f"it refers to {module}.{name}, which is not allowed")
+
+  def persistent_load(self, pid):
+    if self.storages is None or not isinstance(pid, tuple) or len(pid) < 5:
+      raise FormatError(f"unexpected persistent id {pid!r:.80}")
+    kind, storage_type, key, _, numel = pid[:5]
+    if _text(kind) != "storage" or not isinstance(storage_type, _StorageType):
+      raise FormatError(f"unexpected persistent id {pid!r:.80}")
+    key = _text(key)
+    storage = self.storages.setdefault(key, _Storage(storage_type.dtype, numel))
+    view = pid[5] if len(pid) > 5 else None
+    if view is None:
+      return storage
+    _, offset, view_numel = view
+    return _View(storage, offset, view_numel)
+
+
+def _materialise(obj):
+  if isinstance(obj, _Tensor):
+    return obj.materialise()
+  if isinstance(obj, dict):
+    return {k: _materialise(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_materialise(v) for v in obj)
+  return obj
+
+
+def _read_zip(path: str):
+  with zipfile.ZipFile(path) as archive:
+    names = archive.namelist()
+    pickles = [n for n in names if n.endswith("/data.pkl")]
+    if len(pickles) != 1:
+      raise FormatError("the zip archive has no single <name>/data.pkl")
+    prefix = pickles[0][: -len("data.pkl")]
+    byteorder = "little"
+    if f"{prefix}byteorder" in names:
+      byteorder = archive.read(f"{prefix}byteorder").decode("ascii")
+      if byteorder not in ("little", "big"):
+        raise FormatError(f"unknown byte order {byteorder!r}")
+    storages = {}
+    with archive.open(pickles[0]) as f:
+      obj = _Unpickler(f, storages).load()
+    for key, storage in storages.items():
+      name = f"{prefix}data/{key}"
+      if name not in names:
+        raise FormatError(f"the archive lacks the storage {name}")
+      storage.fill(archive.read(name), byteorder)
+  return obj
+
+
+def _read_legacy(path: str):
+  with open(path, "rb") as f:
+    if _Unpickler(f).load() != LEGACY_MAGIC:
+      raise FormatError("it is neither a zip archive nor a legacy torch file")
+    if _Unpickler(f).load() != LEGACY_PROTOCOL:
+      raise FormatError("its legacy protocol version is not 1001")
+    system = _Unpickler(f).load()
+    if isinstance(system, dict) and not system.get("little_endian", True):
+      raise FormatError("it was written on a big-endian machine")
+    storages = {}
+    obj = _Unpickler(f, storages).load()
+    keys = _Unpickler(f).load()
+    if not isinstance(keys, list):
+      raise FormatError("the storage key list is missing")
+    for key in keys:
+      storage = storages.get(_text(key))
+      if storage is None:
+        raise FormatError(f"unexpected storage key {key!r:.40}")
+      (numel,) = struct.unpack("<q", f.read(8))
+      if numel != storage.numel:
+        raise FormatError(
+          f"storage {key} has {numel} elements, not {storage.numel}"
+        )
+      storage.fill(f.read(numel * storage.dtype.itemsize))
+  return obj
+
+
+def _read(path: str) -> dict[str, np.ndarray]:
+  obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+  if not isinstance(obj, dict):
+    raise FormatError(f"it holds a {type(obj).__name__}, not a state dict")
+  state = _materialise(obj)
+  return {str(k): v for k, v in state.items() if isinstance(v, np.ndarray)}
+
+
+def load_state_dict(path: str) -> dict[str, np.ndarray]:
+  """The tensors of a `torch.save`d state dict, as numpy arrays by name.
+
+  Raises:
+    FileNotFoundError: there is no such file.
+    FormatError: the file is not such a state dict, is damaged, or asks for
+      a global outside the allowed few (the message says why).
+  """
+  try:
+    return _read(path)
+  except (FormatError, FileNotFoundError):
+    raise
+  except Exception as e:  # A damaged pickle raises many kinds of errors.
+    raise FormatError(f"it is damaged ({type(e).__name__}: {e})") from e
