@@ -289,6 +289,10 @@ def dit_generation(
   # github.com/mseitzer/pytorch-fid/releases (fid_weights); read without
   # torch (.npz and .safetensors with the same tensor names work too).
   c.eval.inception_weights = ""
+  # The FID reference images (evaluate/reference.py): "data" (the dataset
+  # itself), "encode" (encode.images centre-cropped as --mode=encode does,
+  # for latent datasets) or "" (whichever the data needs).
+  c.eval.reference_data = ""
   c.eval.reference_split = "test"
   c.eval.reference_cache_dir = ""  # "" = <workdir>/fid_reference.
 
@@ -412,6 +416,7 @@ def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
   c.encode.images.synthetic_num_train = 40
   c.encode.images.synthetic_num_eval = 20
   c.encode.images.eval_split = "test"
+  c.eval.reference_split = "test"  # FID reference: the synthetic images.
   c.encode.splits = ("train", "test")
   c.encode.image_size = 16
   c.encode.shard_size = 16

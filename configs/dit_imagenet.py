@@ -7,10 +7,11 @@ classes; 50 Euler steps, guidance 2.0.
 
   python -m dblocks_jax.main --config=configs/dit_imagenet.py --mode=memory --workdir=runs/mem_dit
   # Once: ImageNet (TFDS imagenet2012, prepared as ArrayRecord) -> latents.
-  python -m dblocks_jax.main --config=configs/dit_imagenet.py --mode=encode --workdir=runs/encode \
+  python -m dblocks_jax.main --config=configs/dit_imagenet.py --mode=encode --workdir=runs/encode \\
     --config.data.dir=/data/imagenet_latents --config.encode.vae_weights=/data/sd-vae-ft-ema/diffusion_pytorch_model.safetensors
-  python -m dblocks_jax.main --config=configs/dit_imagenet.py --workdir=runs/dit_in \
-    --config.data.dir=/data/imagenet_latents --config.encode.vae_weights=...
+  python -m dblocks_jax.main --config=configs/dit_imagenet.py --workdir=runs/dit_in \\
+    --config.data.dir=/data/imagenet_latents --config.encode.vae_weights=... \\
+    --config.eval.inception_weights=/data/pt_inception-2015-12-05-6726825d.pth
   python -m dblocks_jax.main --config=configs/dit_imagenet.py --workdir=runs/dit_in --mode=sample ...
 
 `--mode=memory` needs no data. The encode mode writes 256x256 centre crops
@@ -18,10 +19,17 @@ and their mirrors as SD-VAE posteriors (mean and std, float16) in resumable
 shards; training samples the posterior and scales it by 0.18215; sampling
 decodes with the same VAE.
 
-FID: the evaluation samples latents and does not decode them yet, so
-eval.feature_network stays "none" here; the Inception features (`inception`,
-with --config.eval.inception_weights, as in dit_cifar10.py) take decoded
-pixels, and ImageNet reference statistics need the image split as pixels.
+FID uses the standard Inception-v3 pool features: download pytorch-fid's FID
+weights once,
+https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth,
+and pass their path as --config.eval.inception_weights (or sample without
+FID: --config.eval.feature_network=none). The evaluation decodes the sampled
+latents with the same VAE and compares their pixels with the 50,000 images
+of TFDS imagenet2012 `validation`, centre-cropped to 256 as the encode mode
+crops (eval.reference_data="encode", eval.reference_split="validation");
+their statistics are computed once and cached. ADM's reference batch, which
+DiT reports against, is computed over the training split instead:
+--config.eval.reference_split=train (1.28M images to read once).
 
 Arguments: smoke, e2e, variant=L/2, epochs=N (default 100).
 """
@@ -54,12 +62,12 @@ def get_config(arg=None):
     num_classes=1000,
     splits=("train",),
   )
-  # No FID yet: Inception features take pixels and the evaluation does not
-  # decode latents yet (see the docstring).
-  c.eval.feature_network = "none"
+  # FID of decoded samples against validation crops (see the docstring).
+  c.eval.feature_network = "inception"
+  c.eval.reference_split = "validation"
   c.eval.num_samples = 1_000
   if args.smoke:
-    common.as_dit_smoke(c)
+    common.as_dit_smoke(c)  # No FID.
     common.as_latent_smoke(c)
   if args.e2e:
     common.as_end_to_end(c)

@@ -22,7 +22,6 @@ from absl import logging
 
 from dblocks_jax import checkpoint, data, evaluate, experiment, metrics
 from dblocks_jax.blockwise import optim, parallel, schedule, steps
-from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError, DataError, NonFiniteLossError
 from dblocks_jax.evaluate import features
 from dblocks_jax.state import check_topology, init_state, restore_run
@@ -76,8 +75,19 @@ def make_evaluator(exp, graphdefs, config, workdir: str):
     cache_dir = config.eval.reference_cache_dir or os.path.join(
       workdir, "fid_reference"
     )
+    sample_pixels = None
+    if feature_network is not None:
+      # Fails now, not after training: VAE weights, reference images.
+      sample_pixels = evaluate.SamplePixels(config)
+      evaluate.generation.check_reference(feature_network, config, cache_dir)
     return lambda state: evaluate.evaluate_samples(
-      exp, sample_fn, feature_network, state, config, cache_dir=cache_dir
+      exp,
+      sample_fn,
+      feature_network,
+      state,
+      config,
+      cache_dir=cache_dir,
+      sample_pixels=sample_pixels,
     )
   classify_fn = evaluate.make_classify_fn(exp, graphdefs, config)
   return lambda state: evaluate_state(exp, classify_fn, state, config)
@@ -355,14 +365,8 @@ def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str):
     jax.random.key(s.seed),
     batch_size=min(config.eval_batch_size, len(labels)),
   )
-  if config.data.name == "latents":
-    images = evaluate.generation.decode_latents(
-      config, images, config.eval_batch_size
-    )
-    mean, std = (0.5,) * 3, (0.5,) * 3  # Decoded images are in [-1, 1].
-  else:
-    mean, std = normalisation(config.data)
-  pixels = evaluate.to_pixels(images, mean, std)
+  # Latents are decoded by the VAE, as in the FID evaluation.
+  pixels = evaluate.SamplePixels(config)(images, config.eval_batch_size)
   step = int(state["step"])
   out_dir = os.path.join(workdir, "samples")
   os.makedirs(out_dir, exist_ok=True)

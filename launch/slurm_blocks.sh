@@ -3,7 +3,8 @@
 # then an assemble-and-evaluate job that waits for all of them.
 #
 #   NUM_BLOCKS=3 bash launch/slurm_blocks.sh configs/dit_imagenet.py /shared/runs/dit_in \
-#     --config.data.dir=/shared/imagenet_latents
+#     --config.data.dir=/shared/imagenet_latents \
+#     --config.eval.inception_weights=/shared/pt_inception-2015-12-05-6726825d.pth
 #
 # SBATCH_ARGS adds sbatch options (partition, account, --gpus-per-task=...).
 # WORKDIR must be on a filesystem that every node sees.

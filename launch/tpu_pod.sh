@@ -6,7 +6,8 @@
 #
 #   TPU=my-v4-32 ZONE=us-central2-b BLOCK_GROUPS=3 \
 #     bash launch/tpu_pod.sh configs/dit_imagenet.py /mnt/shared/runs/dit_in \
-#     --config.data.dir=/mnt/shared/imagenet_latents
+#     --config.data.dir=/mnt/shared/imagenet_latents \
+#     --config.eval.inception_weights=/mnt/shared/pt_inception-2015-12-05-6726825d.pth
 #
 # The repository must be installed on every host (e.g. `pip install -e .` in
 # REPO_DIR), and WORKDIR must be a filesystem every host sees.

@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from configs import dit_cifar10, dit_fashion_mnist, dit_imagenet
 from dblocks_jax.errors import ConfigError, DataError
-from dblocks_jax.evaluate import features
+from dblocks_jax.evaluate import features, pixels
 from dblocks_jax.models import inception, inception_weights, torch_files
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -199,11 +199,17 @@ def test_damaged_official_file_is_refused(tmp_path):
     inception_weights.load_inception(str(path))
 
 
-def test_config_defaults_and_the_weights_flag(tmp_path):
+def test_config_defaults_and_the_weights_flag(tmp_path, network):
   config = dit_cifar10.get_config()
   assert config.eval.feature_network == "inception"
   assert config.eval.inception_weights == ""
   assert dit_cifar10.get_config("smoke").eval.feature_network == "none"
+  imagenet = dit_imagenet.get_config()
+  assert imagenet.eval.feature_network == "inception"
+  assert imagenet.eval.reference_split == "validation"
+  # Inception takes the decoded 256x256 RGB pixels, not the 32x32x4 latents.
+  assert pixels.pixel_shape(imagenet) == (256, 256, 3)
+  network.check_shape(pixels.pixel_shape(imagenet))
   assert dit_imagenet.get_config("smoke").eval.feature_network == "none"
   assert dit_fashion_mnist.get_config().eval.feature_network == "classifier"
   with pytest.raises(ConfigError, match="--config.eval.inception_weights="):

@@ -1,20 +1,25 @@
 """--mode=encode and latent datasets: a tiny random-weight SD-VAE over
-synthetic images, then block-wise DiT training and sampling on its latents."""
+synthetic images, then block-wise DiT training, sampling and FID (decoded
+samples against the cropped source images) on its latents."""
 
 import copy
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 from configs import dit_imagenet
-from dblocks_jax import data, encode, train
+from dblocks_jax import data, encode, evaluate, experiment, train
+from dblocks_jax.blockwise import optim
 from dblocks_jax.data import latents, sources
 from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.evaluate import fid, generation, reference
 from dblocks_jax.models import vae, vae_weights
+from dblocks_jax.state import init_state
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +167,118 @@ def test_train_and_sample_on_latents(encoded, tmp_path):
   sampled = train.sample_checkpoint(config, str(tmp_path))
   with np.load(sampled["npz"]) as saved:
     assert saved["images"].shape == (20, 16, 16, 3)  # Decoded pixels.
+
+
+class RecordingFeatures:
+  """A small feature network: per-channel means and deviations [b, 2 C] of
+  the pixels it is given, which it keeps (in call order)."""
+
+  description = {"feature_network": "recording"}
+
+  def __init__(self):
+    self.calls = []
+
+  def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    self.calls.append(np.array(pixels))
+    return np.concatenate([pixels.mean((1, 2)), pixels.std((1, 2))], -1)
+
+
+def _reference_crops(config) -> np.ndarray:
+  """uint8 [n, 16, 16, 3]: encode.images' reference split, cropped."""
+  images = config.encode.images.copy_and_resolve_references()
+  images.eval_split = config.eval.reference_split
+  source = sources.load_split(images, sources.EVAL_FIELD)
+  return np.stack(
+    [encode.center_crop(source[i]["image"], 16) for i in range(len(source))]
+  )
+
+
+def test_fid_on_latents_decodes_samples_and_uses_image_references(
+  encoded, tmp_path
+):
+  config, model = encoded
+  config = copy.deepcopy(config)
+  config.eval.num_samples = 40  # Batches of 32 and 8 (padded to 32).
+  config.sampler.num_steps = 3  # One per block: a quicker compile.
+  exp = experiment.build(config)
+  graphdefs, state = init_state(exp, optim.make_optimizer(config.optimizer))
+  sample_fn = evaluate.make_sample_fn(exp, graphdefs, config)
+  network = RecordingFeatures()
+  cache = str(tmp_path / "cache")
+  result = evaluate.evaluate_samples(
+    exp, sample_fn, network, state, config, cache_dir=cache
+  )
+  # Reference statistics first: the source images, cropped as encoding does.
+  first, *samples = network.calls
+  crops = _reference_crops(config)
+  assert len(crops) == 20
+  np.testing.assert_array_equal(first, crops / np.float32(255))
+  # Then the samples, decoded by the VAE: pixels [8 f, 8 f, 3], not latents.
+  f = encode.vae_config(config).downsample_factor
+  assert [s.shape[1:] for s in samples] == [(8 * f, 8 * f, 3)] * 2
+  assert [len(s) for s in samples] == [32, 8]
+  latent = generation.generate(
+    sample_fn,
+    state,
+    generation.class_labels(40, config.data.num_classes),
+    jax.random.key(config.seed + 1),
+    batch_size=32,
+  )
+  decode = nnx.jit(lambda vae, z: vae.decode(z / 0.18215))
+  decoded = decode(model, jnp.asarray(latent))
+  expected = evaluate.to_pixels(decoded, (0.5,) * 3, (0.5,) * 3)
+  got = np.round(np.concatenate(samples) * 255)
+  assert np.abs(got - expected).max() <= 1  # Rounding of jit vs eager.
+  assert np.isfinite(result["fid"]) and result["num_samples"] == 40
+  assert result["dataset"] == "synthetic" and result["split"] == "test"
+  assert result["reference_data"] == "encode"
+  assert result["image_shape"] == [16, 16, 3]
+
+  # Cached: a second evaluation scores only the samples.
+  network.calls.clear()
+  again = evaluate.evaluate_samples(
+    exp, sample_fn, network, state, config, cache_dir=cache
+  )
+  assert len(network.calls) == 2 and again["fid"] == result["fid"]
+  # The same images as a pixel dataset (uncropped) have another cache entry.
+  as_pixels = copy.deepcopy(config)
+  as_pixels.data = config.encode.images.copy_and_resolve_references()
+  path = fid.cache_path(
+    cache,
+    dict(network.description, **reference.description(as_pixels)),
+  )
+  assert path != result["reference_statistics"]
+  assert reference.kind(as_pixels) == "data"
+
+
+def test_reference_data_errors(encoded):
+  config, _ = encoded
+  config = copy.deepcopy(config)
+  config.eval.reference_data = "data"
+  with pytest.raises(ConfigError, match="eval.reference_data='data'"):
+    reference.kind(config)
+  config.eval.reference_data = "pixels"
+  with pytest.raises(ConfigError, match="eval.reference_data='pixels'"):
+    reference.kind(config)
+  config.eval.reference_data = "encode"
+  config.encode.image_size = 32
+  with pytest.raises(ConfigError, match="encode.image_size"):
+    reference.description(config)
+
+
+def test_missing_reference_images_say_how_to_get_them(encoded, tmp_path):
+  config, _ = encoded
+  config = copy.deepcopy(config)
+  config.encode.images.name = "imagenet2012"
+  config.encode.images.dir = str(tmp_path / "tfds")
+  config.eval.reference_split = "validation"
+  network = RecordingFeatures()
+  cache = str(tmp_path / "cache")
+  with pytest.raises(DataError, match="tfds build imagenet2012"):
+    generation.check_reference(network, config, cache)
+  # Cached statistics need no images.
+  description = dict(network.description, **reference.description(config))
+  path = fid.cache_path(cache, description)
+  os.makedirs(cache)
+  np.savez(path, mean=np.zeros(6), cov=np.eye(6))
+  generation.check_reference(network, config, cache)

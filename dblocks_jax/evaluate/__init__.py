@@ -7,8 +7,8 @@ from dblocks_jax.evaluate.generation import (
   generate,
   image_grid,
   make_sample_fn,
-  to_pixels,
 )
+from dblocks_jax.evaluate.pixels import SamplePixels, to_pixels
 
 __all__ = [
   "accuracy",
@@ -18,6 +18,7 @@ __all__ = [
   "image_grid",
   "make_classify_fn",
   "make_sample_fn",
+  "SamplePixels",
   "statistics",
   "to_pixels",
 ]

@@ -28,6 +28,7 @@ from dblocks_jax import state
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.evaluate.pixels import pixel_shape
 from dblocks_jax.models import inception, inception_weights
 
 FEATURE_NETWORKS = ("inception", "classifier", "none")
@@ -135,7 +136,10 @@ class InceptionFeatures:
 
 
 def from_config(config):
-  """The feature network of `config.eval`, or None for "none"."""
+  """The feature network of `config.eval`, or None for "none".
+
+  Its input is the samples' pixels: decoded images for latent datasets.
+  """
   name = config.eval.feature_network
   if name not in FEATURE_NETWORKS:
     raise ConfigError(
@@ -154,7 +158,7 @@ def from_config(config):
         f" {inception_weights.FLAG} (or --config.eval.feature_network=none)."
       )
     network = InceptionFeatures(weights)
-    network.check_shape(config.data.image_shape)
+    network.check_shape(pixel_shape(config))
     return network
   if not config.eval.classifier_workdir:
     raise ConfigError(
@@ -163,5 +167,5 @@ def from_config(config):
       " --config.eval.classifier_workdir=runs/fm_e2e"
     )
   network = ClassifierFeatures(config.eval.classifier_workdir)
-  network.check_shape(config.data.image_shape)
+  network.check_shape(pixel_shape(config))
   return network

@@ -41,6 +41,13 @@ def frechet_distance(mu1, cov1, mu2, cov2) -> float:
   return float(max(distance, 0.0))
 
 
+def cache_path(cache_dir: str, description: dict) -> str:
+  """The file of the statistics that `description` identifies."""
+  text = json.dumps(description, sort_keys=True)
+  name = hashlib.sha256(text.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir, f"reference_{name}.npz")
+
+
 def cached_reference_statistics(cache_dir: str, description: dict, compute):
   """Loads reference (mean, cov) from the cache or computes and stores them.
 
@@ -54,8 +61,7 @@ def cached_reference_statistics(cache_dir: str, description: dict, compute):
     (mean, cov, path of the cached file).
   """
   text = json.dumps(description, sort_keys=True)
-  name = hashlib.sha256(text.encode()).hexdigest()[:16]
-  path = os.path.join(cache_dir, f"reference_{name}.npz")
+  path = cache_path(cache_dir, description)
   if os.path.exists(path):
     with np.load(path) as cached:
       return cached["mean"], cached["cov"], path

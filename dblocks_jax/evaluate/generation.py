@@ -1,15 +1,14 @@
-"""Sampling a trained generator: routed sampler, pixels, image grids."""
+"""Sampling a trained generator: routed sampler, image grids, FID."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from flax import nnx
 from PIL import Image
 
-from dblocks_jax import data
-from dblocks_jax.data.info import normalisation
-from dblocks_jax.evaluate import fid
+from dblocks_jax.evaluate import fid, pixels, reference
 from dblocks_jax.evaluate.routing import parts_for_block_fn, sampler_grid
 
 
@@ -73,14 +72,6 @@ def generate(
   return np.concatenate(out)
 
 
-def to_pixels(images: np.ndarray, mean, std) -> np.ndarray:
-  """Data-space images -> uint8 pixels: clip(255 (x std + mean))."""
-  mean = np.asarray(mean, np.float32)
-  std = np.asarray(std, np.float32)
-  unit = np.asarray(images, np.float32) * std + mean
-  return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
-
-
 def image_grid(pixels: np.ndarray, columns: int, padding: int = 2):
   """[n, H, W, C] uint8 -> one [rows (H+pad), columns (W+pad), C] image."""
   n, h, w, c = pixels.shape
@@ -101,57 +92,44 @@ def save_png(grid: np.ndarray, path: str) -> None:
   Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(path)
 
 
-def _features_of(feature_network, pixels: np.ndarray, batch_size: int):
-  """uint8 pixels [n, H, W, C] -> features [n, d], in batches."""
-  out = []
-  for start in range(0, len(pixels), batch_size):
-    chunk = pixels[start : start + batch_size].astype(np.float32) / 255.0
-    out.append(feature_network(chunk))
+def _features_of(feature_network, batches) -> np.ndarray:
+  """uint8 pixel batches [b, H, W, C] -> features [n, d]."""
+  out = [feature_network(batch.astype(np.float32) / 255.0) for batch in batches]
   return np.concatenate(out)
 
 
-def reference_pixels(data_config, batch_size: int, mean, std) -> np.ndarray:
-  """The reference split's images as uint8 pixels [n, H, W, C]."""
-  out = []
-  for batch in data.make_eval_batches(data_config, batch_size=batch_size):
-    mask = np.asarray(batch["mask"], bool)
-    out.append(to_pixels(batch["image"][mask], mean, std))
-  return np.concatenate(out)
+def _description(feature_network, config) -> dict:
+  return dict(feature_network.description, **reference.description(config))
+
+
+def check_reference(feature_network, config, cache_dir: str) -> None:
+  """Raises now, not after training, when the reference statistics are
+  neither cached nor computable (the reference images are missing)."""
+  path = fid.cache_path(cache_dir, _description(feature_network, config))
+  if not os.path.exists(path):
+    reference.check(config)
 
 
 def frechet_evaluation(
-  pixels: np.ndarray, feature_network, config, cache_dir: str
+  pixel_batches, feature_network, config, cache_dir: str
 ) -> dict:
-  """FID of uint8 samples against `config.eval.reference_split` of the data.
+  """FID of uint8 sample batches against the reference images.
 
-  Reference statistics are computed once per feature network, dataset and
-  split, and cached in `cache_dir`.
+  The reference (`eval.reference_data`, `eval.reference_split`; see
+  `evaluate.reference`) statistics are computed once per feature network and
+  reference, and cached in `cache_dir`.
   """
-  e = config.eval
-  reference_data = config.data.copy_and_resolve_references()
-  with reference_data.unlocked():
-    reference_data.eval_split = e.reference_split
-  mean, std = normalisation(reference_data)
-  description = dict(
-    feature_network.description,
-    dataset=config.data.name,
-    split=e.reference_split,
-    image_shape=list(config.data.image_shape),
-  )
+  description = _description(feature_network, config)
 
   def compute():
-    reference = reference_pixels(
-      reference_data, config.eval_batch_size, mean, std
-    )
-    return fid.statistics(
-      _features_of(feature_network, reference, config.eval_batch_size)
-    )
+    batches = reference.pixel_batches(config, config.eval_batch_size)
+    return fid.statistics(_features_of(feature_network, batches))
 
   ref_mean, ref_cov, path = fid.cached_reference_statistics(
     cache_dir, description, compute
   )
   sample_mean, sample_cov = fid.statistics(
-    _features_of(feature_network, pixels, config.eval_batch_size)
+    _features_of(feature_network, pixel_batches)
   )
   return {
     "fid": fid.frechet_distance(sample_mean, sample_cov, ref_mean, ref_cov),
@@ -161,9 +139,20 @@ def frechet_evaluation(
 
 
 def evaluate_samples(
-  experiment, sample_fn, feature_network, state, config, *, cache_dir
+  experiment,
+  sample_fn,
+  feature_network,
+  state,
+  config,
+  *,
+  cache_dir,
+  sample_pixels=None,
 ):
   """Samples `eval.num_samples` images (balanced classes) and scores them.
+
+  With a feature network, the samples become pixels through `sample_pixels`
+  (a `pixels.SamplePixels`, built here when None: latents are decoded by the
+  VAE) and are scored against the reference images.
 
   Returns:
     eval.json fields: the number of samples, the sampler, and with a feature
@@ -186,38 +175,9 @@ def evaluate_samples(
     "guidance_scale": float(s.guidance_scale),
   }
   if feature_network is not None:
-    mean, std = normalisation(config.data)
-    pixels = to_pixels(images, mean, std)
+    sample_pixels = sample_pixels or pixels.SamplePixels(config)
+    batches = sample_pixels.batches(images, config.eval_batch_size)
     result.update(
-      frechet_evaluation(pixels, feature_network, config, cache_dir)
+      frechet_evaluation(batches, feature_network, config, cache_dir)
     )
   return result
-
-
-def decode_latents(config, latents: np.ndarray, batch_size: int) -> np.ndarray:
-  """Scaled latents [n, h, w, c] -> images [n, H, W, 3] in [-1, 1].
-
-  Uses the VAE of `encode.vae` with the weights of `encode.vae_weights`, or
-  those recorded in the latent dataset's meta.json when that is empty.
-  """
-  from dblocks_jax.data import latents as latents_lib
-  from dblocks_jax.encode import vae_config
-  from dblocks_jax.models import vae_weights
-
-  meta = latents_lib.read_meta(config.data.dir)
-  weights = config.encode.vae_weights or meta["vae"]["weights"]
-  model = vae_weights.load_vae(weights, vae_config(config))
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def decode(state, z):
-    return nnx.merge(graphdef, state).decode(z / meta["scaling_factor"])
-
-  out = []
-  for start in range(0, len(latents), batch_size):
-    out.append(
-      np.asarray(
-        decode(state, jnp.asarray(latents[start : start + batch_size]))
-      )
-    )
-  return np.concatenate(out)

@@ -1,0 +1,98 @@
+"""Samples -> uint8 pixels, for image grids and feature networks.
+
+Pixel datasets: the inverse of the data normalisation. Latent datasets
+(`data.name="latents"`): the SD-VAE decoder first (`LatentDecoder`), whose
+output space is [-1, 1] (mean 0.5, std 0.5 in pixel units). `SamplePixels`
+is the one path that `--mode=sample` and the FID evaluation share.
+"""
+
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from dblocks_jax.data import latents as latents_lib
+from dblocks_jax.data.info import normalisation
+from dblocks_jax.encode import vae_config
+from dblocks_jax.models import vae_weights
+
+DECODED_MEAN = DECODED_STD = (0.5, 0.5, 0.5)  # VAE images are in [-1, 1].
+
+
+def to_pixels(images: np.ndarray, mean, std) -> np.ndarray:
+  """Data-space images -> uint8 pixels: clip(255 (x std + mean))."""
+  mean = np.asarray(mean, np.float32)
+  std = np.asarray(std, np.float32)
+  unit = np.asarray(images, np.float32) * std + mean
+  return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
+
+
+def is_latent(config) -> bool:
+  return config.data.name == "latents"
+
+
+def pixel_shape(config) -> tuple[int, int, int]:
+  """[H, W, C] of a sample's pixels, reading no data.
+
+  `data.image_shape`, or for latents [h, w, c] the decoded [h f, w f, 3]
+  (f the downsampling factor of the VAE of `encode.vae`).
+  """
+  h, w, c = (int(d) for d in config.data.image_shape)
+  if not is_latent(config):
+    return h, w, c
+  f = vae_config(config).downsample_factor
+  return h * f, w * f, 3
+
+
+class LatentDecoder:
+  """Scaled latents [b, h, w, c] -> images [b, h f, w f, 3] in [-1, 1].
+
+  Built once (the weights of `encode.vae_weights`, or those recorded in the
+  latent dataset's meta.json when that is empty) and jitted once: a batch
+  smaller than the first one is padded to its size.
+  """
+
+  def __init__(self, config):
+    meta = latents_lib.read_meta(config.data.dir)
+    self.weights = config.encode.vae_weights or meta["vae"]["weights"]
+    model = vae_weights.load_vae(self.weights, vae_config(config))
+    graphdef, self._params = nnx.split(model)
+    scale = float(meta["scaling_factor"])
+    self._decode = jax.jit(
+      lambda params, z: nnx.merge(graphdef, params).decode(z / scale)
+    )
+    self._batch = 0
+
+  def __call__(self, latents: np.ndarray) -> np.ndarray:
+    latents = np.asarray(latents, np.float32)
+    n = len(latents)
+    self._batch = self._batch or n
+    pad = ((0, max(self._batch - n, 0)),) + ((0, 0),) * (latents.ndim - 1)
+    images = self._decode(self._params, jnp.asarray(np.pad(latents, pad)))
+    return np.asarray(images, np.float32)[:n]
+
+
+class SamplePixels:
+  """Data-space samples [n, ...] -> uint8 pixels [n, H, W, C] (`pixel_shape`),
+  in batches; latents go through a `LatentDecoder` built here, once."""
+
+  def __init__(self, config):
+    self.shape = pixel_shape(config)
+    self.decoder = LatentDecoder(config) if is_latent(config) else None
+    if self.decoder is None:
+      self.mean, self.std = normalisation(config.data)
+    else:
+      self.mean, self.std = DECODED_MEAN, DECODED_STD
+
+  def batches(self, images: np.ndarray, batch_size: int) -> Iterator:
+    """Yields uint8 [<= batch_size, H, W, C], in order."""
+    for start in range(0, len(images), batch_size):
+      chunk = images[start : start + batch_size]
+      if self.decoder is not None:
+        chunk = self.decoder(chunk)
+      yield to_pixels(chunk, self.mean, self.std)
+
+  def __call__(self, images: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate(list(self.batches(images, batch_size)))
