@@ -16,9 +16,9 @@ FID is measured in the feature space of the end-to-end ViT classifier of
 `vit_fashion_mnist.py:e2e` (eval.classifier_workdir), against the test split.
 
 Arguments: smoke, e2e, variant=S/4 (any of S, B, L, XL with patch 2, 4, 8),
-epochs=N (baseline epochs; default 50, 5 with cpu), tfds (read TFDS fashion_mnist),
+epochs=N (baseline epochs; default 50, 3 with cpu), tfds (read TFDS fashion_mnist),
 cpu (the CPU-sized comparison of docs/results.md: a DiT of 6 layers, width
-64, 4 heads, patch 4, i.e. 2 layers per block; learning rate 5e-4; 5
+64, 4 heads, patch 4, i.e. 2 layers per block; learning rate 5e-4; 3
 baseline epochs; FID on 4,000 samples).
 """
 
@@ -29,7 +29,7 @@ def get_config(arg=None):
   args = common.parse_arg(
     arg, smoke=False, e2e=False, variant="S/4", epochs=0, tfds=False, cpu=False
   )
-  epochs = args.epochs or (5 if args.cpu else 50)
+  epochs = args.epochs or (3 if args.cpu else 50)
   c = common.dit_generation(
     dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
     image_shape=(28, 28, 1),
