@@ -301,3 +301,23 @@ def test_frechet_distance_known_values():
   assert fid.frechet_distance(
     mean, cov, np.zeros(2), np.diag([1.0, 4.0])
   ) == pytest.approx(0.0, abs=2e-3)
+
+
+def test_running_statistics_equal_the_batch_statistics():
+  # Large mean, uneven batches: the shifted sums keep float64 precision.
+  rng = np.random.default_rng(2)
+  features = rng.normal(size=(1003, 5)) * [1.0, 2.0, 0.5, 3.0, 1.0] + 1e4
+  features[:, 1] += 0.3 * features[:, 0]
+  running = fid.RunningStatistics()
+  for start, stop in [(0, 7), (7, 500), (500, 501), (501, 1003)]:
+    running.update(features[start:stop])
+  assert running.count == 1003
+  mean, cov = running.result()
+  np.testing.assert_allclose(mean, features.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(
+    cov, np.cov(features, rowvar=False), rtol=1e-9, atol=1e-9
+  )
+  single = fid.RunningStatistics()
+  single.update(features[:1])
+  with pytest.raises(ValueError, match="at least 2"):
+    single.result()

@@ -22,6 +22,44 @@ def statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return features.mean(0), np.cov(features, rowvar=False)
 
 
+class RunningStatistics:
+  """Mean and covariance of features that arrive in batches, in O(d^2)
+  memory (a reference set of a million images never sits in memory).
+
+  Sums are float64 and taken about a shift (the first batch's mean), so the
+  covariance does not lose precision to large means; `result()` equals
+  `statistics` of all the batches concatenated.
+  """
+
+  def __init__(self):
+    self.count = 0
+    self._shift = self._sum = self._outer = None
+
+  def update(self, features: np.ndarray) -> None:
+    """features: [b, d]."""
+    x = np.asarray(features, np.float64)
+    if x.ndim != 2:
+      raise ValueError(f"need [batch, d] features, got {x.shape}")
+    if self._shift is None:
+      self._shift = x.mean(0)
+      self._sum = np.zeros_like(self._shift)
+      self._outer = np.zeros((x.shape[1],) * 2)
+    x = x - self._shift
+    self.count += len(x)
+    self._sum += x.sum(0)
+    self._outer += x.T @ x
+
+  def result(self) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [d], covariance [d, d]), float64, ddof 1."""
+    if self.count < 2:
+      raise ValueError(f"need at least 2 features, got {self.count}")
+    centred_mean = self._sum / self.count
+    cov = (self._outer - self.count * np.outer(centred_mean, centred_mean)) / (
+      self.count - 1
+    )
+    return self._shift + centred_mean, cov
+
+
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
   values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
   return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T

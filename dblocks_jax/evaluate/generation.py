@@ -92,10 +92,15 @@ def save_png(grid: np.ndarray, path: str) -> None:
   Image.fromarray(grid[..., 0] if mode == "L" else grid, mode).save(path)
 
 
-def _features_of(feature_network, batches) -> np.ndarray:
-  """uint8 pixel batches [b, H, W, C] -> features [n, d]."""
-  out = [feature_network(batch.astype(np.float32) / 255.0) for batch in batches]
-  return np.concatenate(out)
+def feature_statistics(feature_network, batches, *, log_every: int = 0):
+  """uint8 pixel batches [b, H, W, C] -> (mean [d], covariance [d, d]) of
+  their features, accumulated batch by batch (`fid.RunningStatistics`)."""
+  running = fid.RunningStatistics()
+  for i, batch in enumerate(batches):
+    running.update(feature_network(batch.astype(np.float32) / 255.0))
+    if log_every and (i + 1) % log_every == 0:
+      logging.info("Features of %d images.", running.count)
+  return running.result()
 
 
 def _description(feature_network, config) -> dict:
@@ -123,14 +128,12 @@ def frechet_evaluation(
 
   def compute():
     batches = reference.pixel_batches(config, config.eval_batch_size)
-    return fid.statistics(_features_of(feature_network, batches))
+    return feature_statistics(feature_network, batches, log_every=20)
 
   ref_mean, ref_cov, path = fid.cached_reference_statistics(
     cache_dir, description, compute
   )
-  sample_mean, sample_cov = fid.statistics(
-    _features_of(feature_network, pixel_batches)
-  )
+  sample_mean, sample_cov = feature_statistics(feature_network, pixel_batches)
   return {
     "fid": fid.frechet_distance(sample_mean, sample_cov, ref_mean, ref_cov),
     "reference_statistics": path,
