@@ -28,7 +28,7 @@ from dblocks_jax import state
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.evaluate.pixels import pixel_shape
+from dblocks_jax.evaluate.pixels import call_padded, pixel_shape
 from dblocks_jax.models import inception, inception_weights
 
 FEATURE_NETWORKS = ("inception", "classifier", "none")
@@ -92,8 +92,7 @@ class InceptionFeatures:
 
   def __init__(self, weights_path: str):
     self.weights_path = os.path.abspath(weights_path)
-    model = inception_weights.load_inception(self.weights_path)
-    self.sha256 = inception_weights.file_sha256(self.weights_path)
+    model, self.sha256 = inception_weights.load_with_sha256(self.weights_path)
     graphdef, self._params = nnx.split(model)
     self._batch = 0  # The first batch size; smaller batches are padded.
     # Two programs: the resize (per input size), then the network at 299.
@@ -127,12 +126,12 @@ class InceptionFeatures:
     its size, so that one compiled network serves every batch.
     """
     pixels = np.asarray(pixels, np.float32)
-    n = len(pixels)
-    self._batch = self._batch or n
-    pad = ((0, max(self._batch - n, 0)),) + ((0, 0),) * (pixels.ndim - 1)
-    x = self._preprocess(jnp.asarray(np.pad(pixels, pad)))
-    out = self._network(self._params, x)
-    return np.asarray(out)[:n]
+    self._batch = self._batch or len(pixels)
+    return call_padded(
+      lambda x: self._network(self._params, self._preprocess(x)),
+      pixels,
+      self._batch,
+    )
 
 
 def from_config(config):

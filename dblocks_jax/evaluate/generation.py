@@ -3,7 +3,6 @@
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from PIL import Image
@@ -64,9 +63,12 @@ def generate(
   num_batches = -(-len(labels) // batch_size)
   for i in range(num_batches):
     chunk = labels[i * batch_size : (i + 1) * batch_size]
-    padded = np.pad(chunk, (0, batch_size - len(chunk)))
-    images = sample_fn(state, jnp.asarray(padded), jax.random.fold_in(key, i))
-    out.append(np.asarray(images)[: len(chunk)])
+    batch_key = jax.random.fold_in(key, i)
+    out.append(
+      pixels.call_padded(
+        lambda y, k=batch_key: sample_fn(state, y, k), chunk, batch_size
+      )
+    )
     if progress_every and (i + 1) % progress_every == 0:
       logging.info("Sampled %d/%d batches.", i + 1, num_batches)
   return np.concatenate(out)

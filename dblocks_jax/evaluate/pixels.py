@@ -29,6 +29,14 @@ def to_pixels(images: np.ndarray, mean, std) -> np.ndarray:
   return np.clip(np.round(unit * 255.0), 0, 255).astype(np.uint8)
 
 
+def call_padded(fn, batch: np.ndarray, size: int) -> np.ndarray:
+  """fn on `batch` [n, ...] padded with zeros along axis 0 to `size` rows
+  (one compiled program serves every smaller batch), trimmed back to n."""
+  n = len(batch)
+  pad = ((0, max(size - n, 0)),) + ((0, 0),) * (batch.ndim - 1)
+  return np.asarray(fn(jnp.asarray(np.pad(batch, pad))))[:n]
+
+
 def is_latent(config) -> bool:
   return config.data.name == "latents"
 
@@ -67,11 +75,11 @@ class LatentDecoder:
 
   def __call__(self, latents: np.ndarray) -> np.ndarray:
     latents = np.asarray(latents, np.float32)
-    n = len(latents)
-    self._batch = self._batch or n
-    pad = ((0, max(self._batch - n, 0)),) + ((0, 0),) * (latents.ndim - 1)
-    images = self._decode(self._params, jnp.asarray(np.pad(latents, pad)))
-    return np.asarray(images, np.float32)[:n]
+    self._batch = self._batch or len(latents)
+    images = call_padded(
+      lambda z: self._decode(self._params, z), latents, self._batch
+    )
+    return images.astype(np.float32)
 
 
 class SamplePixels:

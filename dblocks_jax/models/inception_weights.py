@@ -115,8 +115,13 @@ def load_inception(path: str) -> inception_lib.InceptionV3:
     DataError: the file is unreadable, a damaged download of the official
       file, lacks a tensor of the network, or holds one of another shape.
   """
+  return load_with_sha256(path)[0]
+
+
+def load_with_sha256(path: str) -> tuple[inception_lib.InceptionV3, str]:
+  """`load_inception`, and the file's sha256 (hashed once, for eval.json)."""
   tensors = read_weights(path)
-  _check_download(path)
+  sha256 = _check_download(path)
   model = nnx.eval_shape(lambda: inception_lib.InceptionV3(rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(model)
   missing, loaded = [], []
@@ -140,4 +145,4 @@ def load_inception(path: str) -> inception_lib.InceptionV3:
       f" Inception-v3, e.g. {missing[:3]}; use pytorch-fid's weights"
       f" ({FID_WEIGHTS_URL})."
     )
-  return nnx.merge(graphdef, nnx.from_flat_state(loaded))
+  return nnx.merge(graphdef, nnx.from_flat_state(loaded)), sha256
