@@ -19,9 +19,9 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from dblocks_jax import evaluate, experiment
-from dblocks_jax.blockwise import optim
-from dblocks_jax.state import init_state
+from dblocks_jax import families
+from dblocks_jax.families import common
+from dblocks_jax.families import dit as dit_family
 
 config_flags.DEFINE_config_file("config", None, "A DiT config.")
 flags.DEFINE_integer("batch_size", 64, "Images per sampler call.")
@@ -34,14 +34,15 @@ def images_per_second(config, method: str, batch_size: int, repeats: int):
   config = copy.deepcopy(config)
   with config.unlocked():
     config.method = method
-  exp = experiment.build(config)
-  graphdefs, state = init_state(exp, optim.make_optimizer(config.optimizer))
-  sample = evaluate.make_sample_fn(exp, graphdefs, config)
+  experiment = families.get(config.model.name).build(config)
+  trainer = common.make_trainer(config, experiment, None)
+  sampler = dit_family.sampler_from_config(config, experiment.plan)
+  sample = dit_family.sample_fn(trainer, sampler)
   labels = jnp.arange(batch_size) % config.data.num_classes
-  sample(state, labels, jax.random.key(0)).block_until_ready()  # Compile.
+  sample(labels, jax.random.key(0)).block_until_ready()  # Compile.
   start = time.perf_counter()
   for i in range(repeats):
-    sample(state, labels, jax.random.key(i + 1)).block_until_ready()
+    sample(labels, jax.random.key(i + 1)).block_until_ready()
   return repeats * batch_size / (time.perf_counter() - start)
 
 

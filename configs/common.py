@@ -8,6 +8,7 @@ code.
 
 import ml_collections
 
+from dblocks_jax import families
 from dblocks_jax.models import dit
 
 
@@ -56,7 +57,9 @@ def _blocks_and_diffusion(c, *, num_blocks):
   c.blocks.num_blocks = num_blocks
   c.blocks.layer_distribution = ()  # () = equal split; e.g. (2, 4, 6).
   c.blocks.partition = "equiprobable"  # equiprobable | log_uniform | explicit
-  c.blocks.boundaries = ()  # For partition="explicit": B+1 ascending sigmas.
+  # For partition="explicit": B+1 sigmas in block order (block 0 is the
+  # noisiest), from sigma_max down to sigma_min.
+  c.blocks.boundaries = ()
   c.blocks.gamma = 0.05  # Overlap: log-width fraction added on each side.
   # How a block draws sigma in its range: "lognormal" (the paper: the
   # truncated log-normal) or "log_uniform" (every part of the range alike).
@@ -307,12 +310,10 @@ def dit_generation(
   return c
 
 
-def as_end_to_end(c: ml_collections.ConfigDict) -> None:
-  """The baseline: same model code end to end, B x fewer (B x dearer) steps."""
-  b = c.blocks.num_blocks
-  c.method = "e2e"
-  c.total_steps = c.total_steps // b
-  c.optimizer.warmup_steps = c.optimizer.warmup_steps // b
+def as_end_to_end(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The baseline: same model code end to end, B x fewer (B x dearer) steps
+  (the rule `--mode=compare` uses, `families.end_to_end_config`)."""
+  return families.end_to_end_config(c)
 
 
 def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:

@@ -40,5 +40,5 @@ def get_config(arg=None):
   if args.smoke:
     common.as_dit_smoke(c)  # No FID.
   if args.e2e:
-    common.as_end_to_end(c)
+    c = common.as_end_to_end(c)
   return c

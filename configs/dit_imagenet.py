@@ -70,5 +70,5 @@ def get_config(arg=None):
     common.as_dit_smoke(c)  # No FID.
     common.as_latent_smoke(c)
   if args.e2e:
-    common.as_end_to_end(c)
+    c = common.as_end_to_end(c)
   return c

@@ -39,5 +39,5 @@ def get_config(arg=None):
   if args.smoke:
     common.as_smoke(c, keep_data=True)
   if args.e2e:
-    common.as_end_to_end(c)
+    c = common.as_end_to_end(c)
   return c

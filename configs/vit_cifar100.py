@@ -37,5 +37,5 @@ def get_config(arg=None):
   if args.smoke:
     common.as_smoke(c)
   if args.e2e:
-    common.as_end_to_end(c)
+    c = common.as_end_to_end(c)
   return c

@@ -40,5 +40,5 @@ def get_config(arg=None):
     c.blocks.num_blocks = 2
     c.model.num_layers = 2
   if args.e2e:
-    common.as_end_to_end(c)
+    c = common.as_end_to_end(c)
   return c

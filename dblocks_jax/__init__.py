@@ -1,103 +1,74 @@
 """dblocks_jax: DiffusionBlocks in JAX/Flax NNX.
 
 A residual network of L layers is split into B blocks; block b is trained
-alone as the denoiser of one noise range of an EDM diffusion process, and at
+alone as the denoiser of one noise range of a diffusion process, and at
 inference the blocks run in order as the steps of a sampler.
 
-  import dblocks_jax as db
-  bounds = db.diffusion.block_boundaries(3)          # [4] ascending sigmas
-  ranges = db.diffusion.training_ranges(bounds, 0.05)  # [3, 2] widened
-  result = db.train_and_evaluate(config, workdir)    # the trainer
+    import dblocks_jax as db
+    plan = db.BlockPlan.create(db.EDM(), num_layers=6, num_blocks=3)
+    model = db.BlockwiseModel.build(plan, shell=my_shell, layer=MyLayer)
+    trainer = db.Trainer(model, db.DiffusionClassification(), plan, tx)
+    trainer.fit(batches, total_steps=3000)
+    trainer.evaluate(test_batches)                # {"accuracy": ...}
+
+Names are imported on first use, so `import dblocks_jax` is cheap and the
+math and the engine never import Orbax, grain, TFDS or PIL (the trainer
+imports Orbax when it first saves).
 """
 
-from dblocks_jax import diffusion, errors, evaluate, models, nn, objectives
-from dblocks_jax.assemble import assemble as assemble_blocks
-from dblocks_jax.blockwise import parallel
-from dblocks_jax.blockwise.optim import learning_rate_fn, make_optimizer
-from dblocks_jax.blockwise.parallel import (
-  build_parallel_step,
-  collectives_across_groups,
-)
-from dblocks_jax.blockwise.parts import BlockwiseModel, GraphDefs, merge, split
-from dblocks_jax.blockwise.plan import BlockPlan, layer_distribution
-from dblocks_jax.blockwise.plan import from_config as block_plan_from_config
-from dblocks_jax.blockwise.schedule import BlockSchedule
-from dblocks_jax.blockwise.steps import (
-  build_train_step,
-  groups_for_block,
-  make_block_loss,
-  make_end_to_end_loss,
-)
-from dblocks_jax.experiment import Experiment
-from dblocks_jax.experiment import build as build_experiment
-from dblocks_jax.memory import memory_report
-from dblocks_jax.models import dit, inception, vae, vit
-from dblocks_jax.models.inception import InceptionV3
-from dblocks_jax.models.inception_weights import load_inception
-from dblocks_jax.models.vae import AutoencoderKL, VAEConfig
-from dblocks_jax.models.vae_weights import load_vae, save_vae
-from dblocks_jax.models.vit import BaselineViT
-from dblocks_jax.objectives import (
-  DiffusionClassification,
-  DiffusionGeneration,
-  EndToEndClassification,
-)
-from dblocks_jax.parallel_train import train_parallel
-from dblocks_jax.state import init_state, restore_run
-from dblocks_jax.train import (
-  evaluate_checkpoint,
-  sample_checkpoint,
-  train_and_evaluate,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-  "AutoencoderKL",
-  "BaselineViT",
-  "BlockPlan",
-  "BlockSchedule",
-  "BlockwiseModel",
-  "DiffusionClassification",
-  "DiffusionGeneration",
-  "EndToEndClassification",
-  "Experiment",
-  "GraphDefs",
-  "InceptionV3",
-  "VAEConfig",
-  "assemble_blocks",
-  "block_plan_from_config",
-  "build_experiment",
-  "build_parallel_step",
-  "build_train_step",
-  "collectives_across_groups",
-  "diffusion",
-  "dit",
-  "errors",
-  "evaluate",
-  "evaluate_checkpoint",
-  "groups_for_block",
-  "inception",
-  "init_state",
-  "layer_distribution",
-  "learning_rate_fn",
-  "load_inception",
-  "load_vae",
-  "make_block_loss",
-  "make_end_to_end_loss",
-  "make_optimizer",
-  "memory_report",
-  "merge",
-  "models",
-  "nn",
-  "objectives",
-  "parallel",
-  "restore_run",
-  "sample_checkpoint",
-  "save_vae",
-  "split",
-  "train_and_evaluate",
-  "train_parallel",
-  "vae",
-  "vit",
-]
+# name -> (module, attribute or None for the module itself)
+_EXPORTS = {
+  # The method: pure functions and the noise processes.
+  "diffusion": ("dblocks_jax.diffusion", None),
+  "EDM": ("dblocks_jax.diffusion.process", "EDM"),
+  "NoiseProcess": ("dblocks_jax.diffusion.process", "NoiseProcess"),
+  # The engine: the plan and the network split into blocks.
+  "BlockPlan": ("dblocks_jax.blockwise.plan", "BlockPlan"),
+  "BlockwiseModel": ("dblocks_jax.blockwise.parts", "BlockwiseModel"),
+  # Tasks: a block's loss and routed inference.
+  "Task": ("dblocks_jax.tasks.base", "Task"),
+  "Sampler": ("dblocks_jax.tasks.base", "Sampler"),
+  "DiffusionClassification": (
+    "dblocks_jax.tasks.classification",
+    "DiffusionClassification",
+  ),
+  "DiffusionGeneration": (
+    "dblocks_jax.tasks.generation",
+    "DiffusionGeneration",
+  ),
+  "EndToEndClassification": (
+    "dblocks_jax.tasks.classification",
+    "EndToEndClassification",
+  ),
+  # Training.
+  "Trainer": ("dblocks_jax.trainer", "Trainer"),
+  # Layers and the Linen adapter.
+  "nn": ("dblocks_jax.nn", None),
+  "FromLinen": ("dblocks_jax.nn.linen", "FromLinen"),
+  "models": ("dblocks_jax.models", None),
+  # Model families and the command line's trainer.
+  "families": ("dblocks_jax.families", None),
+  "register_family": ("dblocks_jax.families", "register"),
+  "train_and_evaluate": ("dblocks_jax.train", "train_and_evaluate"),
+  "errors": ("dblocks_jax.errors", None),
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+  if name not in _EXPORTS:
+    raise AttributeError(f"module 'dblocks_jax' has no attribute {name!r}")
+  module_name, attribute = _EXPORTS[name]
+  module = importlib.import_module(module_name)
+  value = module if attribute is None else getattr(module, attribute)
+  globals()[name] = value
+  return value
+
+
+def __dir__():
+  return sorted(list(globals()) + list(_EXPORTS))

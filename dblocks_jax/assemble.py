@@ -25,13 +25,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dblocks_jax import checkpoint, experiment, train
-from dblocks_jax.blockwise import optim
+from dblocks_jax import checkpoint, families, runs
 from dblocks_jax.errors import ConfigError, TopologyError
-from dblocks_jax.state import init_state, read_run_config
+from dblocks_jax.families import common
+from dblocks_jax.trainer import JOB_FIELDS
 
-# Recorded only by per-block or mesh jobs; not part of the model.
-_JOB_FIELDS = ("trained_blocks", "block_groups")
 _SETTINGS = ("model", "diffusion")
 
 
@@ -42,11 +40,6 @@ def complete_config(config) -> ml_collections.ConfigDict:
     full.blocks.train = ()
     full.parallel.block_groups = 1
   return full
-
-
-def _recorded_topology(source: str) -> dict:
-  with open(os.path.join(source, "config.json")) as f:
-    return json.load(f)["topology"]
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -60,15 +53,15 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _check_source(source: str, topology: dict, config) -> tuple[int, ...]:
   """Checks one source against the complete config; -> the blocks it holds."""
-  recorded = _recorded_topology(source)
-  model_part = {k: v for k, v in recorded.items() if k not in _JOB_FIELDS}
+  recorded = runs.recorded_topology(source)
+  model_part = {k: v for k, v in recorded.items() if k not in JOB_FIELDS}
   changed = _differences(model_part, topology)
   if changed:
     raise TopologyError(
       f"{source} was trained with a different topology ({'; '.join(changed)});"
       " assemble jobs of one config."
     )
-  run_config = read_run_config(source)
+  run_config = runs.read_run_config(source)
   for section in _SETTINGS:
     ours = json.loads(config[section].to_json_best_effort())
     theirs = json.loads(run_config[section].to_json_best_effort())
@@ -81,21 +74,13 @@ def _check_source(source: str, topology: dict, config) -> tuple[int, ...]:
   return tuple(recorded.get("trained_blocks", range(topology["num_blocks"])))
 
 
-def _restore(source: str, blocks: tuple[int, ...]) -> dict:
-  """The newest checkpoint of a job that trained `blocks`."""
-  run_config = read_run_config(source)
-  exp = experiment.build(run_config)
-  tx = optim.make_optimizer(run_config.optimizer)
-  _, target = init_state(exp, tx, blocks=blocks)
-  with checkpoint.Checkpointer(
-    os.path.join(source, "checkpoints"), read_only=True
-  ) as ckpt:
-    if ckpt.latest_step() is None:
-      raise ConfigError(
-        f"no checkpoint in {source}/checkpoints; train the job first."
-      )
-    state, _ = ckpt.restore(target)
-  return jax.device_get(state)
+def _restore(source: str) -> dict:
+  """The newest checkpoint of a job (its own blocks), on the host."""
+  run_config = runs.read_run_config(source)
+  _, _, trainer = runs.restore_run(run_config, source, complete=False)
+  state = jax.device_get(trainer.state)
+  trainer.close()
+  return state
 
 
 def _same_values(a, b) -> bool:
@@ -119,9 +104,9 @@ def assemble(
   workdir = os.path.abspath(workdir)
   sources = [os.path.abspath(s) for s in sources]
   config = complete_config(config)
-  exp = experiment.build(config)
-  topology = exp.topology(config)
-  num_blocks = exp.plan.num_blocks
+  family = families.get(config.model.name)
+  topology = common.make_trainer(config, family.build(config), None).topology
+  num_blocks = config.blocks.num_blocks
 
   owner = {}
   for source in sources:
@@ -141,10 +126,7 @@ def assemble(
       " --sources."
     )
 
-  states = {}
-  for source in sources:
-    held = tuple(sorted(b for b, s in owner.items() if s == source))
-    states[source] = _restore(source, held)
+  states = {source: _restore(source) for source in sources}
   first = states[sources[0]]
   for source in sources[1:]:
     if not _same_values(states[source]["fixed"], first["fixed"]):
@@ -165,13 +147,15 @@ def assemble(
       {},
     )
     step = sum(int(s["step"]) for s in states.values())
+    updates = sum(np.asarray(s["updates"]) for s in states.values())
     state = {
       "step": np.asarray(step, np.int32),
+      "updates": np.asarray(updates, np.int32),
       "shared": shared,
       "blocks": [states[owner[b]]["blocks"][b] for b in range(num_blocks)],
       "fixed": first["fixed"],
     }
-    train.write_config(workdir, config, topology)
+    runs.write_config(workdir, config, topology)
     ckpt.save(
       step,
       state,

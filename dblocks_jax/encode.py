@@ -26,6 +26,7 @@ from PIL import Image
 
 from dblocks_jax import metrics
 from dblocks_jax.data import latents, sources
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import vae as vae_lib
 from dblocks_jax.models import vae_weights
@@ -145,14 +146,12 @@ def encode_dataset(config: ml_collections.ConfigDict) -> dict:
     mean, logvar = nnx.merge(graphdef, state).encode(pixels / 127.5 - 1.0)
     return mean.astype(jnp.float16), jnp.exp(0.5 * logvar).astype(jnp.float16)
 
-  num_classes = sources.describe(e.images).num_classes
+  num_classes = sources.describe(DataOptions.from_mapping(e.images)).num_classes
   meta = _check_or_write_meta(directory, _meta(config, vae, num_classes))
   _write_meta(directory, meta)
   size, batch_size = int(e.image_size), int(e.batch_size)
   for split in e.splits:
-    images = e.images.copy_and_resolve_references()
-    with images.unlocked():
-      images.train_split = split
+    images = DataOptions.from_mapping(e.images).replace(train_split=split)
     source = sources.load_split(images, sources.TRAIN_FIELD)
     n, shard_size = len(source), int(e.shard_size)
     shard_sizes = [

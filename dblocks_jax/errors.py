@@ -1,5 +1,8 @@
 """Errors that the command line reports as one line, without a traceback."""
 
+import contextlib
+import re
+
 
 class ConfigError(ValueError):
   """A config field holds a value that cannot work; the message says why."""
@@ -15,3 +18,54 @@ class TopologyError(ConfigError):
 
 class NonFiniteLossError(RuntimeError):
   """Training produced NaN or Inf; the message names the step and the block."""
+
+
+# Library arguments -> the config fields that fill them (the command line's
+# names). The library names its arguments; the config layer renames them.
+CONFIG_FIELDS = {
+  "num_blocks": "blocks.num_blocks",
+  "num_layers": "model.num_layers",
+  "layer_distribution": "blocks.layer_distribution",
+  "gamma": "blocks.gamma",
+  "partition": "blocks.partition",
+  "boundaries": "blocks.boundaries",
+  "sharing": "blocks.sharing",
+  "schedule": "blocks.schedule",
+  "train_blocks": "blocks.train",
+  "sampling": "blocks.sigma_sampling",
+  "sigma_min": "diffusion.sigma_min",
+  "sigma_max": "diffusion.sigma_max",
+  "p_std": "diffusion.p_std",
+  "sigma_data": "diffusion.sigma_data",
+  "block_groups": "parallel.block_groups",
+  "data_shards": "parallel.data_shards",
+  "num_steps": "sampler.num_steps",
+  "method": "sampler.method",
+  "grid": "sampler.grid",
+  "estimate": "sampler.estimate",
+  "guidance_scale": "sampler.guidance_scale",
+  "readout_token": "model.readout_token",
+  "modulation": "model.modulation",
+  "label_dropout": "model.label_dropout",
+  "log_every": "log_every_steps",
+  "checkpoint_every": "checkpoint_every_steps",
+  "keep_checkpoints": "keep_checkpoints",
+  "accumulation_steps": "accumulation_steps",
+}
+
+
+@contextlib.contextmanager
+def config_fields(fields=None):
+  """Re-raises a library ValueError as a ConfigError naming config fields.
+
+  Inside, `gamma=0.7 is outside [0, 0.5]` becomes `blocks.gamma=0.7 is
+  outside [0, 0.5]`, the command line's one-line error.
+  """
+  fields = CONFIG_FIELDS if fields is None else fields
+  try:
+    yield
+  except ValueError as e:
+    message = str(e)
+    for argument, field in fields.items():
+      message = re.sub(rf"(?<![\w.]){argument}=", f"{field}=", message)
+    raise ConfigError(message) from e

@@ -1,10 +1,12 @@
 """Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
---workdir=DIR [--mode=train|eval|sample|memory|encode|assemble]
-[--sources=DIR,...] [--distributed].
+--workdir=DIR [--mode=train|eval|compare|sample|memory|encode|assemble]
+[--sources=DIR,...] [--distributed [--coordinator_address=HOST:PORT
+--num_processes=N --process_id=I]].
 
-Kept short on purpose: the work is in `train.train_and_evaluate`, which tests
-and notebooks call directly. Bad input ends with one line on stderr and exit
-status 2; a NaN stops the run with exit status 3, naming the step and block.
+Kept short on purpose: the work is in `train.train_and_evaluate` (and the
+other modes' modules), which tests and notebooks call directly. Bad input
+ends with one line on stderr and exit status 2; a NaN stops the run with
+exit status 3, naming the step and block.
 """
 
 import logging as std_logging
@@ -27,8 +29,10 @@ flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "sample", "memory", "encode", "assemble"],
-  "train (and evaluate), eval (newest checkpoint), sample (a generator's"
+  ["train", "eval", "compare", "sample", "memory", "encode", "assemble"],
+  "train (and evaluate), eval (newest checkpoint), compare (DiffusionBlocks"
+  " and its end-to-end baseline in one command: accuracy or FID, compiled"
+  " step memory, wall time), sample (a generator's"
   " newest checkpoint: PNG grid and .npz), memory (compiled step memory),"
   " encode (an image dataset -> latents in data.dir, with the SD VAE),"
   " assemble (per-block jobs' checkpoints in --sources -> one model in"
@@ -40,9 +44,20 @@ flags.DEFINE_list(
 flags.DEFINE_bool(
   "distributed",
   False,
-  "Call jax.distributed.initialize() first (multi-host TPU pods, Slurm):"
-  " every host runs the same command.",
+  "Call jax.distributed.initialize() first (multi-host TPU pods, Slurm,"
+  " several processes on one host): every process runs the same command and"
+  " they train one model (gradients reduced across processes).",
 )
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "--distributed: host:port of process 0 (default: detected on TPU, Slurm,"
+  " Open MPI).",
+)
+flags.DEFINE_integer(
+  "num_processes", None, "--distributed: the number of processes."
+)
+flags.DEFINE_integer("process_id", None, "--distributed: this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,7 +72,7 @@ class _QuietLibraries(std_logging.Filter):
 def run(config, workdir: str, mode: str, sources=()) -> dict:
   import jax
 
-  from dblocks_jax import memory, metrics, train
+  from dblocks_jax import families
 
   logging.info(
     "JAX process %d/%d, devices: %s",
@@ -66,13 +81,24 @@ def run(config, workdir: str, mode: str, sources=()) -> dict:
     jax.local_devices(),
   )
   if mode == "train":
+    from dblocks_jax import train
+
     result = train.train_and_evaluate(config, workdir)
-    print(describe(result, workdir))
+    print(describe(result, workdir, families.get(config.model.name)))
   elif mode == "eval":
-    result = train.evaluate_checkpoint(config, workdir)
-    print(describe(result, workdir))
+    from dblocks_jax import evaluation
+
+    result = evaluation.evaluate_checkpoint(config, workdir)
+    print(describe(result, workdir, families.get(config.model.name)))
+  elif mode == "compare":
+    from dblocks_jax import compare
+
+    result = compare.compare(config, workdir)
+    print(compare.table(result))
   elif mode == "sample":
-    result = train.sample_checkpoint(config, workdir)
+    from dblocks_jax import sampling
+
+    result = sampling.sample_checkpoint(config, workdir)
     print(
       f"samples: {result['num_samples']} at step {result['step']}"
       f" ({result['inference_steps']} {result['sampler']} steps, guidance"
@@ -96,6 +122,8 @@ def run(config, workdir: str, mode: str, sources=()) -> dict:
     )
     print(f"latents {result['latent_shape']} ({splits}) in {config.data.dir}")
   else:
+    from dblocks_jax import memory, metrics
+
     os.makedirs(workdir, exist_ok=True)
     result = memory.memory_report(config)
     path = metrics.MetricWriter(workdir).write_json("memory.json", result)
@@ -116,32 +144,17 @@ def run(config, workdir: str, mode: str, sources=()) -> dict:
   return result
 
 
-def describe(result: dict, workdir: str) -> str:
+def describe(result: dict, workdir: str, family) -> str:
   """The one line a run prints about its final evaluation."""
   where = f"{result['method']}, step {result['step']}, workdir {workdir}"
-  if "inference_steps" not in result:
+  if "complete" in result:
     if not result["complete"]:
       return (
         f"trained blocks {result['blocks']} ({where}); merge the per-block"
         " jobs with --mode=assemble"
       )
     return f"trained all blocks ({where}); evaluate with --mode=eval"
-  if "accuracy" in result:
-    return (
-      f"accuracy: {result['accuracy']:.4f} ({where},"
-      f" {result['num_examples']} test examples,"
-      f" {result['inference_steps']} inference steps)"
-    )
-  line = (
-    f"{result['num_samples']} samples, {result['inference_steps']}"
-    f" {result['sampler']} steps, guidance {result['guidance_scale']}"
-  )
-  if "fid" in result:
-    return (
-      f"fid: {result['fid']:.3f} ({where}, {line},"
-      f" {result['feature_network']} features vs {result['split']} split)"
-    )
-  return f"sampled ({where}, {line}; eval.feature_network='none': no FID)"
+  return f"{family.describe(result)}, workdir {workdir}"
 
 
 def main(argv):
@@ -151,7 +164,13 @@ def main(argv):
   if FLAGS.distributed:
     import jax
 
-    jax.distributed.initialize()
+    # CPU processes reduce through gloo (GPUs and TPUs use their own).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+    )
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.sources)
   except ConfigError as e:

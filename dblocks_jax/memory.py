@@ -2,11 +2,12 @@
 step, from XLA's `memory_analysis()`, with no data and no training.
 
 Both steps are lowered and compiled ahead of time on abstract inputs of the
-config's batch; the report gives XLA's argument, output and temporary bytes,
-and the split of the step's inputs into parameters, optimizer state and batch.
-XLA temporaries hold the activations kept for the backward pass, the
-gradients and scratch space. With `memory.include_remat`, both steps are also
-compiled with every layer under `jax.checkpoint`.
+config's batch (the family's `batch_spec`); the report gives XLA's argument,
+output and temporary bytes, and the split of the step's inputs into
+parameters, optimizer state and batch. XLA temporaries hold the activations
+kept for the backward pass, the gradients and scratch space. With
+`memory.include_remat`, both steps are also compiled with every layer under
+`jax.checkpoint`.
 
 With `parallel.block_groups` = G > 1 the report adds the block-parallel mesh
 step (`mesh_step`), compiled for G groups of the devices JAX sees: its
@@ -17,12 +18,10 @@ holds all of them (`sequential_device`).
 import copy
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 
-from dblocks_jax import experiment
-from dblocks_jax.blockwise import optim, parallel, steps
-from dblocks_jax.train import init_state, make_loss, make_train_step
+from dblocks_jax import families
+from dblocks_jax.families import common
 
 
 def _bytes(tree) -> int:
@@ -33,36 +32,38 @@ def _count(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
+def _variant(config, **changes):
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for path, value in changes.items():
+      section, _, field = path.rpartition(".")
+      (c[section] if section else c)[field] = value
+  return c
+
+
+def _trainer(config):
+  family = families.get(config.model.name)
+  experiment = family.build(config)
+  return family, common.make_trainer(config, experiment, None)
 
 
 def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
   """Compiles the training step of `config` (block 0 if block-wise)."""
-  exp = experiment.build(config)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdefs, state = init_state(exp, tx)
-  block = 0  # Representative: every block of its shape compiles the same.
-  groups = steps.groups_for_block(
-    state["shared"], state["blocks"][block] if exp.blockwise else None
+  family, trainer = _trainer(
+    _variant(config, **{"parallel.block_groups": 1, "blocks.train": ()})
   )
-  step_fn = make_train_step(exp, graphdefs, config, tx, block)
-  batch = _abstract_batch(config)
-  compiled = step_fn.lower(
-    _abstract(groups),
-    _abstract(state["fixed"]),
-    batch,
-    jax.random.key(0),
-    0,
-    0,
-  ).compile()
-  stats = compiled.memory_analysis()
-  params = {k: g["params"] for k, g in groups.items()}
-  opt = {k: g["opt_state"] for k, g in groups.items()}
-  all_params = [state["shared"].get("params", {})] + [
-    b["params"] for b in state["blocks"]
-  ]
+  batch = family.batch_spec(config)
+  stats = trainer.lower_step(batch, block=0).compile().memory_analysis()
+  state = trainer.state
+  groups = [state["shared"]]
+  if trainer.blockwise:
+    groups.append(state["blocks"][0])  # Every block of its shape alike.
+  groups = [g for g in groups if g]
+  params = [g["params"] for g in groups]
   gradient_bytes = _bytes(params)
+  all_params = [state["shared"].get("params", {})] + [
+    b["params"] for b in state["blocks"] if b
+  ]
   return {
     "argument_bytes": int(stats.argument_size_in_bytes),
     "output_bytes": int(stats.output_size_in_bytes),
@@ -74,22 +75,12 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
     ),
     "gradient_bytes": gradient_bytes,
     "alias_bytes": int(stats.alias_size_in_bytes),
-    "step_param_bytes": _bytes(params),
-    "step_optimizer_state_bytes": _bytes(opt),
+    "step_param_bytes": gradient_bytes,
+    "step_optimizer_state_bytes": _bytes([g["opt_state"] for g in groups]),
     "fixed_bytes": _bytes(state["fixed"]),
     "batch_bytes": _bytes(batch),
     "step_param_count": _count(params),
     "param_count": _count(all_params),
-  }
-
-
-def _abstract_batch(config, leading=()):
-  h, w, c = config.data.image_shape
-  return {
-    "image": jax.ShapeDtypeStruct(
-      (*leading, config.batch_size, h, w, c), jnp.float32
-    ),
-    "label": jax.ShapeDtypeStruct((*leading, config.batch_size), jnp.int32),
   }
 
 
@@ -102,46 +93,11 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
   every block's parameters and optimizer state, and runs the block step.
   `e2e_device`: one device training the end-to-end baseline.
   """
-  exp = experiment.build(config)
-  tx = optim.make_optimizer(config.optimizer)
-  graphdefs, state = init_state(exp, tx)
-  layout = parallel.layout_from_config(
-    config, exp.plan.layers_per_block, jax.device_count()
-  )
-  mesh = parallel.make_mesh(layout)
-  step_fn = parallel.build_parallel_step(
-    make_loss(exp, graphdefs, config, layout.blocks[0]),
-    tx,
-    optim.learning_rate_fn(config.optimizer, config.total_steps),
-    mesh,
-    num_blocks=layout.num_blocks,
-    clip_norm=config.optimizer.clip_norm,
-    accumulation_steps=config.accumulation_steps,
-    has_shared=bool(state["shared"]),
-  )
-  g, k = layout.num_groups, layout.blocks_per_group
-  by_block = jax.sharding.NamedSharding(
-    mesh, jax.sharding.PartitionSpec("block")
-  )
-  stacked = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(
-      (g, k, *x.shape), x.dtype, sharding=by_block
-    ),
-    state["blocks"][layout.blocks[0]],
-  )
-  keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), g))
-  compiled = step_fn.lower(
-    stacked,
-    _abstract(state["shared"]),
-    _abstract(state["fixed"]),
-    _abstract_batch(config, leading=(g,)),
-    keys,
-    jax.ShapeDtypeStruct((g,), jnp.int32),
-    0,
-    0,
-  ).compile()
-  stats = compiled.memory_analysis()
-  batch_bytes = _bytes(_abstract_batch(config)) // layout.data_shards
+  family, trainer = _trainer(config)
+  layout = trainer.layout
+  batch = family.batch_spec(config)
+  stats = trainer.lower_step(batch, block=0).compile().memory_analysis()
+  batch_bytes = _bytes(batch) // layout.data_shards
   mesh_device = {
     "held_state_bytes": int(stats.argument_size_in_bytes) - batch_bytes,
     "batch_bytes": batch_bytes,
@@ -154,6 +110,8 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
     mesh_device["argument_bytes"] + mesh_device["temp_bytes"]
   )
   sequential = compiled_step_memory(config)
+  _, one = _trainer(_variant(config, **{"parallel.block_groups": 1}))
+  state = one.state
   held = _bytes([state["shared"], state["blocks"], state["fixed"]])
   sequential_device = {
     "held_state_bytes": held,
@@ -161,10 +119,9 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
     "batch_bytes": sequential["batch_bytes"],
     "total_bytes": held + sequential["batch_bytes"] + sequential["temp_bytes"],
   }
-  e2e = copy.deepcopy(config)
-  with e2e.unlocked():
-    e2e.method = "e2e"
-  e2e_step = compiled_step_memory(e2e)
+  e2e_step = compiled_step_memory(
+    _variant(config, method="e2e", **{"parallel.block_groups": 1})
+  )
   e2e_device = {
     "held_state_bytes": e2e_step["argument_bytes"] - e2e_step["batch_bytes"],
     "batch_bytes": e2e_step["batch_bytes"],
@@ -172,9 +129,9 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
     "total_bytes": e2e_step["argument_bytes"] + e2e_step["temp_bytes"],
   }
   return {
-    "block_groups": g,
+    "block_groups": layout.num_groups,
     "data_shards": layout.data_shards,
-    "blocks_per_group": k,
+    "blocks_per_group": layout.blocks_per_group,
     "mesh_step": mesh_device,
     "sequential_device": sequential_device,
     "e2e_device": e2e_device,
@@ -190,13 +147,13 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
 def memory_report(config: ml_collections.ConfigDict) -> dict:
   """The block step against the end-to-end step (and both with remat)."""
   variants = {"block_step": "dblocks", "e2e_step": "e2e"}
-  report = {"batch_size": config.batch_size, "backend": jax.default_backend()}
+  report = {
+    "batch_size": config.batch_size,
+    "backend": jax.default_backend(),
+  }
   for remat in (False, True) if config.memory.include_remat else (False,):
     for name, method in variants.items():
-      c = copy.deepcopy(config)
-      with c.unlocked():
-        c.method = method
-        c.model.remat = remat
+      c = _variant(config, method=method, **{"model.remat": remat})
       report[name + ("_remat" if remat else "")] = compiled_step_memory(c)
   block, e2e = report["block_step"], report["e2e_step"]
   report["temp_ratio_block_over_e2e"] = block["temp_bytes"] / e2e["temp_bytes"]

@@ -76,7 +76,7 @@ class MetricWriter:
 
   def __init__(
     self,
-    workdir: str | os.PathLike[str],
+    workdir: str | os.PathLike[str] | None,
     *,
     tensorboard: bool = False,
     process_index: int | None = None,
@@ -84,19 +84,22 @@ class MetricWriter:
     """Opens the metrics file of `workdir` for appending.
 
     Args:
-      workdir: the run directory; created when missing.
+      workdir: the run directory, created when missing; None writes no
+        files (the lines still go to absl logging).
       tensorboard: also write TensorBoard summaries (needs TensorFlow).
       process_index: the index of this process; `jax.process_index()` when
         None. Processes other than 0 write nothing.
     """
-    self._workdir = os.path.abspath(os.path.expanduser(workdir))
+    self._workdir = (
+      None if workdir is None else os.path.abspath(os.path.expanduser(workdir))
+    )
     if process_index is None:
       process_index = jax.process_index()
     self._active = process_index == 0
     self._file = None
     self._tb_writer = None
     self._closed = False
-    if not self._active:
+    if not self._active or self._workdir is None:
       return
     os.makedirs(self._workdir, exist_ok=True)
     path = os.path.join(self._workdir, METRICS_FILE)
@@ -111,8 +114,8 @@ class MetricWriter:
       )
 
   @property
-  def workdir(self) -> str:
-    """The absolute path of the run directory."""
+  def workdir(self) -> str | None:
+    """The absolute path of the run directory (None: no files)."""
     return self._workdir
 
   def write_scalars(
@@ -139,7 +142,8 @@ class MetricWriter:
       return
     step = int(step)
     values = {name: _scalar(name, value) for name, value in scalars.items()}
-    self._file.write(json.dumps({"step": step, **values}) + "\n")
+    if self._file is not None:
+      self._file.write(json.dumps({"step": step, **values}) + "\n")
     logging.info(
       "step %d: %s",
       step,
@@ -161,6 +165,8 @@ class MetricWriter:
     Returns:
       The absolute path of the file (also on processes that write nothing).
     """
+    if self._workdir is None:
+      raise ValueError(f"cannot write {name}: this writer has no workdir.")
     path = os.path.join(self._workdir, name)
     if not self._active:
       return path
@@ -265,6 +271,15 @@ def read_metrics(workdir: str | os.PathLike[str]) -> list[dict[str, Any]]:
       if isinstance(record, dict):
         records.append(record)
   return records
+
+
+def numeric(result: Mapping[str, Any]) -> dict[str, float | int]:
+  """The numbers of an evaluation result, as `eval/NAME` scalars."""
+  return {
+    f"eval/{k}": v
+    for k, v in result.items()
+    if isinstance(v, int | float) and not isinstance(v, bool)
+  }
 
 
 def format_duration(seconds: float) -> str:

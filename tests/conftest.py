@@ -1,12 +1,21 @@
-"""Shared fixtures: tiny configs and experiments that run in seconds."""
+"""Shared fixtures: tiny configs that run in seconds, and the test tier.
+
+Tests compile many small programs, so XLA's optimisations are switched off
+(`jax_disable_most_optimizations`): compiling dominates, and the programs'
+results do not depend on it beyond float rounding. Subprocesses (the command
+line tests) inherit it through the environment.
+"""
 
 import copy
+import os
 
-import jax
-import numpy as np
-import pytest
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
-from configs import quickstart
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from configs import quickstart  # noqa: E402
 
 # Eight fake CPU devices for the mesh tests (before JAX starts a backend).
 jax.config.update("jax_num_cpu_devices", 8)
@@ -16,6 +25,17 @@ jax.config.update("jax_num_cpu_devices", 8)
 def smoke_config():
   """The quickstart's smoke config: 3 layers, B=3, bundled digits."""
   return copy.deepcopy(quickstart.get_config("smoke"))
+
+
+@pytest.fixture(scope="session")
+def trained_smoke(tmp_path_factory):
+  """(config, workdir) of a finished quickstart smoke run (12 steps)."""
+  from dblocks_jax import train
+
+  config = quickstart.get_config("smoke")
+  workdir = tmp_path_factory.mktemp("trained_smoke")
+  result = train.train_and_evaluate(config, str(workdir))
+  return config, workdir, result
 
 
 def snapshot(tree):

@@ -5,7 +5,6 @@ import itertools
 import os
 
 import grain
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -27,8 +26,8 @@ from dblocks_jax.errors import DataError
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 
 
-def make_config(**overrides) -> ml_collections.ConfigDict:
-  """Returns a `data` config with every field, augmentation off."""
+def make_config(**overrides) -> data.DataOptions:
+  """Returns data options with every field, augmentation off."""
   fields = dict(
     name="digits",
     dir="",
@@ -47,7 +46,7 @@ def make_config(**overrides) -> ml_collections.ConfigDict:
     synthetic_num_eval=200,
   )
   fields.update(overrides)
-  return ml_collections.ConfigDict(fields)
+  return data.DataOptions.from_mapping(fields)
 
 
 def take(iterator, count: int) -> list[dict[str, np.ndarray]]:
@@ -726,7 +725,7 @@ def test_randaugment_point_ops_match_pil(shape):
 def test_train_iterator_with_worker_processes_matches_in_process():
   config = augmented_digits()
   in_process = take(data.make_train_iterator(config, batch_size=16, seed=4), 3)
-  config.num_workers = 1
+  config = config.replace(num_workers=1)
   iterator = data.make_train_iterator(config, batch_size=16, seed=4)
   try:
     assert_batches_equal(take(iterator, 3), in_process)

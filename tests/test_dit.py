@@ -8,9 +8,10 @@ import pytest
 from flax import nnx
 
 from configs import common, dit_fashion_mnist, dit_imagenet
-from dblocks_jax import diffusion, experiment
+from dblocks_jax import diffusion, families
 from dblocks_jax.models import dit
 from dblocks_jax.nn import embed
+from dblocks_jax.tasks.generation import standard_denoise
 
 # Trainable parameters of the reference DiT (32x32x4 latents, 1,000 classes
 # plus the null class, learn_sigma=True), as published with the paper's
@@ -39,7 +40,7 @@ def _abstract_parts(config, num_blocks=1):
     config.blocks.num_blocks = num_blocks
 
   def build():
-    model = experiment.build(config).model
+    model = families.get("dit").build(config).model
     modules = {f"shared/{k}": m for k, m in model.shared.items()}
     for b, block in enumerate(model.blocks):
       modules.update({f"{b}/{k}": m for k, m in block.items()})
@@ -100,7 +101,7 @@ def _smoke_parts(seed=0):
   with config.unlocked():
     config.method = "e2e"
     config.seed = seed
-  exp = experiment.build(config)
+  exp = families.get("dit").build(config)
   parts = dict(exp.model.shared)
   parts.update(exp.model.blocks[0])
   return config, parts
@@ -112,7 +113,7 @@ def test_fresh_dit_outputs_exactly_zero():
   shape = tuple(config.data.image_shape)
   z = jax.random.normal(jax.random.key(0), (4, *shape)) * 3.0
   sigma = jnp.array([0.01, 0.5, 2.0, 80.0])
-  denoised = dit.denoise(
+  denoised = standard_denoise(
     parts, z, sigma, jnp.array([0, 1, 2, 10]), sigma_data=0.5
   )
   expected = diffusion.c_skip(sigma)[:, None, None, None] * z
@@ -166,7 +167,7 @@ def test_initialisers_follow_the_reference():
   with config.unlocked():
     config.method = "e2e"
     config.blocks.num_blocks = 1
-  model = experiment.build(config).model
+  model = families.get("dit").build(config).model
   layer = model.blocks[0]["layers"].layers[0]
   qkv = np.asarray(layer.attention.qkv.kernel[...])
   bound = np.sqrt(6 / (384 + 3 * 384))

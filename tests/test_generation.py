@@ -1,5 +1,6 @@
 """Block-wise DiT generation: loss, routed sampling, FID, sample mode."""
 
+import dataclasses
 import json
 import os
 
@@ -11,16 +12,30 @@ import scipy.linalg
 from PIL import Image
 
 from configs import dit_fashion_mnist, vit_fashion_mnist
-from dblocks_jax import data, diffusion, evaluate, experiment, memory, train
-from dblocks_jax.blockwise import optim
+from dblocks_jax import (
+  data,
+  diffusion,
+  evaluation,
+  families,
+  memory,
+  runs,
+  sampling,
+  train,
+)
+from dblocks_jax.blockwise import inference
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.evaluate import fid, routing
-from dblocks_jax.state import init_state, restore_run
+from dblocks_jax.evaluate import fid
+from dblocks_jax.families import common
+from dblocks_jax.tasks import DiffusionGeneration, Sampler
 
 
 @pytest.fixture
 def dit_config():
   return dit_fashion_mnist.get_config("smoke")
+
+
+def _build(config):
+  return families.get("dit").build(config)
 
 
 def _parts(exp, block=0):
@@ -31,13 +46,14 @@ def test_loss_of_a_fresh_model_is_the_skip_error(dit_config):
   """F = 0 at init, so D = c_skip z and the loss has a closed form."""
   with dit_config.unlocked():
     dit_config.model.label_dropout = 0.0
-  exp = experiment.build(dit_config)
+    dit_config.sampler.guidance_scale = 1.0
+  exp = _build(dit_config)
   shape = tuple(dit_config.data.image_shape)
   images = jax.random.uniform(jax.random.key(0), (4, *shape), minval=-1)
   batch = {"image": images, "label": jnp.arange(4)}
   sigma = jnp.array([0.01, 0.3, 1.0, 20.0])
   key = jax.random.key(5)
-  loss, metrics_ = exp.objective.loss(_parts(exp), batch, sigma, key)
+  loss, metrics_ = exp.task.loss(_parts(exp), batch, sigma, key)
   noise_key, _ = jax.random.split(key)
   z = images + sigma[:, None, None, None] * jax.random.normal(
     noise_key, images.shape
@@ -49,16 +65,15 @@ def test_loss_of_a_fresh_model_is_the_skip_error(dit_config):
   np.testing.assert_allclose(metrics_["mse"], jnp.mean(mse), rtol=1e-5)
 
 
-def test_label_dropout_uses_the_null_class(dit_config):
-  exp = experiment.build(dit_config)
+def test_label_dropout_uses_the_null_class():
   seen = []
 
   def spy(parts, z, sigma, labels, *, sigma_data):
     seen.append(labels)
     return z
 
-  objective = exp.objective.__class__(
-    denoise=spy, num_classes=10, label_dropout=0.3
+  objective = DiffusionGeneration(
+    num_classes=10, sample_shape=(2, 2, 1), denoise=spy, label_dropout=0.3
   )
   batch = {"image": jnp.zeros((4000, 2, 2, 1)), "label": jnp.zeros(4000, int)}
   objective.loss({}, batch, jnp.ones(4000), jax.random.key(1))
@@ -69,28 +84,28 @@ def test_label_dropout_uses_the_null_class(dit_config):
   assert not np.any(np.asarray(seen[1]) == 10)
 
 
-def _state(config):
-  exp = experiment.build(config)
-  graphdefs, state = init_state(exp, optim.make_optimizer(config.optimizer))
-  return exp, graphdefs, state
+def _trainer(config):
+  exp = _build(config)
+  return exp, common.make_trainer(config, exp, None)
 
 
 def test_sampling_is_reproducible_and_free_of_b(dit_config):
   with dit_config.unlocked():
     dit_config.sampler.num_steps = 7  # Not a multiple of B = 3.
-  exp, graphdefs, state = _state(dit_config)
-  sample = evaluate.make_sample_fn(exp, graphdefs, dit_config)
-  labels = jnp.array([0, 3, 10])
-  a = sample(state, labels, jax.random.key(0))
-  b = sample(state, labels, jax.random.key(0))
-  c = sample(state, labels, jax.random.key(1))
+  exp, trainer = _trainer(dit_config)
+  sampler = Sampler.of(exp.plan, 7)
+  assert sorted(set(sampler.blocks.tolist())) == [0, 1, 2]
+  labels = {"label": jnp.array([0, 3, 10])}
+  a = trainer.predict(labels, key=jax.random.key(0), sampler=sampler)
+  b = trainer.predict(labels, key=jax.random.key(0), sampler=sampler)
+  c = trainer.predict(labels, key=jax.random.key(1), sampler=sampler)
   assert a.shape == (3, *dit_config.data.image_shape)
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert not np.allclose(np.asarray(a), np.asarray(c))
 
 
 def test_each_step_calls_only_its_routed_block(dit_config):
-  exp, _, _ = _state(dit_config)
+  exp = _build(dit_config)
   sigmas = diffusion.sigma_grid("cdf", 9, 0.002, 80.0, -1.2, 1.2, 7.0)
   blocks = exp.plan.route(sigmas)
   calls = []
@@ -104,14 +119,11 @@ def test_each_step_calls_only_its_routed_block(dit_config):
     ("heun", [int(blocks[0])] + [int(b) for b in blocks[1:-1] for _ in "ab"]),
   ):
     calls.clear()
-    exp.objective.sample(
+    exp.task.predict(
       parts_for_block,
-      jnp.array([1, 2]),
+      {"label": jnp.array([1, 2])},
       jax.random.key(0),
-      shape=tuple(dit_config.data.image_shape),
-      sigmas=sigmas,
-      blocks=blocks,
-      method=method,
+      sampler=Sampler(sigmas, blocks, method),
     )
     # Euler: one call per grid point. Heun: the first point once, each inner
     # point twice (as the end of one step and the start of the next), and
@@ -124,17 +136,16 @@ def test_each_step_calls_only_its_routed_block(dit_config):
 def test_guidance_needs_label_dropout(dit_config):
   with dit_config.unlocked():
     dit_config.model.label_dropout = 0.0
-  exp, graphdefs, _ = _state(dit_config)
-  with pytest.raises(ConfigError, match="model.label_dropout"):
-    evaluate.make_sample_fn(exp, graphdefs, dit_config)
+  with pytest.raises(ConfigError, match="model.label_dropout=0"):
+    _build(dit_config)
   dit_config.sampler.guidance_scale = 1.0
-  evaluate.make_sample_fn(exp, graphdefs, dit_config)
+  _build(dit_config)
 
 
 def test_guidance_combines_conditional_and_null(dit_config):
   """With the label embedder as the only difference, D_guided follows
   uncond + s (cond - uncond) on a one-step grid."""
-  exp, graphdefs, state = _state(dit_config)
+  exp = _build(dit_config)
   parts = _parts(exp)
   head = parts["readout"].linear.kernel
   head[...] = jax.random.normal(jax.random.key(2), head.shape) * 0.1
@@ -142,15 +153,15 @@ def test_guidance_combines_conditional_and_null(dit_config):
   sigmas = np.array([2.0])
   labels = jnp.array([4])
 
+  del shape
+
   def run(scale, labels):
-    return exp.objective.sample(
+    task = dataclasses.replace(exp.task, guidance_scale=scale)
+    return task.predict(
       lambda b: parts,
-      labels,
+      {"label": labels},
       jax.random.key(0),
-      shape=shape,
-      sigmas=sigmas,
-      blocks=np.array([0]),
-      guidance_scale=scale,
+      sampler=Sampler(sigmas, np.array([0])),
     )
 
   cond, uncond = run(1.0, labels), run(1.0, jnp.array([10]))
@@ -158,10 +169,12 @@ def test_guidance_combines_conditional_and_null(dit_config):
   np.testing.assert_allclose(guided, uncond + 2.0 * (cond - uncond), atol=1e-5)
 
 
-def _denoising_errors(exp, graphdefs, state, batch):
+def _denoising_errors(exp, trainer, batch):
   """MSE of each block at the median sigma of its training distribution
   (the log-normal restricted to its range), with fixed noise."""
-  parts_for_block = routing.parts_for_block_fn(graphdefs, state)
+  parts_for_block = inference.parts_for_block_fn(
+    trainer.graphdefs, trainer.arrays()
+  )
   errors = []
   for b, (lo, hi) in enumerate(exp.plan.train_ranges):
     q = (
@@ -170,7 +183,7 @@ def _denoising_errors(exp, graphdefs, state, batch):
     ) / 2
     median = diffusion.lognormal_quantile(q, -1.2, 1.2)
     sigma = jnp.full((batch["label"].shape[0],), median)
-    _, m = exp.objective.loss(
+    _, m = exp.task.loss(
       parts_for_block(b), batch, sigma, jax.random.key(9), train=False
     )
     errors.append(float(m["mse"]))
@@ -184,13 +197,14 @@ def test_block_wise_dit_learns(dit_config, tmp_path):
     dit_config.checkpoint_every_steps = 1000
     dit_config.optimizer.learning_rate = 2e-3
     dit_config.eval.num_samples = 8
-  batch = next(iter(data.make_eval_batches(dit_config.data, batch_size=64)))
+  options = common.data_options(dit_config)
+  batch = next(iter(data.make_eval_batches(options, batch_size=64)))
   batch = {"image": jnp.asarray(batch["image"]), "label": batch["label"]}
-  exp, graphdefs, fresh = _state(dit_config)
-  before = _denoising_errors(exp, graphdefs, fresh, batch)
+  exp, fresh = _trainer(dit_config)
+  before = _denoising_errors(exp, fresh, batch)
   train.train_and_evaluate(dit_config, str(tmp_path))
-  _, _, trained = restore_run(dit_config, str(tmp_path))
-  after = _denoising_errors(exp, graphdefs, trained, batch)
+  _, _, trained = runs.restore_run(dit_config, str(tmp_path))
+  after = _denoising_errors(exp, trained, batch)
   # The lowest range starts closest to optimal (D = c_skip z ~ z).
   assert np.all(after[:2] < 0.65 * before[:2]), (before, after)
   assert after[2] < 0.9 * before[2], (before, after)
@@ -219,7 +233,7 @@ def test_fid_with_a_trained_classifier(dit_config, tmp_path):
   cached = result["reference_statistics"]
   assert os.path.exists(cached)
   stamp = os.stat(cached).st_mtime_ns
-  again = train.evaluate_checkpoint(dit_config, str(workdir))
+  again = evaluation.evaluate_checkpoint(dit_config, str(workdir))
   assert os.stat(cached).st_mtime_ns == stamp  # Computed once, then reused.
   assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)
   assert json.loads((workdir / "eval.json").read_text())["fid"] == again["fid"]
@@ -240,7 +254,7 @@ def test_fid_feature_network_errors(dit_config, tmp_path):
 
 def test_sample_mode_writes_png_and_npz(dit_config, tmp_path):
   train.train_and_evaluate(dit_config, str(tmp_path))
-  result = train.sample_checkpoint(dit_config, str(tmp_path))
+  result = sampling.sample_checkpoint(dit_config, str(tmp_path))
   with np.load(result["npz"]) as saved:
     images, labels = saved["images"], saved["labels"]
     assert int(saved["inference_steps"]) == 6
@@ -249,16 +263,15 @@ def test_sample_mode_writes_png_and_npz(dit_config, tmp_path):
   grid = np.asarray(Image.open(result["png"]))
   assert grid.shape == (2 * 18 + 2, 10 * 18 + 2)  # 2 rows x 10 classes.
   np.testing.assert_array_equal(grid[2:18, 2:18], images[0, ..., 0])
-  again = train.sample_checkpoint(dit_config, str(tmp_path))
+  again = sampling.sample_checkpoint(dit_config, str(tmp_path))
   with np.load(again["npz"]) as saved:
     np.testing.assert_array_equal(saved["images"], images)
 
 
-def test_sample_mode_refuses_a_classifier(smoke_config, tmp_path):
-  smoke_config.total_steps = 3
-  train.train_and_evaluate(smoke_config, str(tmp_path))
+def test_sample_mode_refuses_a_classifier(trained_smoke):
+  config, workdir, _ = trained_smoke
   with pytest.raises(ConfigError, match="--mode=sample needs a generator"):
-    train.sample_checkpoint(smoke_config, str(tmp_path))
+    sampling.sample_checkpoint(config, str(workdir))
 
 
 def test_memory_report_of_a_dit(dit_config):

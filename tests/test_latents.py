@@ -13,13 +13,14 @@ import pytest
 from flax import nnx
 
 from configs import dit_imagenet
-from dblocks_jax import data, encode, evaluate, experiment, train
-from dblocks_jax.blockwise import optim
+from dblocks_jax import data, encode, evaluate, families, sampling, train
 from dblocks_jax.data import latents, sources
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import fid, generation, reference
+from dblocks_jax.families import common
+from dblocks_jax.families import dit as dit_family
 from dblocks_jax.models import vae, vae_weights
-from dblocks_jax.state import init_state
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,7 @@ def test_meta_and_shards(encoded):
 
 def test_latents_are_the_vae_posterior_of_both_views(encoded):
   config, model = encoded
-  images = config.encode.images.copy_and_resolve_references()
+  images = DataOptions.from_mapping(config.encode.images)
   raw = sources.load_split(images, sources.TRAIN_FIELD)[21]
   crop = encode.center_crop(raw["image"], 16).astype(np.float32)
   stored = latents.LatentSource(config.data.dir, "train")[21]
@@ -127,7 +128,8 @@ def test_encode_needs_its_fields(encoded):
 
 def test_training_batches_sample_the_scaled_posterior(encoded):
   config, _ = encoded
-  it = data.make_train_iterator(config.data, batch_size=40, seed=0)
+  options = DataOptions.from_mapping(config.data)
+  it = data.make_train_iterator(options, batch_size=40, seed=0)
   batch = next(it)
   assert batch["image"].shape == (40, 8, 8, 4)
   source = latents.LatentSource(config.data.dir, "train")
@@ -164,7 +166,7 @@ def test_train_and_sample_on_latents(encoded, tmp_path):
   config, _ = encoded
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result["num_samples"] == 64
-  sampled = train.sample_checkpoint(config, str(tmp_path))
+  sampled = sampling.sample_checkpoint(config, str(tmp_path))
   with np.load(sampled["npz"]) as saved:
     assert saved["images"].shape == (20, 16, 16, 3)  # Decoded pixels.
 
@@ -185,8 +187,9 @@ class RecordingFeatures:
 
 def _reference_crops(config) -> np.ndarray:
   """uint8 [n, 16, 16, 3]: encode.images' reference split, cropped."""
-  images = config.encode.images.copy_and_resolve_references()
-  images.eval_split = config.eval.reference_split
+  images = DataOptions.from_mapping(config.encode.images).replace(
+    eval_split=config.eval.reference_split
+  )
   source = sources.load_split(images, sources.EVAL_FIELD)
   return np.stack(
     [encode.center_crop(source[i]["image"], 16) for i in range(len(source))]
@@ -200,13 +203,14 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
   config = copy.deepcopy(config)
   config.eval.num_samples = 40  # Batches of 32 and 8 (padded to 32).
   config.sampler.num_steps = 3  # One per block: a quicker compile.
-  exp = experiment.build(config)
-  graphdefs, state = init_state(exp, optim.make_optimizer(config.optimizer))
-  sample_fn = evaluate.make_sample_fn(exp, graphdefs, config)
+  exp = families.get("dit").build(config)
+  trainer = common.make_trainer(config, exp, None)
+  sampler = dit_family.sampler_from_config(config, exp.plan)
+  sample_fn = dit_family.sample_fn(trainer, sampler)
   network = RecordingFeatures()
   cache = str(tmp_path / "cache")
   result = evaluate.evaluate_samples(
-    exp, sample_fn, network, state, config, cache_dir=cache
+    sample_fn, network, config, inference_steps=3, cache_dir=cache
   )
   # Reference statistics first: the source images, cropped as encoding does.
   first, *samples = network.calls
@@ -219,7 +223,6 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
   assert [len(s) for s in samples] == [32, 8]
   latent = generation.generate(
     sample_fn,
-    state,
     generation.class_labels(40, config.data.num_classes),
     jax.random.key(config.seed + 1),
     batch_size=32,
@@ -237,7 +240,7 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
   # Cached: a second evaluation scores only the samples.
   network.calls.clear()
   again = evaluate.evaluate_samples(
-    exp, sample_fn, network, state, config, cache_dir=cache
+    sample_fn, network, config, inference_steps=3, cache_dir=cache
   )
   assert len(network.calls) == 2 and again["fid"] == result["fid"]
   # The same images as a pixel dataset (uncropped) have another cache entry.

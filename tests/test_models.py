@@ -8,38 +8,30 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, vit_cifar100
-from dblocks_jax import diffusion
+from configs import vit_cifar100
+from dblocks_jax import diffusion, families
+from dblocks_jax.families.vit import model_config
 from dblocks_jax.models import vit
 from dblocks_jax.nn import adaln, attention, embed, layers
-from dblocks_jax.objectives import DiffusionClassification
+from dblocks_jax.tasks import DiffusionClassification, Sampler
 
 IMAGE_SHAPE = (8, 8, 3)
 NUM_CLASSES = 5
 SILU_MIN = -0.2785  # min_x x sigmoid(x) = -0.27846 at x = -1.2785.
 
 
-def _config(**model):
+def _config(**model) -> vit.ViTConfig:
   """A tiny ViT: width 24, 2 heads, MLP 48, cond 8, 3 layers, patch 4."""
-  c = common.vit_classification(
-    dataset="synthetic",
-    image_shape=IMAGE_SHAPE,
-    num_classes=NUM_CLASSES,
-    num_train=64,
+  tiny = dict(
     num_layers=3,
     width=24,
     num_heads=2,
     mlp_dim=48,
     patch_size=4,
-    num_blocks=3,
-    epochs=1,
-    batch_size=8,
-    learning_rate=1e-3,
-    warmup_epochs=0,
+    cond_dim=8,
+    frequency_dim=32,
   )
-  common.as_smoke(c)
-  c.model.update(model)
-  return c
+  return vit.ViTConfig(**{**tiny, **model})
 
 
 def _parts(config, *, seed=0, num_layers=1, trainable=True):
@@ -357,7 +349,7 @@ def test_trained_denoiser_depends_on_image_and_sigma():
 
 def test_denoise_dropout():
   config = _config()
-  assert config.model.dropout > 0 and config.model.attention_dropout > 0
+  assert config.dropout > 0 and config.attention_dropout > 0
   parts = _parts(config)
   _perturb_all(parts)
   images, z, sigma = _inputs()
@@ -407,7 +399,7 @@ def _layer_params(width, mlp_dim, cond_dim=None):
 
 
 def test_cifar100_baseline_parameter_count():
-  config = vit_cifar100.get_config()
+  config = model_config(vit_cifar100.get_config())
   model = nnx.eval_shape(
     lambda: vit.BaselineViT(config, (32, 32, 3), 100, rngs=nnx.Rngs(0))
   )
@@ -431,9 +423,9 @@ def test_cifar100_baseline_parameter_count():
 
 
 def test_cifar100_diffusion_blocks_parameter_count():
-  config = vit_cifar100.get_config()
+  config = model_config(vit_cifar100.get_config())
   width, classes, cond = 128, 100, 128 // 6
-  assert config.model.cond_dim == cond == 21
+  assert config.cond_dim == cond == 21
 
   def build():
     rngs = nnx.Rngs(0)
@@ -552,13 +544,11 @@ def test_classify_routes_every_grid_point(num_steps, method):
   sigmas = diffusion.cdf_sigmas(num_steps)
   blocks = diffusion.route(sigmas, bounds)
   images = _batch()["image"]
-  logits = objective.classify(
+  logits = objective.predict(
     recorder.parts_for_block,
-    images,
+    {"image": images},
     jax.random.key(0),
-    sigmas=sigmas,
-    blocks=blocks,
-    method=method,
+    sampler=Sampler(sigmas, blocks, method),
   )
   assert logits.shape == (4, NUM_CLASSES)
   if method == "euler":
@@ -595,12 +585,11 @@ def test_classify_euler_uses_the_configured_estimate(
   )
   sigmas = diffusion.cdf_sigmas(5)
   blocks = diffusion.route(sigmas, diffusion.block_boundaries(3))
-  objective.classify(
+  objective.predict(
     recorder.parts_for_block,
-    _batch()["image"],
+    {"image": _batch()["image"]},
     jax.random.key(0),
-    sigmas=sigmas,
-    blocks=blocks,
+    sampler=Sampler(sigmas, blocks),
   )
   # z_0 ~ N(0, sigma_max^2).
   assert recorder.states[0].shape == (4, 24)
@@ -628,16 +617,14 @@ def test_classify_euler_uses_the_configured_estimate(
 
 def test_classify_guidance_adds_unconditional_calls():
   recorder = _Recorder(3)
-  objective = DiffusionClassification(recorder.denoise)
+  objective = DiffusionClassification(recorder.denoise, guidance_scale=2.0)
   sigmas = diffusion.cdf_sigmas(3)
   blocks = diffusion.route(sigmas, diffusion.block_boundaries(3))
-  logits = objective.classify(
+  logits = objective.predict(
     recorder.parts_for_block,
-    _batch()["image"],
+    {"image": _batch()["image"]},
     jax.random.key(0),
-    sigmas=sigmas,
-    blocks=blocks,
-    guidance_scale=2.0,
+    sampler=Sampler(sigmas, blocks),
   )
   assert logits.shape == (4, NUM_CLASSES)
   zero_images = [c[2] for c in recorder.calls]
@@ -671,10 +658,12 @@ def test_cls_readout_reads_a_clean_token():
   )
 
 
-def test_unknown_readout_token_is_a_config_error():
-  from dblocks_jax import experiment
+def test_unknown_readout_token_is_an_error():
   from dblocks_jax.errors import ConfigError
 
-  config = _config(readout_token="mean")
-  with pytest.raises(ConfigError, match="model.readout_token"):
-    experiment.build(config)
+  with pytest.raises(ValueError, match="readout_token='mean'"):
+    _config(readout_token="mean")
+  config = vit_cifar100.get_config("smoke")
+  config.model.readout_token = "mean"
+  with pytest.raises(ConfigError, match="model.readout_token='mean'"):
+    families.get("vit").build(config)

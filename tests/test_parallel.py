@@ -8,15 +8,18 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import snapshot
+from flax import nnx
 
 from configs import quickstart
-from dblocks_jax import assemble, experiment, parallel_train, state, train
-from dblocks_jax.blockwise import optim, parallel, steps
+from dblocks_jax import assemble, evaluation, families, runs, train
+from dblocks_jax.blockwise import steps
+from dblocks_jax.blockwise.collectives import collectives_across_groups
+from dblocks_jax.blockwise.layout import Layout
 from dblocks_jax.errors import ConfigError, TopologyError
+from dblocks_jax.families import common
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Quickstart smoke with 4 one-layer blocks, each with its own stem/readout.
@@ -40,22 +43,27 @@ def _config(sharing="independent", **parallel_fields):
   return c
 
 
-def test_layout_maps_blocks_to_groups_and_steps():
-  layout = parallel.Layout(
-    (0, 1, 2, 3), num_groups=2, data_shards=4, num_blocks=4
-  )
+def _set(c, fields):
+  with c.unlocked():
+    for path, value in fields.items():
+      *sections, name = path.split(".")
+      target = c[sections[0]] if sections else c
+      target[name] = value
+  return c
+
+
+def _trainer(c, workdir=None):
+  experiment = families.get(c.model.name).build(c)
+  return common.make_trainer(c, experiment, workdir)
+
+
+def test_layout_maps_blocks_to_groups():
+  layout = Layout.create(4, num_groups=2, num_devices=8)
   assert layout.group_blocks(0) == (0, 1) and layout.group_blocks(1) == (2, 3)
-  assert [layout.blocks_at(m) for m in range(4)] == [
-    (0, 2),
-    (1, 3),
-    (0, 2),
-    (1, 3),
-  ]
-  assert [layout.update_count(m) for m in range(4)] == [0, 0, 1, 1]
-  # 12 sequential steps = 3 updates per block = 6 mesh steps of 2 blocks.
-  assert layout.mesh_steps(12) == 6 and layout.block_updates(6) == 12
-  job = parallel.Layout((2,), num_groups=1, data_shards=1, num_blocks=4)
-  assert job.partial and job.mesh_steps(12) == 3 and job.blocks_at(5) == (2,)
+  assert layout.data_shards == 4 and layout.stacked and not layout.partial
+  assert layout.slot(3) == (1, 1)
+  job = Layout.create(4, train_blocks=(2,), num_devices=1, sharing="x")
+  assert job.partial and job.blocks == (2,) and not job.stacked
 
 
 @pytest.mark.parametrize(
@@ -79,114 +87,102 @@ def test_layout_maps_blocks_to_groups_and_steps():
       },
       ["equal layer counts", "[2, 1, 1, 1]"],
     ),
-    ({"parallel.block_groups": 2, "batch_size": 6}, ["batch_size=6"]),
+    ({"parallel.block_groups": 2, "parallel.data_shards": 8}, ["needs 16"]),
   ],
 )
 def test_layout_validation(fields, fragments):
-  c = _config()
-  with c.unlocked():
-    for path, value in fields.items():
-      *sections, name = path.split(".")
-      target = c[sections[0]] if sections else c
-      target[name] = value
-  plan = experiment.build(c).plan
+  c = _set(_config(), fields)
   if fragments is None:
-    layout = parallel.layout_from_config(c, plan.layers_per_block, 8)
-    assert (layout.num_groups, layout.data_shards) == (2, 4)
+    trainer = _trainer(c)
+    assert (trainer.layout.num_groups, trainer.layout.data_shards) == (2, 4)
     return
   with pytest.raises(ConfigError) as error:
-    parallel.layout_from_config(c, plan.layers_per_block, 8)
+    _trainer(c)
   for fragment in fragments:
     assert fragment in str(error.value)
 
 
-def _mesh_inputs(c):
-  exp = experiment.build(c)
-  tx = optim.make_optimizer(c.optimizer)
-  graphdefs, init = state.init_state(exp, tx)
-  layout = parallel.layout_from_config(c, exp.plan.layers_per_block, 8)
-  mesh = parallel.make_mesh(layout)
-  lr_fn = optim.learning_rate_fn(c.optimizer, c.total_steps)
-  loss_fn = train.make_loss(exp, graphdefs, c, 0)
-  rng = np.random.default_rng(0)
-  batch = {
-    "image": rng.normal(size=(4, 8, 8, 8, 1)).astype(np.float32),
-    "label": rng.integers(0, 10, (4, 8)).astype(np.int32),
+def _batches(c, seed=0):
+  rng = np.random.default_rng(seed)
+  return {
+    b: {
+      "image": rng.normal(size=(8, 8, 8, 1)).astype(np.float32),
+      "label": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    for b in range(4)
   }
-  return exp, tx, snapshot(init), layout, mesh, lr_fn, loss_fn, batch
-
-
-def _compile_mesh_step(c):
-  exp, tx, init, layout, mesh, lr_fn, loss_fn, batch = _mesh_inputs(c)
-  has_shared = bool(init["shared"])
-  step = parallel.build_parallel_step(
-    loss_fn,
-    tx,
-    lr_fn,
-    mesh,
-    num_blocks=4,
-    clip_norm=c.optimizer.clip_norm,
-    has_shared=has_shared,
-  )
-  stacked = parallel.stack(dict(enumerate(init["blocks"])), layout, mesh)
-  keys = jnp.stack(
-    [parallel.update_key(jax.random.key(0), b, 1) for b in range(4)]
-  )
-  args = (
-    stacked,
-    parallel.replicate(init["shared"], mesh),
-    parallel.replicate(init["fixed"], mesh),
-    jax.device_put(batch, parallel.batch_sharding(mesh)),
-    keys,
-    jnp.arange(4),
-    0,
-    1,
-  )
-  return step, args, (init, layout, mesh, lr_fn, loss_fn, batch, keys, tx)
 
 
 def test_mesh_step_equals_four_single_block_steps():
-  """B=4 blocks x 2 data shards = blocks 0..3 stepped one after another."""
+  """B=4 blocks on 4 groups x 2 data shards = blocks 0..3 stepped alone."""
   c = _config(block_groups=4)
-  step, args, (init, layout, _, lr_fn, loss_fn, batch, keys, tx) = (
-    _compile_mesh_step(c)
-  )
-  stacked, _, mesh_metrics = step(*args)
-  after = jax.device_get(parallel.unstack(stacked, layout))
+  trainer = _trainer(c)
+  assert trainer.next_blocks() == [0, 1, 2, 3]
+  trainer.step(_batches(c, seed=1))  # Update 0 of each (learning rate 0).
+  init = snapshot(trainer.state)
+  batches = _batches(c)
+  mesh_metrics = trainer.step(batches)
+  after = jax.device_get(trainer.state)
+  assert list(after["updates"]) == [2, 2, 2, 2] and int(after["step"]) == 8
   single = steps.build_train_step(
-    loss_fn, tx, lr_fn, clip_norm=c.optimizer.clip_norm, donate=False
+    trainer._loss_fn(0),
+    trainer.optimizer,
+    clip_norm=c.optimizer.clip_norm,
+    donate=False,
   )
   for b in range(4):
-    groups = {"block": init["blocks"][b]}
-    block_batch = jax.tree.map(lambda x, b=b: x[b], batch)
-    # Update n=1 of block b stands for global step n x B = 4.
-    new, metrics = single(groups, init["fixed"], block_batch, keys[b], 4, b)
+    # Update n=1 of block b: key fold_in(fold_in(seed, b), 1), and the
+    # learning rate of global step n B = 4.
+    seed_key = jax.random.key(c.seed)
+    key = jax.random.fold_in(jax.random.fold_in(seed_key, b), 1)
+    new, _, metrics = single(
+      init["blocks"][b], {}, init["fixed"], batches[b], key, b, 4
+    )
     np.testing.assert_allclose(
       float(mesh_metrics["loss"][b]), float(metrics["loss"]), rtol=1e-5
     )
     for x, y in zip(
-      jax.tree.leaves(new["block"]), jax.tree.leaves(after[b]), strict=True
+      jax.tree.leaves(new), jax.tree.leaves(after["blocks"][b]), strict=True
     ):
       np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
-    # The step moved the block.
     moved = jax.tree.map(
       lambda x, y: not np.allclose(x, y),
-      new["block"]["params"],
+      new["params"],
       init["blocks"][b]["params"],
     )
     assert any(jax.tree.leaves(moved))
 
 
-def test_independent_mode_never_communicates_across_blocks():
-  step, args, rest = _compile_mesh_step(_config(block_groups=4))
-  hlo = step.lower(*args).compile().as_text()
-  assert "all-reduce" in hlo  # The batch mean within each group...
-  assert parallel.collectives_across_groups(hlo, rest[2]) == []  # ...only.
+def test_data_parallel_equals_one_device():
+  """G = 1 over 4 devices (batch split, gradients reduced) = one device."""
+  results = []
+  for shards in (1, 4):
+    c = _config("shared", data_shards=shards)
+    trainer = _trainer(c)
+    assert trainer.layout.data_shards == shards
+    batches = _batches(c)
+    for i in range(3):
+      trainer.step(batches[i])
+    results.append(jax.device_get(trainer.state))
+  for x, y in zip(
+    jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True
+  ):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=2e-6)
 
-  step, args, rest = _compile_mesh_step(_config("shared", block_groups=4))
-  crossing = parallel.collectives_across_groups(
-    step.lower(*args).compile().as_text(), rest[2]
-  )
+
+def _hlo(c):
+  trainer = _trainer(c)
+  batch = families.get("vit").batch_spec(c)
+  return trainer.lower_step(batch).compile().as_text(), trainer.mesh
+
+
+def test_independent_mode_never_communicates_across_blocks():
+  hlo, mesh = _hlo(_config(block_groups=4))
+  assert "all-reduce" in hlo  # The batch mean within each group...
+  assert collectives_across_groups(hlo, mesh) == []  # ...only.
+
+  hlo, mesh = _hlo(_config("shared", block_groups=4))
+  crossing = collectives_across_groups(hlo, mesh)
   # The shared stem/readout's gradients, averaged across the blocks.
   assert crossing and all(c.startswith("all-reduce") for c in crossing)
 
@@ -203,26 +199,23 @@ def test_replica_group_notations():
   mesh_form = within.replace(
     "[4,2]<=[8]", "mesh['axis_0'=4,'axis_1'=2] {'axis_0'}"
   )
-  assert parallel.collectives_across_groups(within, mesh) == []
-  assert parallel.collectives_across_groups(listed, mesh) == []
-  assert parallel.collectives_across_groups(across, mesh)
-  assert parallel.collectives_across_groups(mesh_form, mesh)
+  assert collectives_across_groups(within, mesh) == []
+  assert collectives_across_groups(listed, mesh) == []
+  assert collectives_across_groups(across, mesh)
+  assert collectives_across_groups(mesh_form, mesh)
   unknown = within.replace("replica_groups=[4,2]<=[8]", "replica_groups={}")
-  assert parallel.collectives_across_groups(unknown, mesh)
+  assert collectives_across_groups(unknown, mesh)
 
 
 def test_per_block_job_holds_only_its_block():
-  c = _config()
-  with c.unlocked():
-    c.blocks.train = (2,)
-  exp = experiment.build(c)
-  tx = optim.make_optimizer(c.optimizer)
-  _, job = state.init_state(exp, tx, blocks=(2,))
-  assert [bool(b) for b in job["blocks"]] == [False, False, True, False]
+  c = _set(_config(), {"blocks.train": (2,)})
+  experiment = families.get("vit").build(c, held_blocks=(2,))
   # The other blocks were built as shapes only, never as arrays.
-  other = jax.tree.leaves(exp.model.blocks[0]["layers"])
+  other = jax.tree.leaves(nnx.state(experiment.model.blocks[0]["layers"]))
   assert other and all(isinstance(x, jax.ShapeDtypeStruct) for x in other)
-  full = state.init_state(experiment.build(_config()), tx)[1]
+  job = common.make_trainer(c, experiment, None).state
+  assert [bool(b) for b in job["blocks"]] == [False, False, True, False]
+  full = _trainer(_config()).state
   for x, y in zip(
     jax.tree.leaves(job["blocks"][2]),
     jax.tree.leaves(full["blocks"][2]),
@@ -287,10 +280,10 @@ def test_per_block_jobs_assemble_into_the_mesh_run(jobs, tmp_path):
     _config(), str(tmp_path / "all"), [str(jobs / f"b{b}") for b in range(4)]
   )
   assert result["step"] == 12 and result["num_blocks"] == 4
-  mesh_run = state.restore_run(
-    state.read_run_config(str(jobs / "mesh")), str(jobs / "mesh")
-  )[2]
-  assembled = state.restore_run(_config(), str(tmp_path / "all"))[2]
+  mesh_run = runs.restore_run(
+    runs.read_run_config(str(jobs / "mesh")), str(jobs / "mesh")
+  )[2].state
+  assembled = runs.restore_run(_config(), str(tmp_path / "all"))[2].state
   for x, y in zip(
     jax.tree.leaves(mesh_run["blocks"]),
     jax.tree.leaves(assembled["blocks"]),
@@ -299,7 +292,7 @@ def test_per_block_jobs_assemble_into_the_mesh_run(jobs, tmp_path):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
   # It evaluates like a model trained in one job.
   c = _config()
-  accuracy = train.evaluate_checkpoint(c, str(tmp_path / "all"))
+  accuracy = evaluation.evaluate_checkpoint(c, str(tmp_path / "all"))
   assert accuracy["inference_steps"] == 4 and 0 <= accuracy["accuracy"] <= 1
 
 
@@ -317,9 +310,9 @@ def test_assemble_refuses_mismatched_jobs(jobs, tmp_path):
     wider.model.width = 32
   with pytest.raises(ConfigError, match="model.width: 24 vs 32"):
     assemble.assemble(wider, str(tmp_path / "d"), blocks)
-  job = state.read_run_config(blocks[1])
+  job = runs.read_run_config(blocks[1])
   with pytest.raises(ConfigError, match="per-block job"):
-    train.evaluate_checkpoint(job, blocks[1])
+    evaluation.evaluate_checkpoint(job, blocks[1])
   deeper = _config()
   with deeper.unlocked():
     deeper.model.num_layers = 8
@@ -333,21 +326,22 @@ def test_per_block_job_resumes_exactly(tmp_path):
     c.blocks.train = (1,)
     c.checkpoint_every_steps = 1
     c.keep_checkpoints = 5
-  result = parallel_train.train_parallel(c, str(tmp_path / "run"))
+  result = train.train_and_evaluate(c, str(tmp_path / "run"))
   assert result == {
     "step": 3,
     "method": "dblocks",
     "blocks": [1],
     "complete": False,
   }
-  final = snapshot(
-    state.restore_run(c, str(tmp_path / "run"), complete=False)[2]["blocks"][1]
-  )
+
+  def block_1():
+    trainer = runs.restore_run(c, str(tmp_path / "run"), complete=False)[2]
+    return snapshot(trainer.state["blocks"][1])
+
+  final = block_1()
   shutil.rmtree(tmp_path / "run" / "checkpoints" / "3")
-  parallel_train.train_parallel(c, str(tmp_path / "run"))
-  resumed = state.restore_run(c, str(tmp_path / "run"), complete=False)[2][
-    "blocks"
-  ][1]
+  train.train_and_evaluate(c, str(tmp_path / "run"))
+  resumed = block_1()
   for x, y in zip(
     jax.tree.leaves(final), jax.tree.leaves(resumed), strict=True
   ):
@@ -363,7 +357,7 @@ def test_per_block_job_resumes_exactly(tmp_path):
       2,
       "not divisible by parallel.block_groups=2",
     ),
-    (["--config.blocks.train=(0,)"], 1, "blocks.sharing=independent"),
+    (["--config.blocks.train=(0,)"], 1, "blocks.sharing='independent'"),
   ],
 )
 def test_parallel_bad_input_is_one_line(tmp_path, overrides, devices, fragment):
@@ -384,6 +378,4 @@ def test_block_groups_need_a_blockwise_run():
   with c.unlocked():
     c.method = "e2e"
   with pytest.raises(ConfigError, match="parallel.block_groups=2"):
-    parallel.is_parallel(c)
-  assert not parallel.is_parallel(_config())
-  assert parallel.is_parallel(_config(block_groups=2))
+    families.get("vit").build(c)

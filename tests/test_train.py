@@ -1,15 +1,16 @@
 """The trainer: workdir contents, learning, exact resume, topology, NaN."""
 
+import copy
 import json
-import os
+import shutil
 
 import jax
 import numpy as np
 import pytest
 from conftest import assert_trees_equal
 
-from dblocks_jax import checkpoint, experiment, memory, metrics, train
-from dblocks_jax.blockwise import optim, steps
+from dblocks_jax import checkpoint, evaluation, memory, metrics, runs, train
+from dblocks_jax.blockwise import steps
 from dblocks_jax.errors import NonFiniteLossError, TopologyError
 
 
@@ -23,15 +24,16 @@ def _synthetic(config, *, classes=4, steps_=12):
   return config
 
 
-def test_run_writes_the_workdir(smoke_config, tmp_path):
-  result = train.train_and_evaluate(smoke_config, str(tmp_path))
+def test_run_writes_the_workdir(trained_smoke):
+  _, workdir, result = trained_smoke
   assert set(result) >= {"accuracy", "num_examples", "inference_steps"}
+  assert result["method"] == "dblocks" and result["step"] == 12
   assert result["num_examples"] == 300 and result["inference_steps"] == 3
-  assert json.loads((tmp_path / "eval.json").read_text()) == result
-  saved = json.loads((tmp_path / "config.json").read_text())
+  assert json.loads((workdir / "eval.json").read_text()) == result
+  saved = json.loads((workdir / "config.json").read_text())
   assert saved["topology"]["num_blocks"] == 3
   assert saved["config"]["blocks"]["sharing"] == "shared"
-  rows = metrics.read_metrics(str(tmp_path))
+  rows = metrics.read_metrics(str(workdir))
   train_rows = [r for r in rows if "loss" in r]
   # Every log step, and every checkpoint step (checked for NaN first).
   assert [r["step"] for r in train_rows] == [4, 6, 8, 12]
@@ -39,10 +41,10 @@ def test_run_writes_the_workdir(smoke_config, tmp_path):
   assert {"steps_per_sec", "eta_seconds", "learning_rate"} <= set(
     train_rows[-1]
   )
-  assert checkpoint.Checkpointer(str(tmp_path / "checkpoints")).all_steps() == [
-    6,
-    12,
-  ]
+  assert rows[-1]["eval/accuracy"] == result["accuracy"]
+  ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"), read_only=True)
+  assert ckpt.all_steps() == [6, 12]
+  ckpt.close()
 
 
 @pytest.mark.parametrize(
@@ -73,10 +75,8 @@ def test_resume_continues_exactly(smoke_config, tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "twice"))
 
   def final(path):
-    exp = experiment.build(config)
-    _, target = train.init_state(exp, optim.make_optimizer(config.optimizer))
-    with checkpoint.Checkpointer(str(path / "checkpoints")) as ckpt:
-      return ckpt.restore(target, step=12)[0]
+    _, _, trainer = runs.restore_run(config, str(path))
+    return jax.device_get(trainer.state)
 
   assert_trees_equal(final(tmp_path / "once"), final(tmp_path / "twice"))
   rows = metrics.read_metrics(str(tmp_path / "twice"))
@@ -103,11 +103,13 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(
   def poisoned(*args, **kwargs):
     step_fn = real_build(*args, **kwargs)
 
-    def wrapped(groups, fixed, batch, key, global_step, block):
-      new, m = step_fn(groups, fixed, batch, key, global_step, block)
-      if global_step >= 8:
+    def wrapped(block, shared, fixed, batch, key, block_index, step):
+      new_block, new_shared, m = step_fn(
+        block, shared, fixed, batch, key, block_index, step
+      )
+      if step >= 8:
         m = dict(m, loss=m["loss"] * np.nan)
-      return new, m
+      return new_block, new_shared, m
 
     return wrapped
 
@@ -122,15 +124,17 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(
   assert result["step"] == 12
 
 
-def test_eval_mode_takes_any_number_of_steps(smoke_config, tmp_path):
-  train.train_and_evaluate(smoke_config, str(tmp_path))
+def test_eval_mode_takes_any_number_of_steps(trained_smoke, tmp_path):
+  config, trained, _ = trained_smoke
+  shutil.copytree(trained, tmp_path / "run")
   for num_steps, method in ((3, "euler"), (7, "euler"), (4, "heun")):
-    smoke_config.sampler.num_steps = num_steps
-    smoke_config.sampler.method = method
-    result = train.evaluate_checkpoint(smoke_config, str(tmp_path))
+    config = copy.deepcopy(config)
+    config.sampler.num_steps = num_steps
+    config.sampler.method = method
+    result = evaluation.evaluate_checkpoint(config, str(tmp_path / "run"))
     assert result["inference_steps"] == num_steps
     assert 0.0 <= result["accuracy"] <= 1.0 and result["step"] == 12
-  assert os.path.exists(tmp_path / "eval.json")
+  assert json.loads((tmp_path / "run" / "eval.json").read_text()) == result
 
 
 def test_memory_report_splits_the_step(smoke_config):

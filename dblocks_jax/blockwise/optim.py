@@ -1,62 +1,73 @@
-"""Optimizer and learning-rate schedule from the config.
+"""One optimizer state per group of parameters, from any optax optimizer.
 
-Every group of parameters (the shared parts, and each block) gets its own
-optimizer state from the same transformation, so each has its own Adam step
-count and inactive blocks are neither decayed nor moved (PyTorch skips
+Every group (the shared parts, and each block) gets its own state from the
+same `optax.GradientTransformation`, so inactive blocks are neither decayed
+nor moved and each block has its own Adam step count (PyTorch skips
 parameters whose grad is None; optax would apply stale momentum and decay to
-zero gradients). The learning rate follows the GLOBAL step, as in the
-official code: it is injected into each state at every step.
+zero gradients).
+
+Schedules follow the GLOBAL step, as in the official code: before each
+update the step counts that optax's schedules read (`scale_by_schedule`,
+`inject_hyperparams`) are set to the step the update stands for, while the
+moments' own counts (Adam's bias correction) keep counting the group's own
+updates. `schedule_step=None` leaves every count to optax (each group then
+runs its schedule on its own updates).
 """
 
+import jax
+import jax.numpy as jnp
 import optax
 
-from dblocks_jax.errors import ConfigError
+_SCHEDULE_STATES = (
+  optax.ScaleByScheduleState,
+  optax.InjectHyperparamsState,
+  optax.InjectStatefulHyperparamsState,
+)
 
-SCHEDULES = ("cosine", "constant")
 
-
-def make_optimizer(opt_config) -> optax.GradientTransformation:
-  """AdamW with an injectable learning rate (clipping is done by the step)."""
-  if opt_config.name != "adamw":
-    raise ConfigError(
-      f"optimizer.name={opt_config.name!r} is unknown; only 'adamw' is"
-      " supported."
+def check_optimizer(tx) -> optax.GradientTransformation:
+  """`tx` if it is an optax transformation, else a TypeError."""
+  if not isinstance(tx, optax.GradientTransformation):
+    raise TypeError(
+      f"optimizer={tx!r} is not an optax.GradientTransformation; pass e.g."
+      " optax.adamw(1e-3) or an optax.chain(...) (schedules included)."
     )
-  return optax.inject_hyperparams(optax.adamw)(
-    learning_rate=opt_config.learning_rate,
-    b1=opt_config.b1,
-    b2=opt_config.b2,
-    eps=opt_config.eps,
-    weight_decay=opt_config.weight_decay,
-  )
+  return tx
 
 
-def learning_rate_fn(opt_config, total_steps: int) -> optax.Schedule:
-  """Linear warmup, then cosine to `min_learning_rate` or constant."""
-  warmup = int(opt_config.warmup_steps)
-  if warmup < 0 or warmup > total_steps:
-    raise ConfigError(
-      f"optimizer.warmup_steps={warmup} must lie in [0, total_steps"
-      f"={total_steps}]."
-    )
-  peak = opt_config.learning_rate
-  if opt_config.schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(
-      init_value=0.0,
-      peak_value=peak,
-      warmup_steps=warmup,
-      decay_steps=max(total_steps, warmup + 1),
-      end_value=opt_config.min_learning_rate,
-    )
-  if opt_config.schedule == "constant":
-    return optax.join_schedules(
-      [
-        optax.linear_schedule(0.0, peak, max(warmup, 1)),
-        optax.constant_schedule(peak),
-      ],
-      [warmup],
-    )
-  raise ConfigError(
-    f"optimizer.schedule={opt_config.schedule!r} is unknown; choose one of"
-    f" {SCHEDULES}."
+def _is_schedule_state(node) -> bool:
+  return isinstance(node, _SCHEDULE_STATES)
+
+
+def at_schedule_step(opt_state, step):
+  """`opt_state` with the counts its schedules read set to `step`."""
+
+  def set_count(node):
+    if _is_schedule_state(node):
+      return node._replace(count=jnp.asarray(step, node.count.dtype))
+    return node
+
+  return jax.tree.map(set_count, opt_state, is_leaf=_is_schedule_state)
+
+
+def update_group(
+  tx: optax.GradientTransformation, group, grads, schedule_step=None
+):
+  """One update of a group {"params", "opt_state", ...} (other keys kept).
+
+  Args:
+    tx: the optimizer.
+    group: the group's params and optimizer state.
+    grads: gradients of the group's params.
+    schedule_step: the global step for the schedules (None: optax's own
+      counts).
+  """
+  opt_state = group["opt_state"]
+  if schedule_step is not None:
+    opt_state = at_schedule_step(opt_state, schedule_step)
+  updates, opt_state = tx.update(grads, opt_state, group["params"])
+  return dict(
+    group,
+    params=optax.apply_updates(group["params"], updates),
+    opt_state=opt_state,
   )

@@ -1,34 +1,122 @@
-"""Jitted training steps over groups of parameters.
+"""Losses and jitted training steps over groups of parameters.
 
-A step updates the groups it is given ("shared" and, block-wise, "block": the
-ACTIVE block only) and nothing else, so the other blocks' parameters and
+A step updates the groups it is given ("shared" and, block-wise, "block":
+the ACTIVE block only) and nothing else, so the other blocks' parameters and
 optimizer states are untouched by construction and never enter the device
-program. The block index and its sigma range are traced values: all blocks of
-equal structure share one compiled step.
+program. The block index and its noise range are traced values: all blocks
+of equal structure share one compiled step.
+
+A group is {"params", "opt_state", "rest"}: `rest` is the parts' other state
+(e.g. BatchNorm statistics), which the step returns updated. Batches are
+process-local arrays assembled into global arrays sharded along the mesh's
+`data` axis, so the gradient mean over the batch is a reduction across
+devices and processes: data parallelism.
 """
 
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from dblocks_jax import diffusion
+from dblocks_jax.blockwise import layout as layout_lib
+from dblocks_jax.blockwise import optim
 from dblocks_jax.blockwise import parts as parts_lib
-from dblocks_jax.errors import ConfigError
+from dblocks_jax.blockwise.plan import check_ranges
 
-SIGMA_SAMPLINGS = ("lognormal", "log_uniform")
+LossFn = Callable[..., tuple[jax.Array, tuple[dict, dict]]]
+_PART_KEY = 0x5EED  # Folded into a step's key for the parts' RNG streams.
 
-LossFn = Callable[..., tuple[jax.Array, dict]]
+
+def _batch_size(batch) -> int:
+  return jax.tree.leaves(batch)[0].shape[0]
 
 
-def with_learning_rate(opt_state, learning_rate):
-  """Sets the injected learning rate of an inject_hyperparams state."""
-  hyper = dict(opt_state.hyperparams)
-  hyper["learning_rate"] = jnp.asarray(
-    learning_rate, hyper["learning_rate"].dtype
+def _merged(defs, arrays, key, train: bool) -> dict:
+  return parts_lib.merge(defs, arrays, key=key, train=train)
+
+
+def block_loss(
+  task,
+  graphdefs: parts_lib.GraphDefs,
+  block_defs: parts_lib.PartDefs,
+  noise,
+  train_ranges,
+) -> LossFn:
+  """The DiffusionBlocks loss of one block.
+
+  Draws each example's level from `noise.sample` in the training range of
+  the traced `block_index`, then calls `task.loss(parts, batch, level, key,
+  train=True)` with the merged shared, block and fixed parts.
+
+  Args:
+    task: the task.
+    graphdefs: the model's definitions.
+    block_defs: the active block's definitions (equal for equal blocks).
+    noise: the noise process.
+    train_ranges: [B, 2] (lo, hi) per block, in block order (block 0 the
+      noisiest), as `BlockPlan.train_ranges`.
+
+  Returns:
+    `loss_fn(params, rest, fixed, batch, key, block_index) -> (loss,
+    (metrics, new_rest))`, params and rest keyed by group.
+  """
+  ranges = jnp.asarray(
+    check_ranges(train_ranges, len(graphdefs.blocks)), jnp.float32
   )
-  return opt_state._replace(hyperparams=hyper)
+
+  def loss_fn(params, rest, fixed, batch, key, block_index):
+    part_key = jax.random.fold_in(key, _PART_KEY)
+    level_key, key = jax.random.split(key)
+    shared, block = _group_parts(
+      graphdefs.shared, block_defs, params, rest, part_key
+    )
+    parts = {**_merged(graphdefs.fixed, fixed, None, False), **shared, **block}
+    lo, hi = ranges[block_index, 0], ranges[block_index, 1]
+    level = noise.sample(level_key, (_batch_size(batch),), lo, hi)
+    loss, metrics = task.loss(parts, batch, level, key, train=True)
+    return loss, (metrics, _new_rest(shared, block))
+
+  return loss_fn
+
+
+def end_to_end_loss(task, graphdefs: parts_lib.GraphDefs) -> LossFn:
+  """The loss of a network trained in one piece (group "shared"), without
+  noise: `task.loss(parts, batch, None, key, train=True)`."""
+
+  def loss_fn(params, rest, fixed, batch, key, block_index):
+    del block_index
+    part_key = jax.random.fold_in(key, _PART_KEY)
+    shared, _ = _group_parts(graphdefs.shared, (), params, rest, part_key)
+    parts = {**_merged(graphdefs.fixed, fixed, None, False), **shared}
+    loss, metrics = task.loss(parts, batch, None, key, train=True)
+    return loss, (metrics, _new_rest(shared, {}))
+
+  return loss_fn
+
+
+def _group_parts(shared_defs, block_defs, params, rest, key):
+  # Fresh variables of this trace (the gradient's), which modules such as
+  # BatchNorm may update.
+  rest = jax.tree.map(lambda x: x, rest)
+
+  def parts_of(group, defs, i):
+    if group not in params:
+      return {}
+    arrays = {"params": params[group], "rest": rest[group]}
+    return _merged(defs, arrays, jax.random.fold_in(key, i), True)
+
+  return parts_of("shared", shared_defs, 0), parts_of("block", block_defs, 1)
+
+
+def _new_rest(shared, block) -> dict:
+  out = {}
+  if shared:
+    out["shared"] = parts_lib.rest_of(shared)
+  if block:
+    out["block"] = parts_lib.rest_of(block)
+  return out
 
 
 def clip_by_global_norm(grads, max_norm: float):
@@ -45,165 +133,216 @@ def clip_by_global_norm(grads, max_norm: float):
 
 
 def make_gradients(loss_fn: LossFn, accumulation_steps: int = 1):
-  """`gradients(params, fixed, batch, key, block_index) -> ((loss, metrics),
-  grads)`, averaged over `accumulation_steps` equal micro-batches (the
-  batch's leading axis is split; all are trained on the same block)."""
+  """`gradients(params, rest, fixed, batch, key, block_index) -> ((loss,
+  (metrics, rest)), grads)`, the loss, metrics and gradients averaged over
+  `accumulation_steps` equal micro-batches (the batch's leading axis is
+  split; all train the same block) and `rest` threaded through them."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
   if accumulation_steps == 1:
     return grad_fn
 
-  def gradients(params, fixed, batch, key, block_index):
+  def gradients(params, rest, fixed, batch, key, block_index):
     micro = jax.tree.map(
       lambda x: x.reshape(accumulation_steps, -1, *x.shape[1:]), batch
     )
 
-    def body(total, inputs):
+    def body(carry, inputs):
+      total, rest = carry
       i, micro_batch = inputs
-      out = grad_fn(
-        params, fixed, micro_batch, jax.random.fold_in(key, i), block_index
+      (loss, (metrics, rest)), grads = grad_fn(
+        params,
+        rest,
+        fixed,
+        micro_batch,
+        jax.random.fold_in(key, i),
+        block_index,
       )
-      return jax.tree.map(jnp.add, total, out), None
+      total = jax.tree.map(jnp.add, total, (loss, metrics, grads))
+      return (total, rest), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    zeros = jax.tree.map(
-      jnp.zeros_like,
-      jax.eval_shape(grad_fn, params, fixed, first, key, block_index),
+    (loss, (metrics, _)), grads = jax.eval_shape(
+      grad_fn, params, rest, fixed, first, key, block_index
     )
-    total, _ = jax.lax.scan(
-      body, zeros, (jnp.arange(accumulation_steps), micro)
+    zeros = jax.tree.map(jnp.zeros_like, (loss, metrics, grads))
+    (total, rest), _ = jax.lax.scan(
+      body, (zeros, rest), (jnp.arange(accumulation_steps), micro)
     )
-    return jax.tree.map(lambda x: x / accumulation_steps, total)
+    loss, metrics, grads = jax.tree.map(lambda x: x / accumulation_steps, total)
+    return (loss, (metrics, rest)), grads
 
   return gradients
 
 
-def update_group(tx: optax.GradientTransformation, group, grads, learning_rate):
-  """One optimizer update of a group {"params", "opt_state"} at a rate."""
-  opt_state = with_learning_rate(group["opt_state"], learning_rate)
-  updates, opt_state = tx.update(grads, opt_state, group["params"])
-  return {
-    "params": optax.apply_updates(group["params"], updates),
-    "opt_state": opt_state,
-  }
+def group_gradients(
+  gradients, groups: Mapping, fixed, batch, key, block_index, clip_norm
+):
+  """(clipped grads by group, new rest by group, metrics) of one step."""
+  params = {name: g["params"] for name, g in groups.items()}
+  rest = {name: g["rest"] for name, g in groups.items()}
+  (loss, (metrics, new_rest)), grads = gradients(
+    params, rest, fixed, batch, key, block_index
+  )
+  grads, grad_norm = clip_by_global_norm(grads, clip_norm)
+  return grads, new_rest, dict(metrics, loss=loss, grad_norm=grad_norm)
 
 
 def build_train_step(
   loss_fn: LossFn,
   tx: optax.GradientTransformation,
-  learning_rate_fn: optax.Schedule,
   *,
-  clip_norm: float,
+  clip_norm: float = 0.0,
   accumulation_steps: int = 1,
+  learning_rate_fn: optax.Schedule | None = None,
+  shardings=None,
   donate: bool = True,
 ):
-  """Builds `step(groups, fixed, batch, key, global_step, block_index)`.
+  """Builds the step of one device group (data parallel over its devices).
+
+  `step(block, shared, fixed, batch, key, block_index, schedule_step) ->
+  (block, shared, metrics)`, where block and shared are groups
+  {"params", "opt_state", "rest"} or {} (absent), and schedule_step the
+  global step the optimizer's schedules read (None: optax's counts).
 
   Args:
-    loss_fn: `loss_fn(params, fixed, batch, key, block_index) -> (loss,
-      metrics)` where params maps group name -> parameter pytree.
-    tx: the optimizer (an inject_hyperparams transformation).
-    learning_rate_fn: global step -> learning rate.
-    clip_norm: global-norm clip over all updated groups together (0 = off).
-    accumulation_steps: micro-batches per optimizer step; the batch's leading
-      axis is split into this many equal parts, all trained on the same block.
-    donate: donate the groups' buffers (in-place update).
-
-  Returns:
-    A jitted function returning (new groups, metrics). groups maps group name
-    -> {"params", "opt_state"}; metrics are scalars (means over micro-batches).
+    loss_fn: from `block_loss` or `end_to_end_loss`.
+    tx: the optimizer; every group has its own state of it.
+    clip_norm: global-norm clip over the updated groups together (0 = off).
+    accumulation_steps: micro-batches per step (same block for all).
+    learning_rate_fn: adds "learning_rate" to the metrics (logging only).
+    shardings: (replicated, batch) `NamedSharding`s of a mesh, or None.
+    donate: update the groups' buffers in place.
   """
   gradients = make_gradients(loss_fn, accumulation_steps)
 
-  def step(groups, fixed, batch, key, global_step, block_index):
-    params = {name: g["params"] for name, g in groups.items()}
-    (loss, metrics), grads = gradients(params, fixed, batch, key, block_index)
-    grads, grad_norm = clip_by_global_norm(grads, clip_norm)
-    learning_rate = learning_rate_fn(global_step)
-    new_groups = {
-      name: update_group(tx, group, grads[name], learning_rate)
-      for name, group in groups.items()
-    }
-    metrics = dict(
-      metrics, loss=loss, grad_norm=grad_norm, learning_rate=learning_rate
+  def step(block, shared, fixed, batch, key, block_index, schedule_step):
+    groups = {n: g for n, g in (("shared", shared), ("block", block)) if g}
+    grads, new_rest, metrics = group_gradients(
+      gradients, groups, fixed, batch, key, block_index, clip_norm
     )
-    return new_groups, metrics
-
-  return jax.jit(step, donate_argnums=(0,) if donate else ())
-
-
-def make_block_loss(
-  objective,
-  graphdefs: parts_lib.GraphDefs,
-  block_defs,
-  train_ranges,
-  *,
-  p_mean: float,
-  p_std: float,
-  sigma_sampling: str = "lognormal",
-) -> LossFn:
-  """The DiffusionBlocks loss of one block, for `build_train_step`.
-
-  Draws sigma per example from the log-normal truncated to the (widened)
-  training range of the traced `block_index` (or log-uniformly in it), then
-  calls `objective.loss(parts, batch, sigma, key, train=True)`.
-
-  Args:
-    objective: a diffusion objective (e.g. DiffusionClassification).
-    graphdefs: the model's graph definitions.
-    block_defs: the active block's graph definitions (equal for equal blocks).
-    train_ranges: [B, 2] (lo, hi) per layer block.
-    p_mean: mean of ln(sigma).
-    p_std: standard deviation of ln(sigma).
-    sigma_sampling: "lognormal" (the paper) or "log_uniform" within the range.
-  """
-  if sigma_sampling not in SIGMA_SAMPLINGS:
-    raise ConfigError(
-      f"blocks.sigma_sampling={sigma_sampling!r} is unknown; choose one of"
-      f" {SIGMA_SAMPLINGS}."
-    )
-  ranges = jnp.asarray(train_ranges, jnp.float32)
-
-  def loss_fn(params, fixed, batch, key, block_index):
-    parts = {
-      **parts_lib.merge(graphdefs.fixed, fixed),
-      **parts_lib.merge(graphdefs.shared, params.get("shared", {})),
-      **parts_lib.merge(block_defs, params["block"]),
-    }
-    sigma_key, key = jax.random.split(key)
-    batch_size = jax.tree.leaves(batch)[0].shape[0]
-    lo, hi = ranges[block_index, 0], ranges[block_index, 1]
-    if sigma_sampling == "log_uniform":
-      sigma = diffusion.sample_log_uniform(sigma_key, (batch_size,), lo, hi)
-    else:
-      sigma = diffusion.sample_truncated_lognormal(
-        sigma_key, (batch_size,), lo, hi, p_mean, p_std
+    new = {
+      name: optim.update_group(
+        tx, dict(g, rest=new_rest[name]), grads[name], schedule_step
       )
-    return objective.loss(parts, batch, sigma, key, train=True)
-
-  return loss_fn
-
-
-def make_end_to_end_loss(objective, graphdefs: parts_lib.GraphDefs) -> LossFn:
-  """The baseline's loss over the whole network (group "shared")."""
-
-  def loss_fn(params, fixed, batch, key, block_index):
-    del block_index
-    parts = {
-      **parts_lib.merge(graphdefs.fixed, fixed),
-      **parts_lib.merge(graphdefs.shared, params["shared"]),
+      for name, g in groups.items()
     }
-    return objective.loss(parts, batch, key, train=True)
+    if learning_rate_fn is not None and schedule_step is not None:
+      metrics["learning_rate"] = learning_rate_fn(schedule_step)
+    return new.get("block", {}), new.get("shared", {}), metrics
 
-  return loss_fn
+  kwargs = {"donate_argnums": (0, 1) if donate else ()}
+  if shardings is not None:
+    replicated, batch_sharding = shardings
+    kwargs["in_shardings"] = (
+      replicated,
+      replicated,
+      replicated,
+      batch_sharding,
+      replicated,
+      replicated,
+      replicated,
+    )
+    kwargs["out_shardings"] = (replicated, replicated, replicated)
+  return jax.jit(step, **kwargs)
 
 
-def groups_for_block(
-  shared: Mapping | None, block: Mapping | None
-) -> dict[str, Mapping]:
-  """The groups a step updates: the shared group (if any) and the block."""
-  groups = {}
-  if shared and jax.tree.leaves(shared["params"]):
-    groups["shared"] = shared
-  if block is not None:
-    groups["block"] = block
-  return groups
+def build_mesh_step(
+  loss_fn: LossFn,
+  tx: optax.GradientTransformation,
+  mesh,
+  *,
+  clip_norm: float = 0.0,
+  accumulation_steps: int = 1,
+  learning_rate_fn: optax.Schedule | None = None,
+  has_shared: bool = False,
+):
+  """Builds the step of G device groups at once (`layout.Layout`, G > 1).
+
+  `step(stacked, shared, fixed, batch, keys, block_ids, slots,
+  schedule_steps) -> (stacked, shared, metrics)`, where
+
+    stacked         the groups' blocks {"params", "opt_state", "rest"},
+                    [G, k, ...] along `block`
+    shared          the shared group, or {}
+    batch           [G, batch, ...] (one batch per group)
+    keys            [G] step keys; block_ids [G] the blocks trained
+    slots           [G] the stacked slot each group trains
+    schedule_steps  [G] the global steps the schedules read
+    metrics         [G] per group
+
+  Each group's block is updated as `build_train_step` would, with its own
+  batch, key and block index; the shared parts take one step on the mean of
+  the groups' (per-group clipped) gradients, and their `rest` is the mean of
+  the groups' new values.
+  """
+  gradients = make_gradients(loss_fn, accumulation_steps)
+
+  def group_step(block, shared, fixed, batch, key, block_index, schedule_step):
+    groups = {"block": block}
+    if has_shared:
+      groups["shared"] = shared
+    grads, new_rest, metrics = group_gradients(
+      gradients, groups, fixed, batch, key, block_index, clip_norm
+    )
+    new_block = optim.update_group(
+      tx, dict(block, rest=new_rest["block"]), grads["block"], schedule_step
+    )
+    return new_block, grads.get("shared"), new_rest.get("shared"), metrics
+
+  def take(xs, i):
+    return jax.tree.map(lambda x: x[i], xs)
+
+  def put(xs, i, ys):
+    return jax.tree.map(lambda x, y: x.at[i].set(y), xs, ys)
+
+  def step(
+    stacked, shared, fixed, batch, keys, block_ids, slots, schedule_steps
+  ):
+    active = jax.vmap(take)(stacked, slots)
+    new_active, shared_grads, shared_rest, metrics = jax.vmap(
+      group_step, in_axes=(0, None, None, 0, 0, 0, 0)
+    )(active, shared, fixed, batch, keys, block_ids, schedule_steps)
+    stacked = jax.vmap(put)(stacked, slots, new_active)
+    if has_shared:
+      mean = lambda t: jax.tree.map(
+        lambda x: (
+          jnp.mean(x, axis=0).astype(x.dtype)
+          if jnp.issubdtype(x.dtype, jnp.floating)
+          else x[0]
+        ),
+        t,
+      )
+      shared = optim.update_group(
+        tx,
+        dict(shared, rest=mean(shared_rest)),
+        mean(shared_grads),
+        None if schedule_steps is None else schedule_steps[0],
+      )
+    if learning_rate_fn is not None and schedule_steps is not None:
+      metrics["learning_rate"] = jax.vmap(learning_rate_fn)(schedule_steps)
+    return stacked, shared, metrics
+
+  by_block = layout_lib.by_block(mesh)
+  replicated = layout_lib.replicated(mesh)
+  return jax.jit(
+    step,
+    in_shardings=(
+      by_block,
+      replicated,
+      replicated,
+      layout_lib.batch_sharding(mesh, True),
+      by_block,
+      by_block,
+      by_block,
+      by_block,
+    ),
+    out_shardings=(by_block, replicated, by_block),
+    donate_argnums=(0, 1),
+  )
+
+
+def abstract(tree):
+  """ShapeDtypeStructs of a pytree of arrays (for ahead-of-time lowering)."""
+  return jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree
+  )

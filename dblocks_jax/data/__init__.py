@@ -6,11 +6,13 @@
 """
 
 from dblocks_jax.data.info import DatasetInfo, dataset_info
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.data.pipeline import make_eval_batches, make_train_iterator
 from dblocks_jax.data.sources import DATASETS
 
 __all__ = [
   "DATASETS",
+  "DataOptions",
   "DatasetInfo",
   "dataset_info",
   "make_eval_batches",

@@ -2,9 +2,8 @@
 
 import dataclasses
 
-import ml_collections
-
 from dblocks_jax.data import sources
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
 
 # Per-channel mean and standard deviation of the train pixels, in [0, 1] units.
@@ -47,7 +46,7 @@ class DatasetInfo:
 
 
 def normalisation(
-  data_config: ml_collections.ConfigDict,
+  data_config: DataOptions,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
   """Returns (mean, std) per channel, reading no data.
 
@@ -56,7 +55,7 @@ def normalisation(
   data space of diffusion models (DiT, EDM).
   """
   name = sources.check_name(data_config)
-  kind = data_config.get("normalisation", "dataset")
+  kind = data_config.normalisation
   if kind not in NORMALISATIONS:
     raise ConfigError(
       f"data.normalisation={kind!r} is unknown; choose one of {NORMALISATIONS}."
@@ -72,7 +71,7 @@ def normalisation(
   return _STATS[name]
 
 
-def dataset_info(data_config: ml_collections.ConfigDict) -> DatasetInfo:
+def dataset_info(data_config: DataOptions) -> DatasetInfo:
   """Describes the configured dataset.
 
   TFDS datasets are described from their prepared metadata without reading

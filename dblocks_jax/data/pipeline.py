@@ -6,11 +6,11 @@ from typing import Any
 
 import grain
 import jax
-import ml_collections
 import numpy as np
 from absl import flags, logging
 
 from dblocks_jax.data import info, latents, preprocess, sources
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 
 Batch = dict[str, np.ndarray]
@@ -50,7 +50,7 @@ def _allow_unparsed_flags() -> None:
 
 
 def make_train_iterator(
-  data_config: ml_collections.ConfigDict,
+  data_config: DataOptions,
   *,
   batch_size: int,
   seed: int,
@@ -141,7 +141,7 @@ def _eval_batches(
 
 
 def make_eval_batches(
-  data_config: ml_collections.ConfigDict, *, batch_size: int
+  data_config: DataOptions, *, batch_size: int
 ) -> Iterator[Batch]:
   """Returns every example of `data.eval_split` once, in order, in batches.
 

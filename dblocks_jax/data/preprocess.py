@@ -3,11 +3,11 @@
 from typing import Any
 
 import grain
-import ml_collections
 import numpy as np
 
 from dblocks_jax.data import randaugment as randaugment_lib
 from dblocks_jax.data import transforms
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
 
 
@@ -52,7 +52,7 @@ class Augment(grain.transforms.RandomMap):
     self.randaugment_magnitude = randaugment_magnitude
 
   @classmethod
-  def from_config(cls, data_config: ml_collections.ConfigDict) -> "Augment":
+  def from_config(cls, data_config: DataOptions) -> "Augment":
     """Reads the augmentation fields of the `data` config."""
     return cls(
       random_resized_crop=bool(data_config.random_resized_crop),

@@ -2,8 +2,6 @@
 
 from typing import Any, NamedTuple
 
-import ml_collections
-
 from dblocks_jax.data import (
   arrays,
   digits,
@@ -13,6 +11,7 @@ from dblocks_jax.data import (
   tfds_sources,
   tiny_imagenet,
 )
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import DataError
 
 # imagenet2012 has images of many sizes: a source for --mode=encode only.
@@ -39,7 +38,7 @@ class Description(NamedTuple):
   num_eval: int
 
 
-def check_name(data_config: ml_collections.ConfigDict) -> str:
+def check_name(data_config: DataOptions) -> str:
   """Returns `data.name`, or raises when it is not a supported dataset."""
   name = data_config.name
   if name not in DATASETS:
@@ -50,7 +49,7 @@ def check_name(data_config: ml_collections.ConfigDict) -> str:
   return name
 
 
-def synthetic_shape(data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
+def synthetic_shape(data_config: DataOptions) -> tuple[int, ...]:
   """Returns `data.synthetic_image_shape` as (height, width, channels)."""
   shape = tuple(int(d) for d in data_config.synthetic_image_shape)
   if len(shape) != 3 or min(shape) < 1:
@@ -62,7 +61,7 @@ def synthetic_shape(data_config: ml_collections.ConfigDict) -> tuple[int, ...]:
 
 
 def _synthetic(
-  data_config: ml_collections.ConfigDict, field: str
+  data_config: DataOptions, field: str
 ) -> synthetic.SyntheticSource:
   split = getattr(data_config, field)
   if split not in synthetic.SPLITS:
@@ -81,7 +80,7 @@ def _synthetic(
   )
 
 
-def load_split(data_config: ml_collections.ConfigDict, field: str) -> Any:
+def load_split(data_config: DataOptions, field: str) -> Any:
   """Returns a random-access source over the split that `data.<field>` names.
 
   Args:
@@ -107,7 +106,7 @@ def load_split(data_config: ml_collections.ConfigDict, field: str) -> Any:
   return _synthetic(data_config, field)
 
 
-def describe(data_config: ml_collections.ConfigDict) -> Description:
+def describe(data_config: DataOptions) -> Description:
   """Returns image shape, class count and split sizes of `data.name`.
 
   TFDS datasets are described from their metadata; the others from their

@@ -1,5 +1,6 @@
 """The DiffusionBlocks method as pure functions: noise, partitions, EDM, grids,
-samplers. Knows nothing of models or training loops."""
+samplers, and the noise processes that bundle them for the engine. Knows
+nothing of models or training loops."""
 
 from dblocks_jax.diffusion.edm import (
   c_in,
@@ -27,6 +28,7 @@ from dblocks_jax.diffusion.partition import (
   route,
   training_ranges,
 )
+from dblocks_jax.diffusion.process import EDM, NoiseProcess
 from dblocks_jax.diffusion.samplers import (
   SAMPLERS,
   classifier_free_guidance,
@@ -36,6 +38,8 @@ from dblocks_jax.diffusion.samplers import (
 )
 
 __all__ = [
+  "EDM",
+  "NoiseProcess",
   "GRIDS",
   "PARTITIONS",
   "SAMPLERS",

@@ -7,7 +7,6 @@ checkpoint (the official code stores them, which fixes the number of steps).
 import numpy as np
 
 from dblocks_jax.diffusion import noise, partition
-from dblocks_jax.errors import ConfigError
 
 GRIDS = ("cdf", "karras")
 
@@ -68,9 +67,9 @@ def sigma_grid(
     return cdf_sigmas(num_steps, sigma_min, sigma_max, p_mean, p_std)
   if kind == "karras":
     return karras_sigmas(num_steps, sigma_min, sigma_max, rho)
-  raise ConfigError(f"sampler.grid={kind!r} is unknown; choose one of {GRIDS}.")
+  raise ValueError(f"grid={kind!r} is unknown; choose one of {GRIDS}.")
 
 
 def _check_steps(num_steps: int) -> None:
   if num_steps < 1:
-    raise ConfigError(f"sampler.num_steps={num_steps}: need at least 1.")
+    raise ValueError(f"num_steps={num_steps}: need at least 1.")

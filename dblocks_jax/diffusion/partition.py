@@ -1,24 +1,25 @@
 """Noise-range partitions: boundaries, overlap and routing.
 
-Boundaries are ascending (index 0 is sigma_min). Layer block 0 holds the first
-layers and the HIGHEST noise range, so ascending interval j belongs to layer
-block `B - 1 - j`. Host-side values are float64 numpy arrays; `route` also
-accepts traced arrays.
+These are the EDM math of `process.EDM`, in ascending sigma order (index 0
+is sigma_min), as the method's equations are written. Layer block 0 holds the
+first layers and the HIGHEST noise range, so ascending interval j belongs to
+layer block `B - 1 - j`; the engine only sees block order, through
+`process.EDM` and `blockwise.BlockPlan`. Host-side values are float64 numpy
+arrays; `route` also accepts traced arrays.
 """
 
 import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.diffusion import noise
-from dblocks_jax.errors import ConfigError
 
 PARTITIONS = ("equiprobable", "log_uniform", "explicit")
 
 
 def check_sigma_range(sigma_min: float, sigma_max: float) -> None:
   if not 0 < sigma_min < sigma_max:
-    raise ConfigError(
-      f"diffusion.sigma_min={sigma_min} and diffusion.sigma_max={sigma_max}:"
+    raise ValueError(
+      f"sigma_min={sigma_min} and sigma_max={sigma_max}:"
       " need 0 < sigma_min < sigma_max (EDM uses 0.002 and 80)."
     )
 
@@ -52,7 +53,7 @@ def block_boundaries(
   """
   check_sigma_range(sigma_min, sigma_max)
   if num_blocks < 1:
-    raise ConfigError(f"blocks.num_blocks={num_blocks}: need at least 1.")
+    raise ValueError(f"num_blocks={num_blocks}: need at least 1.")
   if kind == "equiprobable":
     q_min = noise.lognormal_cdf(sigma_min, p_mean, p_std)
     q_max = noise.lognormal_cdf(sigma_max, p_mean, p_std)
@@ -67,8 +68,8 @@ def block_boundaries(
   elif kind == "explicit":
     bounds = np.asarray(explicit if explicit is not None else (), np.float64)
     if bounds.shape != (num_blocks + 1,):
-      raise ConfigError(
-        f"blocks.boundaries has {bounds.size} values; the explicit partition"
+      raise ValueError(
+        f"boundaries has {bounds.size} values; the explicit partition"
         f" of {num_blocks} blocks needs {num_blocks + 1}, from sigma_min to"
         " sigma_max."
       )
@@ -77,14 +78,13 @@ def block_boundaries(
       and np.isclose(bounds[0], sigma_min)
       and np.isclose(bounds[-1], sigma_max)
     ):
-      raise ConfigError(
-        f"blocks.boundaries={tuple(bounds.tolist())} must ascend strictly"
-        f" from diffusion.sigma_min={sigma_min} to"
-        f" diffusion.sigma_max={sigma_max}."
+      raise ValueError(
+        f"boundaries={tuple(bounds.tolist())} must run strictly from"
+        f" sigma_min={sigma_min} to sigma_max={sigma_max}."
       )
   else:
-    raise ConfigError(
-      f"blocks.partition={kind!r} is unknown; choose one of {PARTITIONS}."
+    raise ValueError(
+      f"partition={kind!r} is unknown; choose one of {PARTITIONS}."
     )
   return bounds
 
@@ -104,8 +104,8 @@ def training_ranges(boundaries: np.ndarray, gamma: float) -> np.ndarray:
     ranges: [B, 2] float64 (lo, hi) pairs in the same ascending order.
   """
   if not 0.0 <= gamma <= 0.5:
-    raise ConfigError(
-      f"blocks.gamma={gamma} is outside [0, 0.5]; the paper uses 0.05"
+    raise ValueError(
+      f"gamma={gamma} is outside [0, 0.5]; the paper uses 0.05"
       " (0.1 for text) and 0 for ablations."
     )
   bounds = np.asarray(boundaries, np.float64)
@@ -114,11 +114,6 @@ def training_ranges(boundaries: np.ndarray, gamma: float) -> np.ndarray:
   lo_w = np.maximum(lo / widen, bounds[0])
   hi_w = np.minimum(hi * widen, bounds[-1])
   return np.stack([lo_w, hi_w], axis=-1)
-
-
-def ascending_to_block(interval: int | np.ndarray, num_blocks: int):
-  """Ascending interval index j -> layer block B - 1 - j (and back)."""
-  return num_blocks - 1 - interval
 
 
 def route(sigma, boundaries):

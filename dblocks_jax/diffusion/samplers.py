@@ -10,8 +10,6 @@ grid point i to its block and may return extra outputs (e.g. logits).
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dblocks_jax.errors import ConfigError
-
 SAMPLERS = ("euler", "heun")
 
 DenoiseFn = Callable[[Any, int], tuple[Any, Any]]
@@ -56,9 +54,7 @@ def sample(
     (D, aux) of the final evaluation at sigmas[-1].
   """
   if method not in SAMPLERS:
-    raise ConfigError(
-      f"sampler.method={method!r} is unknown; choose one of {SAMPLERS}."
-    )
+    raise ValueError(f"method={method!r} is unknown; choose one of {SAMPLERS}.")
   sigmas = [float(s) for s in sigmas]
   for i in range(len(sigmas) - 1):
     d, _ = denoise(z, i)

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax import state
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data.info import normalisation
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.evaluate.pixels import call_padded, pixel_shape
 from dblocks_jax.models import inception, inception_weights
@@ -39,29 +39,31 @@ class ClassifierFeatures:
 
   def __init__(self, workdir: str):
     workdir = os.path.abspath(workdir)
-    config = state.read_run_config(workdir)
+    from dblocks_jax import runs
+
+    config = runs.read_run_config(workdir)
     if config.model.name != "vit" or config.method != "e2e":
       raise ConfigError(
         f"eval.classifier_workdir={workdir} holds a {config.method}"
         f" {config.model.name} run; FID features need the end-to-end ViT"
         " classifier (a vit_* config with :e2e) trained on the same data."
       )
-    exp, graphdefs, trained = state.restore_run(config, workdir)
-    del exp
+    _, _, trainer = runs.restore_run(config, workdir)
     self.workdir = workdir
-    self.step = int(trained["step"])
+    self.step = trainer.step_count
+    graphdefs, arrays = trainer.graphdefs, trainer.arrays()
+    trainer.close()
     self.image_shape = tuple(config.data.image_shape)
     self.dataset = config.data.name
-    mean, std = normalisation(config.data)
+    mean, std = normalisation(DataOptions.from_mapping(config.data))
     mean, std = jnp.asarray(mean), jnp.asarray(std)
-    params = trained["shared"]["params"]
 
     @jax.jit
-    def features(pixels):
-      model = parts_lib.merge(graphdefs.shared, params)["model"]
+    def features(arrays, pixels):
+      model = parts_lib.merge(graphdefs.shared, arrays["shared"])["model"]
       return model.features((pixels - mean) / std)
 
-    self._features = features
+    self._features = lambda pixels: features(arrays, pixels)
 
   @property
   def description(self) -> dict:

@@ -8,33 +8,6 @@ from absl import logging
 from PIL import Image
 
 from dblocks_jax.evaluate import fid, pixels, reference
-from dblocks_jax.evaluate.routing import parts_for_block_fn, sampler_grid
-
-
-def make_sample_fn(experiment, graphdefs, config):
-  """A jitted `sample(state, labels, key) -> [batch, H, W, C]`.
-
-  Each grid point calls only its routed block; the grid comes from the config
-  (`sampler.num_steps`, any number, free of B), never from the checkpoint.
-  """
-  sigmas, blocks = sampler_grid(experiment, config)
-  s = config.sampler
-  experiment.objective.check_guidance(s.guidance_scale)
-  shape = tuple(config.data.image_shape)
-
-  def sample(state, labels, key):
-    return experiment.objective.sample(
-      parts_for_block_fn(graphdefs, state),
-      labels,
-      key,
-      shape=shape,
-      sigmas=sigmas,
-      blocks=blocks,
-      method=s.method,
-      guidance_scale=s.guidance_scale,
-    )
-
-  return jax.jit(sample)
 
 
 def class_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -44,7 +17,6 @@ def class_labels(num_samples: int, num_classes: int) -> np.ndarray:
 
 def generate(
   sample_fn,
-  state,
   labels: np.ndarray,
   key: jax.Array,
   *,
@@ -52,6 +24,9 @@ def generate(
   progress_every: int = 0,
 ) -> np.ndarray:
   """Samples one image per label, in batches of `batch_size`.
+
+  `sample_fn(labels [b], key) -> [b, H, W, C]` is a model's routed sampler
+  (e.g. `Trainer.predict` with {"label": labels}).
 
   The last batch is padded to `batch_size` (one compile) and trimmed. Batch i
   uses `fold_in(key, i)`, so a fixed key gives the same images.
@@ -66,7 +41,7 @@ def generate(
     batch_key = jax.random.fold_in(key, i)
     out.append(
       pixels.call_padded(
-        lambda y, k=batch_key: sample_fn(state, y, k), chunk, batch_size
+        lambda y, k=batch_key: sample_fn(y, k), chunk, batch_size
       )
     )
     if progress_every and (i + 1) % progress_every == 0:
@@ -144,12 +119,11 @@ def frechet_evaluation(
 
 
 def evaluate_samples(
-  experiment,
   sample_fn,
   feature_network,
-  state,
   config,
   *,
+  inference_steps: int,
   cache_dir,
   sample_pixels=None,
 ):
@@ -167,7 +141,6 @@ def evaluate_samples(
   labels = class_labels(e.num_samples, config.data.num_classes)
   images = generate(
     sample_fn,
-    state,
     labels,
     jax.random.key(config.seed + 1),
     batch_size=config.eval_batch_size,
@@ -175,7 +148,7 @@ def evaluate_samples(
   )
   result = {
     "num_samples": int(len(images)),
-    "inference_steps": int(s.num_steps or experiment.plan.num_blocks),
+    "inference_steps": int(inference_steps),
     "sampler": s.method,
     "guidance_scale": float(s.guidance_scale),
   }

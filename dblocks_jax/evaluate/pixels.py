@@ -15,6 +15,7 @@ from flax import nnx
 
 from dblocks_jax.data import latents as latents_lib
 from dblocks_jax.data.info import normalisation
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.encode import vae_config
 from dblocks_jax.models import vae_weights
 
@@ -90,7 +91,7 @@ class SamplePixels:
     self.shape = pixel_shape(config)
     self.decoder = LatentDecoder(config) if is_latent(config) else None
     if self.decoder is None:
-      self.mean, self.std = normalisation(config.data)
+      self.mean, self.std = normalisation(DataOptions.from_mapping(config.data))
     else:
       self.mean, self.std = DECODED_MEAN, DECODED_STD
 

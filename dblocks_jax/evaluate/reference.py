@@ -18,6 +18,7 @@ import numpy as np
 from dblocks_jax import data
 from dblocks_jax.data import sources
 from dblocks_jax.data.info import normalisation
+from dblocks_jax.data.options import DataOptions
 from dblocks_jax.encode import center_crop
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate.pixels import is_latent, pixel_shape, to_pixels
@@ -49,10 +50,8 @@ def kind(config) -> str:
 def _split_config(config, name: str):
   """The data config of the reference images, its eval split the reference."""
   source = config.data if name == "data" else config.encode.images
-  source = source.copy_and_resolve_references()
-  with source.unlocked():
-    source.eval_split = config.eval.reference_split
-  return source
+  options = DataOptions.from_mapping(source)
+  return options.replace(eval_split=config.eval.reference_split)
 
 
 def description(config) -> dict:

@@ -34,13 +34,11 @@ DiT's parameters; `independent` adds (B - 1) copies of the parts outside the
 layers.
 """
 
-from collections.abc import Mapping
+import dataclasses
 
 import jax
-import ml_collections
 from flax import nnx
 
-from dblocks_jax.diffusion import edm
 from dblocks_jax.nn import adaln, embed, init, layers
 
 # name -> (layers, width, heads), the reference registry (patch sizes 2, 4, 8).
@@ -117,15 +115,54 @@ class DiTReadout(nnx.Module):
     return embed.unpatchify(out, self.patch_size, h, w)
 
 
-def make_layers(config, num_layers: int, rngs) -> layers.LayerStack:
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """DiT's hyper-parameters (the reference definition's).
+
+  Attributes:
+    num_layers: depth.
+    width: hidden size.
+    num_heads: attention heads.
+    patch_size: 2, 4 or 8 for the reference variants (any divisor of the
+      input size works).
+    mlp_ratio: MLP hidden size / width.
+    frequency_dim: sinusoid size of the timestep embedder.
+    learn_sigma: keep the reference's 2 C output channels (EDM uses C).
+    null_class: the label table has the extra null-class row (guidance).
+    remat: put every layer under jax.checkpoint.
+  """
+
+  num_layers: int = 12
+  width: int = 384
+  num_heads: int = 6
+  patch_size: int = 2
+  mlp_ratio: int = 4
+  frequency_dim: int = 256
+  learn_sigma: bool = True
+  null_class: bool = True
+  remat: bool = False
+
+  @classmethod
+  def variant(cls, name: str, **kwargs) -> "DiTConfig":
+    """The reference variant `name` ("L/2", "DiT-XL/2", ...)."""
+    num_layers, width, heads, patch = parse_variant(name)
+    return cls(
+      num_layers=num_layers,
+      width=width,
+      num_heads=heads,
+      patch_size=patch,
+      **kwargs,
+    )
+
+
+def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
   """`num_layers` DiT layers (adaLN-Zero, conditioned on width-d cond)."""
-  m = config.model
   return layers.LayerStack(
     num_layers,
-    width=m.width,
-    num_heads=m.num_heads,
-    mlp_dim=m.mlp_ratio * m.width,
-    cond_dim=m.width,
+    width=spec.width,
+    num_heads=spec.num_heads,
+    mlp_dim=spec.mlp_ratio * spec.width,
+    cond_dim=spec.width,
     dropout=0.0,
     attention_dropout=0.0,
     layer_norm_eps=LAYER_NORM_EPS,
@@ -133,72 +170,33 @@ def make_layers(config, num_layers: int, rngs) -> layers.LayerStack:
     norm_affine=False,
     gelu_approximate=True,
     kernel_init=init.XAVIER_UNIFORM,
-    remat=m.remat,
+    remat=spec.remat,
     rngs=rngs,
   )
 
 
 def make_shell(
-  config: ml_collections.ConfigDict, image_shape, num_classes: int, rngs
+  spec: DiTConfig, image_shape, num_classes: int, rngs
 ) -> dict[str, nnx.Module]:
-  """The parts outside the layers: stem, embedders, readout."""
-  m = config.model
+  """The parts outside the layers: stem, embedders, readout (the parts of
+  `tasks.generation.standard_denoise`)."""
   channels = image_shape[-1]
   return {
-    "stem": DiTStem(image_shape, m.patch_size, m.width, rngs=rngs),
+    "stem": DiTStem(image_shape, spec.patch_size, spec.width, rngs=rngs),
     "noise_embed": embed.NoiseLevelEmbedder(
-      m.width, frequency_dim=m.frequency_dim, rngs=rngs
+      spec.width, frequency_dim=spec.frequency_dim, rngs=rngs
     ),
     "label_embed": embed.LabelEmbedder(
-      num_classes,
-      m.width,
-      null_class=config.model.label_dropout > 0,
-      rngs=rngs,
+      num_classes, spec.width, null_class=spec.null_class, rngs=rngs
     ),
     "readout": DiTReadout(
       image_shape,
-      m.patch_size,
-      m.width,
-      channels * (2 if m.learn_sigma else 1),
+      spec.patch_size,
+      spec.width,
+      channels * (2 if spec.learn_sigma else 1),
       rngs=rngs,
     ),
   }
-
-
-def denoise(
-  parts: Mapping[str, nnx.Module],
-  z: jax.Array,
-  sigma: jax.Array,
-  labels: jax.Array,
-  *,
-  sigma_data: float,
-) -> jax.Array:
-  """One block's EDM denoiser.
-
-  Args:
-    parts: stem, noise_embed, label_embed, layers, readout.
-    z: [batch, H, W, C] noisy images (or latents) z = y + sigma eps.
-    sigma: [batch] noise levels.
-    labels: [batch] int classes; `num_classes` is the null class.
-    sigma_data: EDM sigma_data.
-
-  Returns:
-    D: [batch, H, W, C], the denoised estimate.
-  """
-  cond = parts["noise_embed"](edm.c_noise(sigma)) + parts["label_embed"](labels)
-  scaled = edm.c_in(sigma, sigma_data)[:, None, None, None] * z
-  tokens = parts["layers"](parts["stem"](scaled), cond)
-  out = parts["readout"](tokens, cond)[..., : z.shape[-1]]
-  return edm.denoised(z, out, sigma, sigma_data)
-
-
-def count_params(parts: Mapping[str, nnx.Module]) -> int:
-  """Trainable parameters of a dict of parts (the position table is none)."""
-  return sum(
-    x.size
-    for p in parts.values()
-    for x in jax.tree.leaves(nnx.state(p, nnx.Param))
-  )
 
 
 def reference_param_count(

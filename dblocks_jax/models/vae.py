@@ -235,8 +235,3 @@ class AutoencoderKL(nnx.Module):
 
   def decode(self, latents: jax.Array) -> jax.Array:
     return self.decoder(self.post_quant_conv(latents))
-
-
-def sample_latent(key, mean, logvar) -> jax.Array:
-  """A draw from the diagonal Gaussian posterior: mean + std * N(0, I)."""
-  return mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)

@@ -23,11 +23,11 @@ Baseline (HF ViTForImageClassification): CLS token, the same stem and layers
 without conditioning, final LayerNorm, linear head on the CLS token.
 """
 
+import dataclasses
 from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 from flax import nnx
 
 from dblocks_jax.diffusion import edm
@@ -110,24 +110,72 @@ class DiffusionReadout(nnx.Module):
     return self.head(adaln.modulate(denoised, shift, scale)), denoised
 
 
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """The ViT's hyper-parameters (the official model's defaults: HF ViTConfig
+  with the DiffusionBlocks conditioning).
+
+  Attributes:
+    num_layers: depth L.
+    width: hidden size.
+    num_heads: attention heads.
+    mlp_dim: MLP hidden size (official: 3072 at any width).
+    patch_size: square patch side.
+    cond_dim: width of the noise-level conditioning (official: width // 6).
+    frequency_dim: sinusoid size of the noise-level embedder.
+    dropout: dropout after attention, MLP and embeddings.
+    attention_dropout: dropout on attention probabilities.
+    layer_norm_eps: LayerNorm epsilon (HF ViT: 1e-12).
+    modulation: "official" (SiLU after the adaLN Linear) or "dit".
+    readout_token: "label" (the official code: F read at the noisy-label
+      token) or "cls" (the paper: a separate CLS token).
+    remat: put every layer under jax.checkpoint.
+  """
+
+  num_layers: int = 12
+  width: int = 128
+  num_heads: int = 4
+  mlp_dim: int = 3072
+  patch_size: int = 4
+  cond_dim: int = 21
+  frequency_dim: int = 256
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  layer_norm_eps: float = 1e-12
+  modulation: str = "official"
+  readout_token: str = "label"
+  remat: bool = False
+
+  def __post_init__(self):
+    if self.readout_token not in READOUT_TOKENS:
+      raise ValueError(
+        f"readout_token={self.readout_token!r} is unknown; choose one of"
+        f" {READOUT_TOKENS} ('label' = official code, 'cls' = paper)."
+      )
+    if self.modulation not in adaln.MODULATIONS:
+      raise ValueError(
+        f"modulation={self.modulation!r} is unknown; choose one of"
+        f" {adaln.MODULATIONS}."
+      )
+
+
+READOUT_TOKENS = ("label", "cls")
+
+
 class BaselineViT(nnx.Module):
   """The end-to-end ViT: CLS token, plain layers, CE on the CLS logits."""
 
   def __init__(
-    self,
-    config: ml_collections.ConfigDict,
-    image_shape,
-    num_classes: int,
-    *,
-    rngs,
+    self, spec: ViTConfig, image_shape, num_classes: int, *, rngs: nnx.Rngs
   ):
-    m = config.model
     self.stem = make_stem(
-      config, image_shape, rngs, cls_token=True, num_leading=0
+      spec, image_shape, rngs, cls_token=True, num_leading=0
     )
-    self.layers = make_layers(config, m.num_layers, rngs, conditioned=False)
-    self.norm = nnx.LayerNorm(m.width, epsilon=m.layer_norm_eps, rngs=rngs)
-    self.head = init.linear(m.width, num_classes, rngs=rngs)
+    self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
+    self.norm = nnx.LayerNorm(
+      spec.width, epsilon=spec.layer_norm_eps, rngs=rngs
+    )
+    self.head = init.linear(spec.width, num_classes, rngs=rngs)
 
   def features(self, images: jax.Array, *, rngs=None) -> jax.Array:
     """images: [batch, H, W, C] -> [batch, width], the head's input."""
@@ -139,64 +187,68 @@ class BaselineViT(nnx.Module):
     return self.head(self.features(images, rngs=rngs))
 
 
-def make_stem(config, image_shape, rngs, *, cls_token, num_leading) -> ViTStem:
-  m = config.model
+def make_stem(
+  spec: ViTConfig, image_shape, rngs, *, cls_token, num_leading
+) -> ViTStem:
   return ViTStem(
     image_shape,
-    m.patch_size,
-    m.width,
+    spec.patch_size,
+    spec.width,
     cls_token=cls_token,
     num_leading=num_leading,
-    dropout=m.dropout,
+    dropout=spec.dropout,
     rngs=rngs,
   )
 
 
-def make_layers(config, num_layers: int, rngs, *, conditioned=True):
-  m = config.model
+def make_layers(spec: ViTConfig, num_layers: int, rngs, *, conditioned=True):
+  """`num_layers` transformer layers (AdaLN-Zero when `conditioned`)."""
   return layers.LayerStack(
     num_layers,
-    width=m.width,
-    num_heads=m.num_heads,
-    mlp_dim=m.mlp_dim,
-    cond_dim=m.cond_dim if conditioned else None,
-    dropout=m.dropout,
-    attention_dropout=m.attention_dropout,
-    layer_norm_eps=m.layer_norm_eps,
-    modulation=m.modulation,
-    remat=m.remat,
+    width=spec.width,
+    num_heads=spec.num_heads,
+    mlp_dim=spec.mlp_dim,
+    cond_dim=spec.cond_dim if conditioned else None,
+    dropout=spec.dropout,
+    attention_dropout=spec.attention_dropout,
+    layer_norm_eps=spec.layer_norm_eps,
+    modulation=spec.modulation,
+    remat=spec.remat,
     rngs=rngs,
   )
 
 
-def make_shell(config, image_shape, num_classes, rngs) -> dict[str, nnx.Module]:
+def make_shell(
+  spec: ViTConfig, image_shape, num_classes: int, rngs
+) -> dict[str, nnx.Module]:
   """The parts outside the layers, minus the target table."""
-  m = config.model
   return {
     "stem": make_stem(
-      config,
+      spec,
       image_shape,
       rngs,
-      cls_token=m.readout_token == "cls",
+      cls_token=spec.readout_token == "cls",
       num_leading=1,
     ),
     "noise_embed": embed.NoiseLevelEmbedder(
-      m.cond_dim, frequency_dim=m.frequency_dim, rngs=rngs
+      spec.cond_dim, frequency_dim=spec.frequency_dim, rngs=rngs
     ),
     "readout": DiffusionReadout(
-      m.width,
-      m.cond_dim,
+      spec.width,
+      spec.cond_dim,
       num_classes,
-      layer_norm_eps=m.layer_norm_eps,
-      modulation=m.modulation,
+      layer_norm_eps=spec.layer_norm_eps,
+      modulation=spec.modulation,
       rngs=rngs,
     ),
   }
 
 
-def make_targets(config, num_classes, *, trainable, rngs) -> embed.TargetTable:
+def make_targets(
+  spec: ViTConfig, num_classes: int, *, trainable: bool, rngs
+) -> embed.TargetTable:
   return embed.TargetTable(
-    num_classes, config.model.width, trainable=trainable, rngs=rngs
+    num_classes, spec.width, trainable=trainable, rngs=rngs
   )
 
 

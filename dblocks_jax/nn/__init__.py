@@ -10,17 +10,20 @@ from dblocks_jax.nn.embed import (
   patchify,
   sinusoidal_embedding,
 )
-from dblocks_jax.nn.layers import LayerStack, TransformerLayer
+from dblocks_jax.nn.layers import LayerStack, Stack, TransformerLayer
+from dblocks_jax.nn.linen import FromLinen
 
 __all__ = [
   "MODULATIONS",
   "AdaLNModulation",
   "FixedTable",
+  "FromLinen",
   "LayerStack",
   "Mlp",
   "NoiseLevelEmbedder",
   "PatchEmbed",
   "SelfAttention",
+  "Stack",
   "TargetTable",
   "TransformerLayer",
   "modulate",

@@ -123,10 +123,6 @@ class LabelEmbedder(nnx.Module):
     rows = num_classes + int(null_class)
     self.table = nnx.Param(init.NORMAL_002(rngs.params(), (rows, width)))
 
-  @property
-  def has_null_class(self) -> bool:
-    return self.table.shape[0] > self.num_classes
-
   def __call__(self, labels: jax.Array) -> jax.Array:
     """labels: [batch] int in [0, num_classes] -> [batch, width]."""
     return self.table[...][labels]

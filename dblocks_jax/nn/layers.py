@@ -111,3 +111,28 @@ class LayerStack(nnx.Module):
 def _layer_with_key(layer, x, cond, mask, key):
   rngs = nnx.Rngs(dropout=key) if key is not None else None
   return layer(x, cond, mask=mask, rngs=rngs)
+
+
+class Stack(nnx.Module):
+  """Layers applied in order: `h = layer(h, *args, **kwargs)` for each.
+
+  The container of a block built from your own layer (`BlockwiseModel.build(
+  layer=...)`); `remat` puts each layer under `nnx.remat` (jax.checkpoint).
+
+  h: [batch, ...] -> the same shape.
+  """
+
+  def __init__(self, layers, *, remat: bool = False):
+    self.layers = nnx.List(list(layers))
+    self.remat = remat
+
+  def __len__(self) -> int:
+    return len(self.layers)
+
+  def __call__(self, h, *args, **kwargs):
+    for layer in self.layers:
+      if self.remat:
+        h = nnx.remat(lambda layer, h: layer(h, *args, **kwargs))(layer, h)
+      else:
+        h = layer(h, *args, **kwargs)
+    return h

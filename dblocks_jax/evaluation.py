@@ -1,0 +1,23 @@
+"""`--mode=eval`: evaluates the newest checkpoint of a run.
+
+Any sampler settings work (`--config.sampler.num_steps=10`, `...method=heun`):
+the grid is computed from the config, never stored in a checkpoint. Writes
+`eval.json` into the run's workdir.
+"""
+
+import os
+
+import ml_collections
+
+from dblocks_jax import metrics, runs
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
+  """Evaluates the newest checkpoint in `workdir`; returns eval.json."""
+  workdir = os.path.abspath(workdir)
+  family, experiment, trainer = runs.restore_run(config, workdir)
+  result = family.evaluator(config, experiment, workdir)(trainer)
+  result.update(step=trainer.step_count, method=experiment.method)
+  metrics.MetricWriter(workdir).write_json("eval.json", result)
+  trainer.close()
+  return result

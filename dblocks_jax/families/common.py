@@ -1,0 +1,251 @@
+"""The config layer shared by the families: config fields -> the explicit
+arguments of the noise process, the plan, the optimizer and the trainer, and
+the image data streams."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dblocks_jax import errors
+from dblocks_jax.blockwise.parts import BlockwiseModel
+from dblocks_jax.blockwise.plan import BlockPlan
+from dblocks_jax.diffusion.process import EDM
+from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.families.base import METHODS, Experiment
+
+OPTIMIZERS = ("adamw",)
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def check_choice(value, choices, field: str, hint: str = "") -> None:
+  if value not in choices:
+    raise ConfigError(
+      f"{field}={value!r} is unknown; choose one of {tuple(choices)}{hint}."
+    )
+
+
+def check_method(config) -> str:
+  check_choice(config.method, METHODS, "method")
+  return config.method
+
+
+def noise_from_config(config) -> EDM:
+  """The EDM process of `config.diffusion` (and `blocks.sigma_sampling`)."""
+  d = config.diffusion
+  with errors.config_fields():
+    return EDM(
+      sigma_min=d.sigma_min,
+      sigma_max=d.sigma_max,
+      p_mean=d.p_mean,
+      p_std=d.p_std,
+      sigma_data=d.sigma_data,
+      sampling=config.blocks.sigma_sampling,
+      rho=config.sampler.rho,
+    )
+
+
+def plan_from_config(config, *, single_block: bool = False) -> BlockPlan:
+  """The plan of `config.blocks` over `model.num_layers` layers; with
+  `single_block`, the diffusion baseline's one block over the whole range."""
+  b = config.blocks
+  with errors.config_fields():
+    check_choice(b.sharing, ("shared", "independent"), "blocks.sharing")
+    if single_block:
+      return BlockPlan.create(
+        noise_from_config(config),
+        num_layers=config.model.num_layers,
+        num_blocks=1,
+        gamma=b.gamma,
+      )
+    return BlockPlan.create(
+      noise_from_config(config),
+      num_layers=config.model.num_layers,
+      num_blocks=b.num_blocks,
+      gamma=b.gamma,
+      partition=b.partition,
+      layer_distribution=tuple(b.layer_distribution),
+      boundaries=tuple(b.boundaries) or None,
+    )
+
+
+def blockwise_model(
+  config, plan, *, shell, layers, fixed=None, held_blocks=None
+):
+  """`BlockwiseModel.build` with the config's sharing mode and seeds."""
+  with errors.config_fields():
+    return BlockwiseModel.build(
+      plan,
+      shell=shell,
+      layers=layers,
+      fixed=fixed,
+      sharing=config.blocks.sharing,
+      seed=config.seed,
+      fixed_seed=config.blocks.target_table_seed,
+      held_blocks=held_blocks,
+    )
+
+
+def learning_rate_fn(config) -> optax.Schedule:
+  """Linear warmup, then cosine to `optimizer.min_learning_rate` or
+  constant, over the run's `total_steps`."""
+  o, total = config.optimizer, int(config.total_steps)
+  warmup = int(o.warmup_steps)
+  if warmup < 0 or warmup > total:
+    raise ConfigError(
+      f"optimizer.warmup_steps={warmup} must lie in [0, total_steps={total}]."
+    )
+  check_choice(o.schedule, LR_SCHEDULES, "optimizer.schedule")
+  if o.schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(
+      init_value=0.0,
+      peak_value=o.learning_rate,
+      warmup_steps=warmup,
+      decay_steps=max(total, warmup + 1),
+      end_value=o.min_learning_rate,
+    )
+  return optax.join_schedules(
+    [
+      optax.linear_schedule(0.0, o.learning_rate, max(warmup, 1)),
+      optax.constant_schedule(o.learning_rate),
+    ],
+    [warmup],
+  )
+
+
+def optimizer_from_config(config):
+  """(AdamW with the config's schedule, the schedule). Clipping is the
+  trainer's (`optimizer.clip_norm`, over what a step updates)."""
+  o = config.optimizer
+  check_choice(o.name, OPTIMIZERS, "optimizer.name")
+  schedule = learning_rate_fn(config)
+  tx = optax.adamw(
+    learning_rate=schedule,
+    b1=o.b1,
+    b2=o.b2,
+    eps=o.eps,
+    weight_decay=o.weight_decay,
+  )
+  return tx, schedule
+
+
+def check_batch(config) -> None:
+  if config.batch_size % (config.accumulation_steps * jax.process_count()):
+    raise ConfigError(
+      f"batch_size={config.batch_size} must be divisible by"
+      f" accumulation_steps={config.accumulation_steps} x processes"
+      f"={jax.process_count()}."
+    )
+
+
+def topology(config, experiment: Experiment) -> dict:
+  """The config's part of a run's topology (the trainer adds the plan's and
+  the layout's)."""
+  out = {"method": experiment.method, "num_layers": config.model.num_layers}
+  if experiment.method == "dblocks":
+    out["partition"] = config.blocks.partition
+  return out
+
+
+def make_trainer(config, experiment: Experiment, workdir: str | None):
+  """The `Trainer` of a config's run."""
+  from dblocks_jax.trainer import Trainer
+
+  check_batch(config)
+  tx, schedule = optimizer_from_config(config)
+  blockwise = experiment.method == "dblocks"
+  with errors.config_fields():
+    return Trainer(
+      experiment.model,
+      experiment.task,
+      experiment.plan,
+      tx,
+      workdir=workdir,
+      seed=config.seed,
+      clip_norm=config.optimizer.clip_norm,
+      schedule=config.blocks.schedule if blockwise else "uniform",
+      train_blocks=tuple(config.blocks.train) if blockwise else (),
+      block_groups=config.parallel.block_groups if blockwise else 1,
+      data_shards=config.parallel.data_shards,
+      accumulation_steps=config.accumulation_steps,
+      learning_rate=schedule,
+      total_steps=config.total_steps,
+      log_every=config.log_every_steps,
+      checkpoint_every=config.checkpoint_every_steps,
+      keep_checkpoints=config.keep_checkpoints,
+      tensorboard=config.tensorboard,
+      topology=topology(config, experiment),
+    )
+
+
+def check_parallel(config) -> None:
+  """Block-parallel settings need a block-wise run."""
+  if config.method != "dblocks" and config.parallel.block_groups > 1:
+    raise ConfigError(
+      f"parallel.block_groups={config.parallel.block_groups} splits the"
+      f" blocks of a block-wise run; method={config.method!r} trains one"
+      " network. Set parallel.block_groups=1."
+    )
+
+
+# ----- Image data -----------------------------------------------------------
+
+
+def data_options(config):
+  from dblocks_jax.data.options import DataOptions
+
+  return DataOptions.from_mapping(config.data)
+
+
+def check_image_data(config) -> None:
+  """The config's declared image shape and classes must match the data."""
+  from dblocks_jax import data
+
+  info = data.dataset_info(data_options(config))
+  declared = (tuple(config.data.image_shape), config.data.num_classes)
+  actual = (tuple(info.image_shape), info.num_classes)
+  if declared != actual:
+    raise DataError(
+      f"data.image_shape={list(declared[0])} and data.num_classes="
+      f"{declared[1]} do not match dataset {info.name!r}"
+      f" ({list(actual[0])}, {actual[1]} classes); set them to the dataset's."
+    )
+
+
+def image_train_data(config, specs) -> dict:
+  """{stream: grain iterator} of augmented image batches."""
+  from dblocks_jax import data
+
+  options = data_options(config)
+  return {
+    stream: data.make_train_iterator(
+      options, batch_size=batch_size, seed=seed, shard=shard
+    )
+    for stream, (seed, batch_size, shard) in specs.items()
+  }
+
+
+def image_batch_spec(config, image_shape=None) -> dict:
+  """One global batch of images and labels, as shapes."""
+  h, w, c = image_shape or config.data.image_shape
+  return {
+    "image": jax.ShapeDtypeStruct((config.batch_size, h, w, c), jnp.float32),
+    "label": jax.ShapeDtypeStruct((config.batch_size,), jnp.int32),
+  }
+
+
+def end_to_end_config(config):
+  """The baseline of a block-wise config: the same model trained end to end
+  for the same number of layer evaluations (B x fewer, B x dearer steps;
+  warmup and evaluation intervals scale alike), on one device group."""
+  import copy
+
+  baseline = copy.deepcopy(config)
+  b = config.blocks.num_blocks
+  with baseline.unlocked():
+    baseline.method = "e2e"
+    baseline.total_steps = config.total_steps // b
+    baseline.optimizer.warmup_steps = config.optimizer.warmup_steps // b
+    baseline.eval_every_steps = config.eval_every_steps // b
+    baseline.parallel.block_groups = 1
+    baseline.blocks.train = ()
+  return baseline

@@ -1,0 +1,141 @@
+"""The DiT generation family (method_spec 2.2): config -> experiment.
+
+dblocks: the reference DiT (`models.dit`) split into blocks, trained as EDM
+denoisers of their noise ranges (`DiffusionGeneration`). e2e: the same DiT
+trained as one block over the whole range (the same task, B = 1).
+Evaluation samples `eval.num_samples` images with the routed sampler and,
+with a feature network, measures the FID against the reference images.
+"""
+
+import os
+
+from dblocks_jax import errors
+from dblocks_jax.families import common
+from dblocks_jax.families.base import Experiment
+from dblocks_jax.models import dit
+from dblocks_jax.tasks.base import Sampler
+from dblocks_jax.tasks.generation import DiffusionGeneration
+
+
+def model_config(config) -> dit.DiTConfig:
+  """`config.model` as DiT's explicit hyper-parameters."""
+  m = config.model
+  return dit.DiTConfig(
+    num_layers=m.num_layers,
+    width=m.width,
+    num_heads=m.num_heads,
+    patch_size=m.patch_size,
+    mlp_ratio=m.mlp_ratio,
+    frequency_dim=m.frequency_dim,
+    learn_sigma=m.learn_sigma,
+    null_class=m.label_dropout > 0,
+    remat=m.remat,
+  )
+
+
+def sampler_from_config(config, plan) -> Sampler:
+  s = config.sampler
+  with errors.config_fields():
+    return Sampler.of(plan, s.num_steps, s.grid, s.method)
+
+
+class DiTFamily:
+  """DiT generation: see the module docstring."""
+
+  def build(self, config, *, held_blocks=None) -> Experiment:
+    method = common.check_method(config)
+    common.check_parallel(config)
+    spec = model_config(config)
+    image_shape = tuple(config.data.image_shape)
+    num_classes = config.data.num_classes
+    blockwise = method == "dblocks"
+    plan = common.plan_from_config(config, single_block=not blockwise)
+    if not blockwise:
+      config = _shared(config)
+    model = common.blockwise_model(
+      config,
+      plan,
+      shell=lambda rngs: dit.make_shell(spec, image_shape, num_classes, rngs),
+      layers=lambda n, rngs: dit.make_layers(spec, n, rngs),
+      held_blocks=held_blocks,
+    )
+    d = config.diffusion
+    with errors.config_fields():
+      task = DiffusionGeneration(
+        num_classes=num_classes,
+        sample_shape=image_shape,
+        sigma_data=d.sigma_data,
+        max_weight=d.max_weight,
+        label_dropout=config.model.label_dropout,
+        guidance_scale=config.sampler.guidance_scale,
+      )
+    return Experiment(method, model, task, plan)
+
+  def train_data(self, config, specs) -> dict:
+    common.check_image_data(config)
+    return common.image_train_data(config, specs)
+
+  def batch_spec(self, config) -> dict:
+    return common.image_batch_spec(config)
+
+  def evaluator(self, config, experiment, workdir):
+    """Samples and (with a feature network) their FID."""
+    from dblocks_jax import evaluate
+    from dblocks_jax.evaluate import features
+
+    common.check_image_data(config)
+    sampler = sampler_from_config(config, experiment.plan)
+    feature_network = features.from_config(config)
+    cache_dir = config.eval.reference_cache_dir or os.path.join(
+      workdir, "fid_reference"
+    )
+    sample_pixels = None
+    if feature_network is not None:
+      # Fails now, not after training: VAE weights, reference images.
+      sample_pixels = evaluate.SamplePixels(config)
+      evaluate.generation.check_reference(feature_network, config, cache_dir)
+
+    def run(trainer) -> dict:
+      return evaluate.evaluate_samples(
+        sample_fn(trainer, sampler),
+        feature_network,
+        config,
+        inference_steps=sampler.num_steps,
+        cache_dir=cache_dir,
+        sample_pixels=sample_pixels,
+      )
+
+    return run
+
+  def describe(self, result) -> str:
+    where = f"{result['method']}, step {result['step']}"
+    line = (
+      f"{result['num_samples']} samples, {result['inference_steps']}"
+      f" {result['sampler']} steps, guidance {result['guidance_scale']}"
+    )
+    if "fid" in result:
+      return (
+        f"fid: {result['fid']:.3f} ({where}, {line},"
+        f" {result['feature_network']} features vs {result['split']} split)"
+      )
+    return f"sampled ({where}, {line}; eval.feature_network='none': no FID)"
+
+
+def sample_fn(trainer, sampler: Sampler):
+  """`sample(labels [b], key) -> [b, H, W, C]` of a trainer's model."""
+  predict = trainer.predict_fn(sampler)
+  arrays = trainer.arrays()
+  return lambda labels, key: predict(arrays, {"label": labels}, key)
+
+
+def _shared(config):
+  """The baseline's config: one network, every part shared."""
+  import copy
+
+  single = copy.deepcopy(config)
+  with single.unlocked():
+    single.blocks.sharing = "shared"
+  return single
+
+
+FAMILY = DiTFamily()

@@ -1,0 +1,20 @@
+"""Tasks: what a model family trains (the loss of a block) and how it infers
+(routed sampling), apart from the networks and the engine."""
+
+from dblocks_jax.tasks.base import Sampler, Task, accuracy
+from dblocks_jax.tasks.classification import (
+  ClassifierHead,
+  DiffusionClassification,
+  EndToEndClassification,
+)
+from dblocks_jax.tasks.generation import DiffusionGeneration
+
+__all__ = [
+  "ClassifierHead",
+  "DiffusionClassification",
+  "DiffusionGeneration",
+  "EndToEndClassification",
+  "Sampler",
+  "Task",
+  "accuracy",
+]

@@ -1,0 +1,129 @@
+"""The task protocol: a block's loss and routed inference, one signature.
+
+A task knows what the network computes and what it is trained to do; the
+engine knows blocks, noise ranges and optimizers. The engine calls
+
+  task.loss(parts, batch, level, key, train=True) -> (loss, metrics)
+
+with `parts` the merged modules of the shared group, the active block and
+the fixed group ({name: nnx.Module}), `level` [batch] the noise levels it
+drew in the block's training range (None for a task trained without noise,
+such as a plain end-to-end classifier), and a PRNG key. At inference,
+
+  task.predict(parts_for_block, batch, key, sampler=...) -> outputs
+
+gets `parts_for_block(b)` (the modules that block b runs with) and a
+`Sampler` (grid levels, each routed to a block), or `sampler=None` for a task
+without noise. A task may also define `evaluate(predict, batches) -> dict`
+(e.g. accuracy), which `Trainer.evaluate` calls.
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import jax
+import numpy as np
+
+from dblocks_jax.diffusion.samplers import SAMPLERS
+
+Parts = Mapping[str, Any]
+Batch = Mapping[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+  """A routed sampler: a descending grid of levels and the block of each.
+
+  Attributes:
+    levels: [N] noise levels, noisiest first (e.g. sigmas from 80 down to
+      0.002); the sampler takes N - 1 steps and evaluates once more at the
+      last level.
+    blocks: [N] the block that denoises at each level (the plan's routing).
+    method: "euler" (one evaluation per level) or "heun".
+  """
+
+  levels: np.ndarray
+  blocks: np.ndarray
+  method: str = "euler"
+
+  def __post_init__(self):
+    if self.method not in SAMPLERS:
+      raise ValueError(
+        f"method={self.method!r} is unknown; choose one of {SAMPLERS}."
+      )
+    if len(self.levels) != len(self.blocks) or not len(self.levels):
+      raise ValueError(
+        f"levels ({len(self.levels)}) and blocks ({len(self.blocks)}) must"
+        " have one entry per grid point, at least one."
+      )
+
+  @classmethod
+  def of(
+    cls, plan, num_steps: int = 0, grid: str = "", method: str = "euler"
+  ) -> "Sampler":
+    """The sampler of `plan` over `num_steps` grid points (0 = B).
+
+    Args:
+      plan: a BlockPlan.
+      num_steps: grid points N (0 = one per block, the official default).
+      grid: the noise process's grid kind ("" = its default; EDM: "cdf" or
+        "karras").
+      method: "euler" or "heun".
+    """
+    levels, blocks = plan.grid(num_steps, grid)
+    return cls(np.asarray(levels), np.asarray(blocks), method)
+
+  @property
+  def num_steps(self) -> int:
+    return len(self.levels)
+
+
+@runtime_checkable
+class Task(Protocol):
+  """What a model family trains: see the module docstring."""
+
+  def loss(
+    self,
+    parts: Parts,
+    batch: Batch,
+    level: jax.Array | None,
+    key: jax.Array,
+    *,
+    train: bool = True,
+  ) -> tuple[jax.Array, dict]: ...
+
+  def predict(
+    self,
+    parts_for_block: Callable[[int], Parts],
+    batch: Batch,
+    key: jax.Array,
+    *,
+    sampler: Sampler | None,
+  ) -> Any: ...
+
+
+def accuracy(
+  predict: Callable[[Batch, jax.Array], jax.Array],
+  batches: Iterable[Batch],
+  key: jax.Array,
+  *,
+  label_key: str = "label",
+) -> dict:
+  """Top-1 accuracy of `predict(batch, key) -> logits` over `batches`.
+
+  Rows whose `mask` (when a batch has one) is False are padding and are not
+  counted. Batch i uses `fold_in(key, i)`.
+
+  Returns:
+    {"accuracy": float, "num_examples": int}.
+  """
+  correct, total = 0, 0
+  for i, batch in enumerate(batches):
+    logits = predict(batch, jax.random.fold_in(key, i))
+    predictions = np.asarray(np.argmax(np.asarray(logits), -1))
+    labels = np.asarray(batch[label_key])
+    mask = np.asarray(batch.get("mask", np.ones(len(labels), bool)), bool)
+    correct += int(np.sum((predictions == labels) & mask))
+    total += int(mask.sum())
+  return {"accuracy": correct / max(total, 1), "num_examples": total}

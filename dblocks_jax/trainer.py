@@ -1,0 +1,935 @@
+"""`Trainer`: the one trainer, for block-wise networks and their baselines.
+
+    trainer = Trainer(model, task, plan, optax.adamw(1e-3), workdir="runs/x")
+    trainer.fit(batches, total_steps=3000)       # resumes from the workdir
+    trainer.evaluate(test_batches)               # {"accuracy": ...}
+
+It reads top to bottom: layout and mesh -> state (split, placed) -> compiled
+steps -> `step` (block choice, update, logs, NaN check, checkpoint) -> `fit`
+(the loop, with resume) -> inference (`predict`, `evaluate`) -> checkpoints.
+
+Layout. The devices form a `block` x `data` mesh of G groups of D devices
+(`blockwise.layout`). G = 1 (the default) trains one block at a time on every
+device, with the batch split along `data` and gradients reduced across
+devices and processes; G > 1 trains G blocks at once, one per group.
+
+Update rules. A run of every block on one group follows the official
+sequential rule: global step s trains the block the schedule draws for s,
+with the key fold_in(seed, s), the learning rate of step s and the next batch
+of one data stream. A run whose blocks are split (G > 1, or a per-block job
+training some blocks) follows the per-block rule: update n of block b uses
+the key fold_in(fold_in(seed, b), n), the learning rate of step n B and the
+next batch of block b's own stream, so that any split of the blocks over
+groups and jobs trains the same model (with the round-robin schedule).
+
+Metrics and checkpoints. Every `log_every` steps the window of step metrics
+is fetched, checked for NaN (a non-finite loss stops the run, naming the
+step and the block, before anything is saved) and written to
+`metrics.jsonl` with steps/s and the ETA. With a workdir, a checkpoint
+(Orbax: parameters, every optimizer state, the step and the data streams'
+positions) is written every `checkpoint_every` steps, and `fit` resumes from
+the newest one. A changed topology is refused.
+"""
+
+import collections
+import contextlib
+import json
+import os
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from dblocks_jax import metrics as metrics_lib
+from dblocks_jax.blockwise import inference, optim, steps
+from dblocks_jax.blockwise import layout as layout_lib
+from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.blockwise.parts import BlockwiseModel
+from dblocks_jax.blockwise.plan import BlockPlan
+from dblocks_jax.blockwise.schedule import BlockSchedule
+from dblocks_jax.errors import NonFiniteLossError, TopologyError
+from dblocks_jax.tasks.base import Sampler, Task
+
+SCHEDULE_STEPS = ("global", "own")
+# Topology fields of how a run was laid out (not of the model it trains).
+JOB_FIELDS = ("trained_blocks", "block_groups")
+
+
+def stream_seed(seed: int, block: int) -> int:
+  """The seed of block `block`'s data stream (per-block rule)."""
+  return seed + 1 + block
+
+
+class Streams:
+  """Data streams by id (None: the one stream; b: block b's), saved and
+  restored together (grain's checkpoint protocol: get_state / set_state)."""
+
+  def __init__(self, iterators: Mapping):
+    self.iterators = dict(iterators)
+
+  def next(self, stream) -> dict:
+    return next(self.iterators[stream])
+
+  @property
+  def checkpointable(self) -> bool:
+    return all(
+      hasattr(it, "get_state") and hasattr(it, "set_state")
+      for it in self.iterators.values()
+    )
+
+  def get_state(self) -> bytes:
+    states = {
+      str(k): _as_text(it.get_state()) for k, it in self.iterators.items()
+    }
+    return json.dumps(states).encode()
+
+  def set_state(self, state: bytes) -> None:
+    for key, value in json.loads(state).items():
+      stream = None if key == "None" else int(key)
+      self.iterators[stream].set_state(_from_text(value))
+
+  def start_prefetch(self) -> None:
+    """Nothing to start: the pipelines read on demand."""
+
+
+def _as_text(state):
+  return state.decode("latin-1") if isinstance(state, bytes) else state
+
+
+def _from_text(value):
+  return value.encode("latin-1") if isinstance(value, str) else value
+
+
+class Trainer:
+  """Trains `model` on `task` with `optimizer`; see the module docstring.
+
+  Args:
+    model: the network split into parts (`BlockwiseModel.build`, or
+      `BlockwiseModel.end_to_end` for a baseline trained without noise).
+    task: the task (`DiffusionClassification`, ...).
+    plan: the block plan; None for a network trained end to end without
+      noise (then `model` must have no blocks).
+    optimizer: any `optax.GradientTransformation` (chains and schedules
+      included); every group of parameters gets its own state of it.
+    workdir: where checkpoints and `metrics.jsonl` go (None: nowhere).
+    seed: seeds the block schedule, the step keys and the data streams.
+    clip_norm: global-norm gradient clipping over what a step updates
+      (0 = off; the official code clips at 1).
+    schedule: the block order: "uniform" (random, the paper) or
+      "round_robin".
+    train_blocks: the blocks this run trains (empty = all; a subset makes a
+      per-block job, whose checkpoints `assemble` merges).
+    block_groups: G, device groups training blocks at once.
+    data_shards: D, devices per group (0 = all devices // G).
+    accumulation_steps: micro-batches per optimizer step.
+    schedule_step: "global" (schedules follow the global step, the official
+      rule) or "own" (each group's schedule counts its own updates).
+    learning_rate: the schedule, for logging only (optional).
+    total_steps: the run's length in block updates (progress, ETA; with the
+      per-block rule, the learning rate of update n is that of step n B).
+    log_every: steps between metric lines (and NaN checks).
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: how many of the newest checkpoints are kept.
+    tensorboard: also write TensorBoard summaries (needs TensorFlow).
+    topology: extra fields a resumed run must agree on (e.g. the method).
+  """
+
+  def __init__(
+    self,
+    model: BlockwiseModel,
+    task: Task,
+    plan: BlockPlan | None,
+    optimizer: optax.GradientTransformation,
+    *,
+    workdir: str | None = None,
+    seed: int = 0,
+    clip_norm: float = 0.0,
+    schedule: str = "uniform",
+    train_blocks=(),
+    block_groups: int = 1,
+    data_shards: int = 0,
+    accumulation_steps: int = 1,
+    schedule_step: str = "global",
+    learning_rate: optax.Schedule | None = None,
+    total_steps: int = 0,
+    log_every: int = 100,
+    checkpoint_every: int = 1000,
+    keep_checkpoints: int = 2,
+    tensorboard: bool = False,
+    topology: Mapping | None = None,
+  ):
+    # ----- Arguments ------------------------------------------------------
+    if not isinstance(model, BlockwiseModel):
+      raise TypeError(
+        f"model={type(model).__name__} is not a BlockwiseModel; build one"
+        " with BlockwiseModel.build(plan, ...) or BlockwiseModel.end_to_end."
+      )
+    if not isinstance(task, Task):
+      raise TypeError(
+        f"task={type(task).__name__} is not a Task (it needs loss and"
+        " predict); see dblocks_jax.tasks."
+      )
+    if plan is not None and not isinstance(plan, BlockPlan):
+      raise TypeError(f"plan={plan!r} is not a BlockPlan (or None).")
+    if plan is None and model.num_blocks:
+      raise ValueError(
+        f"the model has {model.num_blocks} blocks but plan=None; pass the"
+        " BlockPlan the model was built from."
+      )
+    if plan is not None and plan.num_blocks != model.num_blocks:
+      raise ValueError(
+        f"the model has {model.num_blocks} blocks but the plan"
+        f" {plan.num_blocks}; build the model from this plan."
+      )
+    if schedule_step not in SCHEDULE_STEPS:
+      raise ValueError(
+        f"schedule_step={schedule_step!r} is unknown; choose one of"
+        f" {SCHEDULE_STEPS}."
+      )
+    for name, value in (
+      ("accumulation_steps", accumulation_steps),
+      ("log_every", log_every),
+      ("checkpoint_every", checkpoint_every),
+      ("keep_checkpoints", keep_checkpoints),
+    ):
+      if int(value) < 1:
+        raise ValueError(f"{name}={value} must be at least 1.")
+    self.model_plan = plan
+    self.task = task
+    self.optimizer = optim.check_optimizer(optimizer)
+    self.workdir = None if workdir is None else os.path.abspath(workdir)
+    self.seed = int(seed)
+    self.clip_norm = float(clip_norm)
+    self.accumulation_steps = int(accumulation_steps)
+    self.schedule_step = schedule_step
+    self.learning_rate = learning_rate
+    self.total_steps = int(total_steps)
+    self.log_every = int(log_every)
+    self.checkpoint_every = int(checkpoint_every)
+    self.keep_checkpoints = int(keep_checkpoints)
+
+    # ----- Layout and mesh --------------------------------------------------
+    sharing = "shared" if model.shared and model.blocks else "independent"
+    self.layout = layout_lib.Layout.create(
+      model.num_blocks,
+      train_blocks=train_blocks,
+      num_groups=block_groups,
+      data_shards=data_shards,
+      layers_per_block=plan.layers_per_block if plan else (),
+      sharing=sharing if model.blocks else "shared",
+    )
+    self.mesh = layout_lib.make_mesh(self.layout)
+    self.schedules = [
+      BlockSchedule(
+        schedule,
+        self.layout.group_blocks(g),
+        seed=self.seed + 7919 * g,
+      )
+      for g in range(self.layout.num_groups)
+      if self.layout.blocks
+    ]
+    # The per-block rule: blocks split over groups or jobs.
+    self.per_block = self.layout.stacked or self.layout.partial
+    self._topology = dict(topology or {})
+    self._topology.update(self._layout_topology(sharing))
+
+    # ----- State ------------------------------------------------------------
+    self.graphdefs, shared, blocks, fixed = parts_lib.split(model)
+    held = set(self.layout.blocks)
+
+    def group(arrays):
+      return dict(arrays, opt_state=self.optimizer.init(arrays["params"]))
+
+    self._state = {
+      "step": np.zeros((), np.int32),
+      "updates": np.zeros((max(model.num_blocks, 1),), np.int32),
+      "shared": group(shared) if jax.tree.leaves(shared["params"]) else {},
+      "blocks": [group(b) if i in held else {} for i, b in enumerate(blocks)],
+      "fixed": fixed,
+    }
+    self._place(self._state)
+
+    # ----- Compiled steps, logs ---------------------------------------------
+    self._step_fns = {}
+    self._predict_fns = {}
+    self._writer = metrics_lib.MetricWriter(
+      self.workdir, tensorboard=tensorboard
+    )
+    self._window: list[tuple[int, int, dict]] = []
+    self._progress = None
+    self._checkpointer = None
+    self._streams: Streams | None = None
+    self._blocks_ahead = [np.zeros(0, np.int64) for _ in self.schedules]
+
+  # ----- Layout ---------------------------------------------------------------
+
+  @property
+  def plan(self) -> BlockPlan | None:
+    return self.model_plan
+
+  @property
+  def blockwise(self) -> bool:
+    return self.model_plan is not None
+
+  def _layout_topology(self, sharing: str) -> dict:
+    topology = {}
+    if self.model_plan is not None:
+      topology.update(self.model_plan.topology())
+      topology["sharing"] = sharing
+    if self.layout.partial:
+      topology["trained_blocks"] = list(self.layout.blocks)
+    if self.layout.num_groups > 1:
+      topology["block_groups"] = self.layout.num_groups
+    return topology
+
+  @property
+  def topology(self) -> dict:
+    """What a resumed run must agree on (recorded in every checkpoint)."""
+    return dict(self._topology)
+
+  def _place(self, state) -> None:
+    """Puts the state on the mesh: shared, fixed and (G = 1) blocks
+    replicated; G > 1 blocks stacked along `block`."""
+    mesh = self.mesh
+    state["shared"] = layout_lib.put_replicated(state["shared"], mesh)
+    state["fixed"] = layout_lib.put_replicated(state["fixed"], mesh)
+    if self.layout.stacked:
+      held = {b: state["blocks"][b] for b in self.layout.blocks}
+      self._stacked = layout_lib.stack(held, self.layout, mesh)
+      state["blocks"] = [{} for _ in state["blocks"]]
+    else:
+      state["blocks"] = [
+        layout_lib.put_replicated(b, mesh) if b else {} for b in state["blocks"]
+      ]
+
+  @property
+  def writer(self) -> metrics_lib.MetricWriter:
+    """The run's metrics writer (`metrics.jsonl`, JSON reports)."""
+    return self._writer
+
+  def num_params(self) -> int:
+    """Parameters this process holds (shared, its blocks, fixed)."""
+    state = self.state
+    groups = [state["shared"], state["fixed"], *state["blocks"]]
+    return int(
+      sum(x.size for g in groups if g for x in jax.tree.leaves(g["params"]))
+    )
+
+  def can_evaluate(self) -> bool:
+    """Whether this process can run inference (it holds every block)."""
+    return not self.layout.partial and not (
+      self.layout.stacked and jax.process_count() > 1
+    )
+
+  @property
+  def step_count(self) -> int:
+    """Block updates done (the global step)."""
+    return int(self._state["step"])
+
+  @property
+  def state(self) -> dict:
+    """The training state, every block as its own group: {"step",
+    "updates" [B], "shared", "blocks": [{"params", "opt_state", "rest"} or
+    {} (not held)], "fixed"}."""
+    state = dict(self._state)
+    if self.layout.stacked:
+      blocks = list(state["blocks"])
+      for b, group in layout_lib.unstack(
+        self._stacked, self.mesh, self.layout
+      ).items():
+        blocks[b] = group
+      state["blocks"] = blocks
+    return state
+
+  def _load(self, state) -> None:
+    self._state = {
+      "step": np.asarray(state["step"], np.int32),
+      "updates": np.asarray(state["updates"], np.int32),
+      "shared": state["shared"],
+      "blocks": list(state["blocks"]),
+      "fixed": state["fixed"],
+    }
+    self._place(self._state)
+    self._blocks_ahead = [np.zeros(0, np.int64) for _ in self.schedules]
+
+  # ----- Data streams ---------------------------------------------------------
+
+  def stream_specs(self, batch_size: int) -> dict:
+    """The data streams this process feeds, for a global batch size.
+
+    Returns:
+      {stream: (seed, local batch size, (shard index, shard count))}, where
+      stream is None (the one stream of the sequential rule) or a block
+      (per-block rule); the shard says which part of the data this process
+      reads among the processes that feed the same group.
+    """
+    rows = layout_lib.local_rows(self.mesh, self.layout, batch_size)
+    specs = {}
+    for group, (lo, hi) in rows.items():
+      devices = self.mesh.devices[group].flat
+      processes = sorted({d.process_index for d in devices})
+      shard = (processes.index(jax.process_index()), len(processes))
+      if not self.per_block:
+        specs[None] = (self.seed, hi - lo, shard)
+        continue
+      for block in self.layout.group_blocks(group):
+        specs[block] = (stream_seed(self.seed, block), hi - lo, shard)
+    return specs
+
+  # ----- Steps ----------------------------------------------------------------
+
+  def _loss_fn(self, block: int):
+    if self.model_plan is None:
+      return steps.end_to_end_loss(self.task, self.graphdefs)
+    return steps.block_loss(
+      self.task,
+      self.graphdefs,
+      self.graphdefs.blocks[block],
+      self.model_plan.noise,
+      self.model_plan.train_ranges,
+    )
+
+  def _step_fn(self, block: int):
+    """One compiled step per distinct block structure."""
+    key = self.graphdefs.block_key(block) if self.model_plan else None
+    if key not in self._step_fns:
+      if self.layout.stacked:
+        fn = steps.build_mesh_step(
+          self._loss_fn(block),
+          self.optimizer,
+          self.mesh,
+          clip_norm=self.clip_norm,
+          accumulation_steps=self.accumulation_steps,
+          learning_rate_fn=self.learning_rate,
+          has_shared=bool(self._state["shared"]),
+        )
+      else:
+        fn = steps.build_train_step(
+          self._loss_fn(block),
+          self.optimizer,
+          clip_norm=self.clip_norm,
+          accumulation_steps=self.accumulation_steps,
+          learning_rate_fn=self.learning_rate,
+          shardings=(
+            layout_lib.replicated(self.mesh),
+            layout_lib.batch_sharding(self.mesh, False),
+          ),
+        )
+      self._step_fns[key] = fn
+    return self._step_fns[key]
+
+  def _next_blocks(self) -> list[int]:
+    """The block each group trains at this step."""
+    if not self.schedules:
+      return [0]
+    position = self.step_count // self.layout.num_groups
+    out = []
+    for g, sched in enumerate(self.schedules):
+      if not len(self._blocks_ahead[g]):
+        self._blocks_ahead[g] = sched(position, 1000)
+      out.append(int(self._blocks_ahead[g][0]))
+      self._blocks_ahead[g] = self._blocks_ahead[g][1:]
+    return out
+
+  def _rule(self, block: int):
+    """(key, schedule step) of the next update of `block`."""
+    train_key = jax.random.key(self.seed)
+    if not self.per_block:
+      s = self.step_count
+      return jax.random.fold_in(train_key, s), s
+    n = int(self._state["updates"][block])
+    key = jax.random.fold_in(jax.random.fold_in(train_key, block), n)
+    return key, n * self.layout.num_blocks
+
+  def _schedule_step(self, s):
+    return None if self.schedule_step == "own" else s
+
+  def step(self, batch) -> dict:
+    """One step: G block updates (one per device group).
+
+    Args:
+      batch: the rows of the global batch this process holds: one batch
+        (the sequential rule), or {block: batch} for the blocks trained now
+        (the per-block rule; `next_blocks` says which).
+
+    Returns:
+      The step's metrics (device arrays; `log_every` steps are fetched,
+      checked for NaN and logged).
+    """
+    blocks_now = self._next_blocks()
+    if self.layout.stacked:
+      metrics = self._mesh_step(blocks_now, batch)
+    else:
+      metrics = self._group_step(blocks_now[0], batch)
+    for b in blocks_now:
+      if self.model_plan is not None:
+        self._state["updates"][b] += 1
+    self._state["step"] = np.asarray(
+      self.step_count + self.layout.num_groups, np.int32
+    )
+    done = self.step_count
+    self._window.append((done, blocks_now, metrics))
+    if self._crossed(done, self.log_every) or done == self.total_steps:
+      self.flush()
+    if self.workdir and self._crossed(done, self.checkpoint_every):
+      self.save()
+    return metrics
+
+  def _crossed(self, done: int, every: int) -> bool:
+    g = self.layout.num_groups
+    return every > 0 and done // every > (done - g) // every
+
+  def _group_step(self, block: int, batch) -> dict:
+    if self.per_block:
+      batch = batch[block]
+    key, s = self._rule(block)
+    state = self._state
+    held = state["blocks"][block] if self.model_plan else {}
+    new_block, new_shared, metrics = self._step_fn(block)(
+      held,
+      state["shared"],
+      state["fixed"],
+      self._global_batch({0: batch}),
+      key,
+      block,
+      self._schedule_step(s),
+    )
+    if self.model_plan is not None:
+      state["blocks"][block] = new_block
+    if state["shared"]:
+      state["shared"] = new_shared
+    return metrics
+
+  def _mesh_step(self, blocks_now: list[int], batches) -> dict:
+    local = {}
+    for g in range(self.layout.num_groups):
+      if blocks_now[g] in batches:
+        local[g] = batches[blocks_now[g]]
+    keys, schedule_steps = zip(
+      *(self._rule(b) for b in blocks_now), strict=True
+    )
+    slots = [self.layout.slot(b)[1] for b in blocks_now]
+    self._stacked, self._state["shared"], metrics = self._step_fn(
+      blocks_now[0]
+    )(
+      self._stacked,
+      self._state["shared"],
+      self._state["fixed"],
+      self._global_batch(local),
+      jnp.stack(keys),
+      jnp.asarray(blocks_now, jnp.int32),
+      jnp.asarray(slots, jnp.int32),
+      None
+      if self.schedule_step == "own"
+      else jnp.asarray(schedule_steps, jnp.int32),
+    )
+    return metrics
+
+  def _global_batch(self, local: dict):
+    """{group: this process's rows of its batch} -> one global batch."""
+    group, batch = next(iter(local.items()))
+    devices = self.mesh.devices[group].flat
+    feeding = len({d.process_index for d in devices})
+    size = len(jax.tree.leaves(batch)[0]) * feeding
+    data_shards = self.layout.data_shards
+    if size % data_shards:
+      raise ValueError(
+        f"the batch of {size} examples does not split over the"
+        f" {data_shards} devices of the data axis; use a multiple of"
+        f" {data_shards}."
+      )
+    rows = layout_lib.local_rows(self.mesh, self.layout, size)
+    return layout_lib.global_batch(local, rows, self.mesh, self.layout, size)
+
+  def lower_step(self, batch_spec: Mapping, block: int = 0):
+    """The step of `block`'s structure lowered on abstract inputs, for
+    `.compile().memory_analysis()` (nothing runs).
+
+    Args:
+      batch_spec: {name: jax.ShapeDtypeStruct} of one global batch (per
+        group when G > 1).
+      block: a block of the structure to lower.
+    """
+    replicated = layout_lib.replicated(self.mesh)
+
+    def shaped(tree, sharding):
+      return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+        tree,
+      )
+
+    state = self._state
+    key = jax.random.key(0)
+    if not self.layout.stacked:
+      batch_sharding = layout_lib.batch_sharding(self.mesh, False)
+      held = state["blocks"][block] if self.model_plan else {}
+      return self._step_fn(block).lower(
+        shaped(held, replicated),
+        shaped(state["shared"], replicated),
+        shaped(state["fixed"], replicated),
+        shaped(batch_spec, batch_sharding),
+        key,
+        block,
+        None if self.schedule_step == "own" else 0,
+      )
+    g = self.layout.num_groups
+    by_block = layout_lib.by_block(self.mesh)
+    batch_sharding = layout_lib.batch_sharding(self.mesh, True)
+    batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(
+        (g, *x.shape), x.dtype, sharding=batch_sharding
+      ),
+      dict(batch_spec),
+    )
+    ints = jax.ShapeDtypeStruct((g,), jnp.int32, sharding=by_block)
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), g))
+    return self._step_fn(block).lower(
+      shaped(self._stacked, by_block),
+      shaped(state["shared"], replicated),
+      shaped(state["fixed"], replicated),
+      batch,
+      keys,
+      ints,
+      ints,
+      None if self.schedule_step == "own" else ints,
+    )
+
+  # ----- Logs and NaN checks --------------------------------------------------
+
+  def flush(self) -> dict:
+    """Fetches the metric window, stops on NaN, writes one line.
+
+    Raises:
+      NonFiniteLossError: a loss in the window is NaN or Inf (the newest
+        checkpoint on disk is from before it).
+    """
+    fetched = []
+    for step, blocks_now, values in self._window:
+      values = jax.device_get(values)
+      for g, block in enumerate(blocks_now):
+        row = {
+          k: float(np.asarray(v).reshape(-1)[g if np.size(v) > 1 else 0])
+          for k, v in values.items()
+        }
+        fetched.append((step, block, row))
+    self._window = []
+    for step, block, row in fetched:
+      if not np.isfinite(row["loss"]):
+        self._writer.flush()
+        where = f" (block {block})" if self.model_plan else ""
+        latest = self._latest_checkpoint()
+        raise NonFiniteLossError(
+          f"non-finite loss at step {step}{where}; the last checkpoint"
+          f" (step {latest}) is intact. Lower the learning rate or clamp"
+          " the loss weight (diffusion.max_weight)."
+        )
+    if not fetched:
+      return {}
+    scalars = _summarise(fetched, self.model_plan is not None)
+    done = self.step_count
+    if self._progress is None:
+      self._progress = metrics_lib.Progress(
+        max(self.total_steps, done), min(done, max(self.total_steps, done))
+      )
+    scalars.update(self._progress.update(done))
+    self._writer.write_scalars(done, scalars)
+    logging.info("%s loss %.4f", self._progress.describe(done), scalars["loss"])
+    return scalars
+
+  # ----- The loop -----------------------------------------------------------
+
+  def fit(
+    self,
+    data,
+    *,
+    total_steps: int | None = None,
+    evaluate: Callable[["Trainer"], dict] | None = None,
+    eval_every: int = 0,
+  ) -> "Trainer":
+    """Trains to `total_steps` block updates, resuming from the workdir.
+
+    Args:
+      data: the training batches (process-local rows): an iterator (the
+        sequential rule), or {stream: iterator} as `stream_specs` lists
+        them. grain iterators' positions are checkpointed with the state.
+      total_steps: the run's length (default: the constructor's).
+      evaluate: called as `evaluate(trainer)` every `eval_every` steps; its
+        numbers are logged as eval/NAME.
+      eval_every: steps between evaluations (0 = none during the run).
+    """
+    if total_steps is not None:
+      self.total_steps = int(total_steps)
+    if self.total_steps < 1:
+      raise ValueError("total_steps must be at least 1.")
+    self._streams = Streams(data if isinstance(data, Mapping) else {None: data})
+    if self.workdir and self._latest_checkpoint() is not None:
+      self.restore(data=self._streams)
+    start = self.step_count
+    self._progress = metrics_lib.Progress(
+      self.total_steps, min(start, self.total_steps)
+    )
+    num_groups = self.layout.num_groups
+    end = self._end_step()
+    first = True
+    try:
+      while self.step_count < end:
+        blocks_now = self._peek_blocks()
+        batch = self._next_batch(blocks_now)
+        self.step(batch)
+        if first:
+          logging.info("Compiled and ran the first step.")
+          first = False
+        done = self.step_count
+        if (
+          evaluate is not None
+          and eval_every
+          and done < end
+          and done // eval_every > (done - num_groups) // eval_every
+        ):
+          with self._progress.paused():
+            result = evaluate(self)
+          self._writer.write_scalars(done, metrics_lib.numeric(result))
+          logging.info("Eval at step %d: %s", done, result)
+      self.flush()
+      if self.workdir:
+        self.save(force=True)
+    finally:
+      # An error or NaN must not leave the newest save half written.
+      if self._checkpointer is not None:
+        self._checkpointer.wait_until_finished()
+      self._writer.flush()
+    return self
+
+  def _end_step(self) -> int:
+    """The last global step: total_steps, or (per-block rule) the steps
+    that give every trained block total_steps // B updates."""
+    if not self.per_block:
+      return self.total_steps
+    per_block = self.total_steps // self.layout.num_blocks
+    return per_block * len(self.layout.blocks)
+
+  def _peek_blocks(self) -> list[int]:
+    """The blocks the next step trains (without consuming them)."""
+    if not self.schedules:
+      return [0]
+    blocks = self._next_blocks()
+    for g, b in enumerate(blocks):
+      self._blocks_ahead[g] = np.concatenate([[b], self._blocks_ahead[g]])
+    return blocks
+
+  def next_blocks(self) -> list[int]:
+    """The block each device group trains at the next `step`."""
+    return self._peek_blocks()
+
+  def _next_batch(self, blocks_now):
+    if not self.per_block:
+      return self._streams.next(None)
+    return {b: self._streams.next(b) for b in blocks_now}
+
+  # ----- Inference ------------------------------------------------------------
+
+  def arrays(self) -> dict:
+    """What inference reads: {"shared", "blocks", "fixed"} of {"params",
+    "rest"} (blocks of a G > 1 run are gathered to this process)."""
+    arrays = inference.inference_arrays(self.state)
+    if self.layout.stacked:
+      arrays = jax.device_get(arrays)
+    return arrays
+
+  def sampler(
+    self, num_steps: int = 0, grid: str = "", method: str = "euler"
+  ) -> Sampler | None:
+    """The routed sampler of the plan (None without a plan)."""
+    if self.model_plan is None:
+      return None
+    return Sampler.of(self.model_plan, num_steps, grid, method)
+
+  def predict(self, batch, *, key=None, sampler: Sampler | None = None):
+    """`task.predict` with the current parameters (evaluation mode).
+
+    Args:
+      batch: the inputs, e.g. {"image": [b, ...]}.
+      key: PRNG key of the initial noise (default: key(seed)).
+      sampler: the routed grid (default: `sampler()`, B Euler steps).
+    """
+    if sampler is None:
+      sampler = self.sampler()
+    fn = self.predict_fn(sampler)
+    key = jax.random.key(self.seed) if key is None else key
+    return fn(self.arrays(), batch, key)
+
+  def predict_fn(self, sampler: Sampler | None):
+    """The jitted `predict(arrays, batch, key)` of a sampler (cached)."""
+    cache_key = None
+    if sampler is not None:
+      cache_key = (
+        tuple(np.asarray(sampler.levels).tolist()),
+        tuple(np.asarray(sampler.blocks).tolist()),
+        sampler.method,
+      )
+    if cache_key not in self._predict_fns:
+      self._predict_fns[cache_key] = inference.make_predict(
+        self.task, self.graphdefs, sampler
+      )
+    return self._predict_fns[cache_key]
+
+  def evaluate(
+    self, batches, *, sampler: Sampler | None = None, key=None
+  ) -> dict:
+    """`task.evaluate` over `batches` (e.g. accuracy).
+
+    Args:
+      batches: evaluation batches (a `mask` field marks padding rows).
+      sampler: the routed grid (default: B Euler steps).
+      key: PRNG key (default: key(seed + 1)).
+    """
+    if not hasattr(self.task, "evaluate"):
+      raise TypeError(
+        f"{type(self.task).__name__} has no evaluate(); use predict()."
+      )
+    if sampler is None:
+      sampler = self.sampler()
+    fn = self.predict_fn(sampler)
+    arrays = self.arrays()
+    key = jax.random.key(self.seed + 1) if key is None else key
+    return self.task.evaluate(
+      lambda batch, k: fn(arrays, batch, k), batches, key
+    )
+
+  # ----- Checkpoints ----------------------------------------------------------
+
+  def _checkpoints(self):
+    if self.workdir is None:
+      raise ValueError("this Trainer has no workdir; pass workdir=... to save.")
+    if self._checkpointer is None:
+      from dblocks_jax import checkpoint  # Orbax, only when saving.
+
+      self._checkpointer = checkpoint.Checkpointer(
+        os.path.join(self.workdir, "checkpoints"),
+        max_to_keep=self.keep_checkpoints,
+        save_interval_steps=1,
+      )
+    return self._checkpointer
+
+  def _latest_checkpoint(self) -> int | None:
+    if self.workdir is None:
+      return None
+    if self._checkpointer is None and not os.path.isdir(
+      os.path.join(self.workdir, "checkpoints")
+    ):
+      return None
+    return self._checkpoints().latest_step()
+
+  def save(self, *, force: bool = False) -> bool:
+    """Checkpoints the state (and the data streams' positions), after
+    checking the pending metrics for NaN. Returns whether a save started."""
+    self.flush()
+    ckpt = self._checkpoints()
+    data = None
+    if self._streams is not None and self._streams.checkpointable:
+      data = self._streams
+    progress = self._progress
+    with progress.paused() if progress else contextlib.nullcontext():
+      return ckpt.save(
+        self.step_count,
+        self.state,
+        data_iterator=data,
+        metadata={"topology": self.topology},
+        force=True,
+      )
+
+  def restore(self, *, step: int | None = None, data=None) -> int:
+    """Restores this run's newest checkpoint (or `step`) and the data
+    streams' positions.
+
+    Raises:
+      TopologyError: the checkpoint's topology differs from this run's.
+      FileNotFoundError: there is no checkpoint.
+    """
+    if isinstance(data, Mapping):
+      data = Streams(data)
+    elif data is not None and not isinstance(data, Streams):
+      data = Streams({None: data})
+    if data is not None and not data.checkpointable:
+      data = None
+    self._restore_from(self._checkpoints(), self.workdir, step, data)
+    logging.info("Resumed from step %d.", self.step_count)
+    return self.step_count
+
+  def load_checkpoint(self, workdir: str, *, step: int | None = None) -> int:
+    """Loads the newest checkpoint (or `step`) of the run in `workdir`,
+    read-only (nothing is written there): for evaluation, sampling and
+    assembly.
+
+    Raises:
+      ConfigError: `workdir` holds no checkpoint.
+      TopologyError: its topology differs from this trainer's.
+    """
+    from dblocks_jax import checkpoint
+    from dblocks_jax.errors import ConfigError
+
+    workdir = os.path.abspath(workdir)
+    directory = os.path.join(workdir, "checkpoints")
+    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
+      if ckpt.latest_step() is None:
+        raise ConfigError(
+          f"no checkpoint in {directory}; train first (--mode=train) or"
+          " point --workdir at a trained run."
+        )
+      self._restore_from(ckpt, workdir, step, None, layout_free=True)
+    return self.step_count
+
+  def _restore_from(self, ckpt, workdir, step, data, layout_free=False):
+    recorded = (ckpt.read_metadata(step) or {}).get("topology")
+    ours = self.topology
+    if layout_free and recorded is not None:
+      # How the run was laid out on devices does not change the model.
+      recorded = {k: v for k, v in recorded.items() if k not in JOB_FIELDS}
+      ours = {k: v for k, v in ours.items() if k not in JOB_FIELDS}
+    check_topology(workdir, ours, recorded)
+    state, _ = ckpt.restore(
+      self._restore_target(), step=step, data_iterator=data
+    )
+    self._load(state)
+
+  def _restore_target(self):
+    """The state's structure, with each array where it will be restored."""
+    state = self.state
+    if self.layout.stacked:
+      state = jax.device_get(state)  # Stacked again by _load.
+    return state
+
+  def close(self) -> None:
+    """Waits for checkpoint writes; closes the metrics file."""
+    if self._checkpointer is not None:
+      self._checkpointer.close()
+    self._writer.close()
+
+
+def check_topology(workdir, topology: dict, recorded: dict | None) -> None:
+  """Refuses to resume a run whose topology differs from this one."""
+  if recorded is None or recorded == topology:
+    return
+  changed = [
+    f"{k}: {recorded.get(k)} -> {topology.get(k)}"
+    for k in sorted(set(recorded) | set(topology))
+    if recorded.get(k) != topology.get(k)
+  ]
+  raise TopologyError(
+    f"workdir {workdir} holds a run with a different topology"
+    f" ({'; '.join(changed)}); use a new --workdir or the run's settings."
+  )
+
+
+def _summarise(window, blockwise: bool) -> dict:
+  """Means over logged steps, overall and per block."""
+  scalars = collections.defaultdict(list)
+  for _, block, m in window:
+    for name, value in m.items():
+      scalars[name].append(value)
+      if blockwise and name in ("loss", "ce", "mse"):
+        scalars[f"{name}/block_{block}"].append(value)
+  return {name: float(np.mean(v)) for name, v in scalars.items()}

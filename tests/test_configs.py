@@ -1,0 +1,95 @@
+"""Every config in configs/ loads (with its arguments), builds its family's
+experiment, and runs its `:smoke` from start to final evaluation."""
+
+import glob
+import importlib
+import os
+
+import jax
+import pytest
+from flax import nnx
+
+from dblocks_jax import encode, families, train
+from dblocks_jax.models import vae, vae_weights
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+  os.path.basename(p)[:-3]
+  for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
+  if not os.path.basename(p).startswith(("_", "common"))
+)
+
+
+def _module(name):
+  return importlib.import_module(f"configs.{name}")
+
+
+def test_every_config_is_listed():
+  assert set(CONFIGS) == {
+    "quickstart",
+    "vit_fashion_mnist",
+    "vit_cifar100",
+    "vit_tiny_imagenet",
+    "dit_fashion_mnist",
+    "dit_cifar10",
+    "dit_imagenet",
+  }
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_locks_and_builds(name):
+  module = _module(name)
+  assert module.__doc__ and "python -m dblocks_jax.main" in module.__doc__
+  full, baseline = module.get_config(), module.get_config("e2e")
+  assert full.method == "dblocks" and baseline.method == "e2e"
+  # The same layer evaluations: B x the steps of the baseline.
+  assert full.total_steps == baseline.total_steps * full.blocks.num_blocks
+  full.lock()
+  with pytest.raises(AttributeError):
+    full.model.no_such_field = 1
+  with pytest.raises(ValueError, match="unknown"):
+    module.get_config("no_such_argument")
+  family = families.get(full.model.name)
+
+  # The full-size model, as shapes only (no memory).
+  def parts():
+    model = family.build(full).model
+    out = {f"shared/{k}": m for k, m in model.shared.items()}
+    for b, block in enumerate(model.blocks):
+      out.update({f"{b}/{k}": m for k, m in block.items()})
+    return out
+
+  abstract = nnx.eval_shape(parts)
+  assert f"{full.blocks.num_blocks - 1}/layers" in abstract
+  spec = family.batch_spec(full)
+  assert all(x.shape[0] == full.batch_size for x in jax.tree.leaves(spec))
+
+
+@pytest.fixture(scope="module")
+def latent_smoke_dir(tmp_path_factory):
+  """The smoke latent dataset of dit_imagenet (a random tiny VAE)."""
+  root = tmp_path_factory.mktemp("latents")
+  config = _module("dit_imagenet").get_config("smoke")
+  model = vae.AutoencoderKL(encode.vae_config(config), rngs=nnx.Rngs(0))
+  config.encode.vae_weights = str(root / "vae.safetensors")
+  vae_weights.save_vae(model, config.encode.vae_weights)
+  config.data.dir = str(root / "latents")
+  encode.encode_dataset(config)
+  return config.data.dir, config.encode.vae_weights
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_smoke_runs(name, tmp_path, request):
+  config = _module(name).get_config("smoke")
+  if name == "quickstart":  # The session's trained smoke run.
+    _, tmp_path, result = request.getfixturevalue("trained_smoke")
+    assert result["step"] == config.total_steps
+    return
+  if config.data.name == "latents":
+    config.data.dir, config.encode.vae_weights = request.getfixturevalue(
+      "latent_smoke_dir"
+    )
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["step"] == config.total_steps
+  assert ("accuracy" in result) != ("num_samples" in result)
+  assert os.path.exists(tmp_path / "eval.json")
