@@ -50,6 +50,7 @@ def _run(c, *, epochs, steps_per_epoch, num_blocks, batch_size):
   c.checkpoint_every_steps = 2000
   c.keep_checkpoints = 2
   c.tensorboard = False  # Needs the [tensorboard] extra.
+  c.note = ""  # Why the config's settings; printed by --mode=compare.
 
 
 def _blocks_and_diffusion(c, *, num_blocks):

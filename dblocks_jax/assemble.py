@@ -28,7 +28,7 @@ from absl import logging
 from dblocks_jax import checkpoint, families, runs
 from dblocks_jax.errors import ConfigError, TopologyError
 from dblocks_jax.families import common
-from dblocks_jax.trainer import JOB_FIELDS
+from dblocks_jax.topology import JOB_FIELDS
 
 _SETTINGS = ("model", "diffusion")
 

@@ -54,16 +54,25 @@ def compare(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def _settings(config) -> dict:
   b, s = config.blocks, config.sampler
-  return {
+  settings = {
     "num_layers": config.model.num_layers,
     "num_blocks": b.num_blocks,
-    "layer_distribution": list(b.layer_distribution),
-    "sigma_sampling": b.sigma_sampling,
-    "readout_token": config.model.get("readout_token", ""),
-    "estimate": s.get("estimate", ""),
-    "normalized_table": s.get("normalized_table", False),
-    "inference_steps": s.num_steps or b.num_blocks,
+    "layer_distribution": list(b.layer_distribution) or "equal",
+    "partition": b.partition,
   }
+  if b.partition == "explicit":
+    settings["boundaries"] = list(b.boundaries)
+  settings["sigma_sampling"] = b.sigma_sampling
+  for section, fields in (
+    (config.model, ("readout_token",)),
+    (s, ("normalized_table", "estimate")),
+  ):
+    for field in fields:
+      if field in section:  # Classifier fields (the ViT family's).
+        settings[field] = section[field]
+  settings["inference_steps"] = s.num_steps or b.num_blocks
+  settings["note"] = config.note
+  return settings
 
 
 def _quality(evaluation: dict) -> str:
@@ -104,6 +113,11 @@ def table(result: dict) -> str:
   ]
   width = max(len(r[0]) for r in rows)
   lines = [f"{a:<{width}}  {b:<22}  {c}" for a, b, c in rows]
-  settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items())
-  lines.append(f"settings: {settings}")
+  settings = dict(result["settings"])
+  note = settings.pop("note", "")
+  lines.append(
+    "settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+  )
+  if note:
+    lines.append(f"why: {note}")
   return "\n".join(lines)

@@ -33,7 +33,6 @@ the newest one. A changed topology is refused.
 
 import collections
 import contextlib
-import json
 import os
 from collections.abc import Callable, Mapping
 
@@ -50,57 +49,12 @@ from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.blockwise.schedule import BlockSchedule
-from dblocks_jax.errors import NonFiniteLossError, TopologyError
+from dblocks_jax.errors import NonFiniteLossError
+from dblocks_jax.streams import Streams, stream_seed
 from dblocks_jax.tasks.base import Sampler, Task
+from dblocks_jax.topology import JOB_FIELDS, check_topology
 
 SCHEDULE_STEPS = ("global", "own")
-# Topology fields of how a run was laid out (not of the model it trains).
-JOB_FIELDS = ("trained_blocks", "block_groups")
-
-
-def stream_seed(seed: int, block: int) -> int:
-  """The seed of block `block`'s data stream (per-block rule)."""
-  return seed + 1 + block
-
-
-class Streams:
-  """Data streams by id (None: the one stream; b: block b's), saved and
-  restored together (grain's checkpoint protocol: get_state / set_state)."""
-
-  def __init__(self, iterators: Mapping):
-    self.iterators = dict(iterators)
-
-  def next(self, stream) -> dict:
-    return next(self.iterators[stream])
-
-  @property
-  def checkpointable(self) -> bool:
-    return all(
-      hasattr(it, "get_state") and hasattr(it, "set_state")
-      for it in self.iterators.values()
-    )
-
-  def get_state(self) -> bytes:
-    states = {
-      str(k): _as_text(it.get_state()) for k, it in self.iterators.items()
-    }
-    return json.dumps(states).encode()
-
-  def set_state(self, state: bytes) -> None:
-    for key, value in json.loads(state).items():
-      stream = None if key == "None" else int(key)
-      self.iterators[stream].set_state(_from_text(value))
-
-  def start_prefetch(self) -> None:
-    """Nothing to start: the pipelines read on demand."""
-
-
-def _as_text(state):
-  return state.decode("latin-1") if isinstance(state, bytes) else state
-
-
-def _from_text(value):
-  return value.encode("latin-1") if isinstance(value, str) else value
 
 
 class Trainer:
@@ -197,7 +151,7 @@ class Trainer:
     ):
       if int(value) < 1:
         raise ValueError(f"{name}={value} must be at least 1.")
-    self.model_plan = plan
+    self._plan = plan
     self.task = task
     self.optimizer = optim.check_optimizer(optimizer)
     self.workdir = None if workdir is None else os.path.abspath(workdir)
@@ -268,16 +222,16 @@ class Trainer:
 
   @property
   def plan(self) -> BlockPlan | None:
-    return self.model_plan
+    return self._plan
 
   @property
   def blockwise(self) -> bool:
-    return self.model_plan is not None
+    return self._plan is not None
 
   def _layout_topology(self, sharing: str) -> dict:
     topology = {}
-    if self.model_plan is not None:
-      topology.update(self.model_plan.topology())
+    if self._plan is not None:
+      topology.update(self._plan.topology())
       topology["sharing"] = sharing
     if self.layout.partial:
       topology["trained_blocks"] = list(self.layout.blocks)
@@ -382,19 +336,19 @@ class Trainer:
   # ----- Steps ----------------------------------------------------------------
 
   def _loss_fn(self, block: int):
-    if self.model_plan is None:
+    if self._plan is None:
       return steps.end_to_end_loss(self.task, self.graphdefs)
     return steps.block_loss(
       self.task,
       self.graphdefs,
       self.graphdefs.blocks[block],
-      self.model_plan.noise,
-      self.model_plan.train_ranges,
+      self._plan.noise,
+      self._plan.train_ranges,
     )
 
   def _step_fn(self, block: int):
     """One compiled step per distinct block structure."""
-    key = self.graphdefs.block_key(block) if self.model_plan else None
+    key = self.graphdefs.block_key(block) if self._plan else None
     if key not in self._step_fns:
       if self.layout.stacked:
         fn = steps.build_mesh_step(
@@ -465,7 +419,7 @@ class Trainer:
     else:
       metrics = self._group_step(blocks_now[0], batch)
     for b in blocks_now:
-      if self.model_plan is not None:
+      if self._plan is not None:
         self._state["updates"][b] += 1
     self._state["step"] = np.asarray(
       self.step_count + self.layout.num_groups, np.int32
@@ -487,7 +441,7 @@ class Trainer:
       batch = batch[block]
     key, s = self._rule(block)
     state = self._state
-    held = state["blocks"][block] if self.model_plan else {}
+    held = state["blocks"][block] if self._plan else {}
     new_block, new_shared, metrics = self._step_fn(block)(
       held,
       state["shared"],
@@ -497,7 +451,7 @@ class Trainer:
       block,
       self._schedule_step(s),
     )
-    if self.model_plan is not None:
+    if self._plan is not None:
       state["blocks"][block] = new_block
     if state["shared"]:
       state["shared"] = new_shared
@@ -565,7 +519,7 @@ class Trainer:
     key = jax.random.key(0)
     if not self.layout.stacked:
       batch_sharding = layout_lib.batch_sharding(self.mesh, False)
-      held = state["blocks"][block] if self.model_plan else {}
+      held = state["blocks"][block] if self._plan else {}
       return self._step_fn(block).lower(
         shaped(held, replicated),
         shaped(state["shared"], replicated),
@@ -619,7 +573,7 @@ class Trainer:
     for step, block, row in fetched:
       if not np.isfinite(row["loss"]):
         self._writer.flush()
-        where = f" (block {block})" if self.model_plan else ""
+        where = f" (block {block})" if self._plan else ""
         latest = self._latest_checkpoint()
         raise NonFiniteLossError(
           f"non-finite loss at step {step}{where}; the last checkpoint"
@@ -628,7 +582,7 @@ class Trainer:
         )
     if not fetched:
       return {}
-    scalars = _summarise(fetched, self.model_plan is not None)
+    scalars = _summarise(fetched, self._plan is not None)
     done = self.step_count
     if self._progress is None:
       self._progress = metrics_lib.Progress(
@@ -743,9 +697,9 @@ class Trainer:
     self, num_steps: int = 0, grid: str = "", method: str = "euler"
   ) -> Sampler | None:
     """The routed sampler of the plan (None without a plan)."""
-    if self.model_plan is None:
+    if self._plan is None:
       return None
-    return Sampler.of(self.model_plan, num_steps, grid, method)
+    return Sampler.of(self._plan, num_steps, grid, method)
 
   def predict(self, batch, *, key=None, sampler: Sampler | None = None):
     """`task.predict` with the current parameters (evaluation mode).
@@ -907,21 +861,6 @@ class Trainer:
     if self._checkpointer is not None:
       self._checkpointer.close()
     self._writer.close()
-
-
-def check_topology(workdir, topology: dict, recorded: dict | None) -> None:
-  """Refuses to resume a run whose topology differs from this one."""
-  if recorded is None or recorded == topology:
-    return
-  changed = [
-    f"{k}: {recorded.get(k)} -> {topology.get(k)}"
-    for k in sorted(set(recorded) | set(topology))
-    if recorded.get(k) != topology.get(k)
-  ]
-  raise TopologyError(
-    f"workdir {workdir} holds a run with a different topology"
-    f" ({'; '.join(changed)}); use a new --workdir or the run's settings."
-  )
 
 
 def _summarise(window, blockwise: bool) -> dict:

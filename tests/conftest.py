@@ -23,13 +23,15 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 @pytest.fixture
 def smoke_config():
-  """The quickstart's smoke config: 3 layers, B=3, bundled digits."""
-  return copy.deepcopy(quickstart.get_config("smoke"))
+  """The quickstart's smoke config with the official settings: 3 layers,
+  B=3, equi-probable partition, bundled digits."""
+  return copy.deepcopy(quickstart.get_config("smoke,official"))
 
 
 @pytest.fixture(scope="session")
 def trained_smoke(tmp_path_factory):
-  """(config, workdir) of a finished quickstart smoke run (12 steps)."""
+  """(config, workdir, eval.json) of a finished quickstart smoke run (its
+  own settings; 12 steps)."""
   from dblocks_jax import train
 
   config = quickstart.get_config("smoke")

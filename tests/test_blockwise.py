@@ -9,7 +9,7 @@ import pytest
 from conftest import assert_trees_equal, snapshot
 from flax import nnx
 
-from dblocks_jax import families
+from dblocks_jax import families, nn
 from dblocks_jax.blockwise import inference, parts, schedule, steps
 from dblocks_jax.blockwise.plan import BlockPlan, check_ranges
 from dblocks_jax.diffusion import EDM
@@ -490,6 +490,12 @@ def test_parts_that_are_not_modules_are_refused():
       plan,
       shell=lambda rngs: {"stem": _Identity()},
       layers=lambda n, rngs: [_NormLayer(rngs) for _ in range(n)],
+    )
+  with pytest.raises(ValueError, match="a stack of 3 layers"):
+    parts.BlockwiseModel.build(
+      plan,
+      shell=lambda rngs: {"stem": _Identity()},
+      layers=lambda n, rngs: nn.Stack([_NormLayer(rngs) for _ in range(3)]),
     )
   with pytest.raises(ValueError, match="sharing='both'"):
     parts.BlockwiseModel.build(

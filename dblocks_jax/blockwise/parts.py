@@ -122,6 +122,12 @@ class BlockwiseModel:
           f"the layers factory returned {type(module).__name__}, not an"
           " nnx.Module; wrap Linen modules with dblocks_jax.nn.FromLinen."
         )
+      if hasattr(module, "__len__") and len(module) != n:
+        raise ValueError(
+          f"layers({n}, rngs) returned a stack of {len(module)} layers; the"
+          f" plan gives this block {n} (layers_per_block"
+          f"={list(plan.layers_per_block)}). Build n layers."
+        )
       return module
 
     fixed_parts = {}

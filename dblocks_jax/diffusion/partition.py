@@ -69,7 +69,8 @@ def block_boundaries(
     bounds = np.asarray(explicit if explicit is not None else (), np.float64)
     if bounds.shape != (num_blocks + 1,):
       raise ValueError(
-        f"boundaries has {bounds.size} values; the explicit partition"
+        f"boundaries={tuple(bounds.tolist())} has {bounds.size} values; the"
+        " explicit partition"
         f" of {num_blocks} blocks needs {num_blocks + 1}, from sigma_min to"
         " sigma_max."
       )

@@ -113,7 +113,13 @@ class EDM:
     ascending = None
     if kind == "explicit":
       values = np.asarray(explicit if explicit is not None else (), np.float64)
-      if values.size > 1 and values[0] < values[-1]:
+      if values.shape != (num_blocks + 1,):
+        raise ValueError(
+          f"boundaries={tuple(values.tolist())} has {values.size} values; the"
+          f" explicit partition of num_blocks={num_blocks} needs"
+          f" {num_blocks + 1}, from sigma_max down to sigma_min."
+        )
+      if values[0] < values[-1]:
         raise ValueError(
           f"boundaries={tuple(values.tolist())} ascend; give them in block"
           " order (block 0 is the noisiest): from sigma_max down to"

@@ -97,6 +97,9 @@ class LayerStack(nnx.Module):
     )
     self.remat = remat
 
+  def __len__(self) -> int:
+    return len(self.layers)
+
   def __call__(self, x, cond=None, *, mask=None, rngs=None):
     for layer in self.layers:
       if self.remat:

@@ -1,0 +1,22 @@
+"""A run's topology: what a resumed run, an evaluation or an assembly must
+agree on (blocks, layers, boundaries, sharing; the layout of a job)."""
+
+from dblocks_jax.errors import TopologyError
+
+# Fields of how a run was laid out on devices and jobs, not of its model.
+JOB_FIELDS = ("trained_blocks", "block_groups")
+
+
+def check_topology(workdir, topology: dict, recorded: dict | None) -> None:
+  """Refuses to resume a run whose topology differs from this one."""
+  if recorded is None or recorded == topology:
+    return
+  changed = [
+    f"{k}: {recorded.get(k)} -> {topology.get(k)}"
+    for k in sorted(set(recorded) | set(topology))
+    if recorded.get(k) != topology.get(k)
+  ]
+  raise TopologyError(
+    f"workdir {workdir} holds a run with a different topology"
+    f" ({'; '.join(changed)}); use a new --workdir or the run's settings."
+  )
