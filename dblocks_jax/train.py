@@ -42,7 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # ----- Data and evaluation ----------------------------------------------
   streams = family.train_data(config, trainer.stream_specs(config.batch_size))
   evaluate = None
-  if not trainer.layout.partial:
+  if trainer.can_evaluate():
     evaluate = family.evaluator(config, experiment, workdir)
 
   # ----- Train (resumes from the newest checkpoint) -------------------------

@@ -287,13 +287,20 @@ class Trainer:
   def state(self) -> dict:
     """The training state, every block as its own group: {"step",
     "updates" [B], "shared", "blocks": [{"params", "opt_state", "rest"} or
-    {} (not held)], "fixed"}."""
+    {} (not held)], "fixed"}.
+
+    With G > 1 groups, each block is an array on its own group's devices;
+    in a multi-process run (where a group's arrays are not global arrays
+    that every process can save) the blocks are gathered to host memory.
+    """
     state = dict(self._state)
     if self.layout.stacked:
       blocks = list(state["blocks"])
-      for b, group in layout_lib.unstack(
-        self._stacked, self.mesh, self.layout
-      ).items():
+      if jax.process_count() == 1:
+        held = layout_lib.unstack(self._stacked, self.mesh, self.layout)
+      else:
+        held = layout_lib.unstack_to_host(_fetch(self._stacked), self.layout)
+      for b, group in held.items():
         blocks[b] = group
       state["blocks"] = blocks
     return state
@@ -562,7 +569,7 @@ class Trainer:
     """
     fetched = []
     for step, blocks_now, values in self._window:
-      values = jax.device_get(values)
+      values = _fetch(values)
       for g, block in enumerate(blocks_now):
         row = {
           k: float(np.asarray(v).reshape(-1)[g if np.size(v) > 1 else 0])
@@ -681,7 +688,9 @@ class Trainer:
   def _next_batch(self, blocks_now):
     if not self.per_block:
       return self._streams.next(None)
-    return {b: self._streams.next(b) for b in blocks_now}
+    # This process feeds the blocks of the groups whose devices it holds.
+    held = self._streams.iterators
+    return {b: self._streams.next(b) for b in blocks_now if b in held}
 
   # ----- Inference ------------------------------------------------------------
 
@@ -861,6 +870,16 @@ class Trainer:
     if self._checkpointer is not None:
       self._checkpointer.close()
     self._writer.close()
+
+
+def _fetch(tree):
+  """Host copies of step metrics, whichever processes' devices hold them
+  (every process gets all groups' values, so all stop alike on a NaN)."""
+  if jax.process_count() == 1:
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+
+  return multihost_utils.process_allgather(tree, tiled=True)
 
 
 def _summarise(window, blockwise: bool) -> dict:

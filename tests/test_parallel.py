@@ -24,7 +24,7 @@ from dblocks_jax.families import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Quickstart smoke with 4 one-layer blocks, each with its own stem/readout.
 FOUR_BLOCKS = (
-  "--config=configs/quickstart.py:smoke",
+  "--config=configs/quickstart.py:smoke,official",
   "--config.model.num_layers=4",
   "--config.blocks.num_blocks=4",
   "--config.blocks.sharing=independent",
@@ -32,7 +32,7 @@ FOUR_BLOCKS = (
 
 
 def _config(sharing="independent", **parallel_fields):
-  c = copy.deepcopy(quickstart.get_config("smoke"))
+  c = copy.deepcopy(quickstart.get_config("smoke,official"))
   with c.unlocked():
     c.model.num_layers = 4
     c.blocks.num_blocks = 4
@@ -88,6 +88,7 @@ def test_layout_maps_blocks_to_groups():
       ["equal layer counts", "[2, 1, 1, 1]"],
     ),
     ({"parallel.block_groups": 2, "parallel.data_shards": 8}, ["needs 16"]),
+    ({"parallel.block_groups": 2, "batch_size": 6}, ["batch_size=6", "4"]),
   ],
 )
 def test_layout_validation(fields, fragments):
@@ -362,7 +363,7 @@ def test_per_block_job_resumes_exactly(tmp_path):
 )
 def test_parallel_bad_input_is_one_line(tmp_path, overrides, devices, fragment):
   proc = _cli(
-    "--config=configs/quickstart.py:smoke",
+    "--config=configs/quickstart.py:smoke,official",
     *overrides,
     workdir=tmp_path,
     devices=devices,

@@ -223,11 +223,20 @@ def unstack(stacked, mesh, layout: Layout) -> dict:
           if (s.index[0].start or 0) == g
         ]
         return jax.make_array_from_single_device_arrays(
-          x.shape[2:], sharding, pieces
+          x.shape[2:], sharding, pieces, dtype=x.dtype
         )
 
       out[block] = jax.tree.map(take, stacked)
   return out
+
+
+def unstack_to_host(stacked, layout: Layout) -> dict:
+  """A host copy of [G, k, ...] (numpy) -> {block: state} (numpy)."""
+  return {
+    block: jax.tree.map(lambda x, g=g, j=j: np.asarray(x[g, j]), stacked)
+    for g in range(layout.num_groups)
+    for j, block in enumerate(layout.group_blocks(g))
+  }
 
 
 def local_rows(mesh, layout: Layout, batch_size: int) -> dict[int, tuple]:

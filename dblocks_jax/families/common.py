@@ -154,7 +154,7 @@ def make_trainer(config, experiment: Experiment, workdir: str | None):
   tx, schedule = optimizer_from_config(config)
   blockwise = experiment.method == "dblocks"
   with errors.config_fields():
-    return Trainer(
+    trainer = Trainer(
       experiment.model,
       experiment.task,
       experiment.plan,
@@ -175,6 +175,15 @@ def make_trainer(config, experiment: Experiment, workdir: str | None):
       tensorboard=config.tensorboard,
       topology=topology(config, experiment),
     )
+  shards = trainer.layout.data_shards * config.accumulation_steps
+  if config.batch_size % shards:
+    raise ConfigError(
+      f"batch_size={config.batch_size} must be divisible by the"
+      f" {trainer.layout.data_shards} devices of the data axis x"
+      f" accumulation_steps={config.accumulation_steps}; set"
+      " parallel.data_shards or the batch size."
+    )
+  return trainer
 
 
 def check_parallel(config) -> None:
