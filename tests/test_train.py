@@ -11,7 +11,7 @@ from conftest import assert_trees_equal
 
 from dblocks_jax import checkpoint, evaluation, memory, metrics, runs, train
 from dblocks_jax.blockwise import steps
-from dblocks_jax.errors import NonFiniteLossError, TopologyError
+from dblocks_jax.errors import ConfigError, NonFiniteLossError, TopologyError
 
 
 def _synthetic(config, *, classes=4, steps_=12):
@@ -150,3 +150,29 @@ def test_memory_report_splits_the_step(smoke_config):
     block["temp_bytes"] / e2e["temp_bytes"]
   )
   assert jax.default_backend() == report["backend"]
+
+
+def test_compare_trains_both_and_reports_them(tmp_path):
+  from configs import quickstart
+  from dblocks_jax import compare
+
+  config = quickstart.get_config("smoke")
+  result = compare.compare(config, str(tmp_path))
+  assert result["dblocks"]["eval"]["step"] == 12
+  assert result["e2e"]["eval"]["step"] == 4  # B x fewer steps.
+  assert result["e2e"]["eval"]["method"] == "e2e"
+  for run in ("dblocks", "e2e"):
+    assert (tmp_path / run / "eval.json").exists()
+    assert result[run]["temp_bytes"] > 0 and result[run]["wall_seconds"] > 0
+  assert result["temp_ratio_dblocks_over_e2e"] == pytest.approx(
+    result["dblocks"]["temp_bytes"] / result["e2e"]["temp_bytes"]
+  )
+  assert json.loads((tmp_path / "compare.json").read_text())["settings"]
+  table = compare.table(result)
+  assert "DiffusionBlocks" in table and "end to end" in table
+  assert "partition=explicit" in table and table.splitlines()[-1].startswith(
+    "why: "
+  )
+  config.method = "e2e"
+  with pytest.raises(ConfigError, match="Drop :e2e"):
+    compare.compare(config, str(tmp_path / "again"))
