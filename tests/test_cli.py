@@ -7,7 +7,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SMOKE = "--config=configs/quickstart.py:smoke"
+SMOKE = "--config=configs/quickstart.py:smoke,official"
 
 
 def _main(*args, workdir):
