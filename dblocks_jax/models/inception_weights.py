@@ -2,9 +2,10 @@
 
 The user downloads `pt_inception-2015-12-05-6726825d.pth` once (nothing
 here touches the network; `FID_WEIGHTS_URL`) and passes its path. It is read
-without torch (`torch_files`); a `.npz` or `.safetensors` file with the same
-tensor names works too. Names are torchvision's (`Mixed_6b.branch7x7_2.conv.
-weight`); `fc.*`, `AuxLogits.*` and `num_batches_tracked` are not used.
+without torch, and without running code from it (`torch_files`); a `.npz`
+or `.safetensors` file with the same tensor names works too. Names are
+torchvision's (`Mixed_6b.branch7x7_2.conv.weight`); `fc.*`, `AuxLogits.*`
+and `num_batches_tracked` are not used.
 
 Layouts: a PyTorch conv weight [out, in, kh, kw] is a Flax kernel
 [kh, kw, in, out]; BatchNorm `weight`, `bias`, `running_mean`, `running_var`
@@ -69,7 +70,8 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
   Raises:
     ConfigError: the file is missing (the message gives the download URL).
-    DataError: the file is unreadable or damaged.
+    DataError: the file is unreadable or damaged, or a .pth asks to import
+      more than tensors need (`torch_files.UnsafeFileError`; never run).
   """
   if not os.path.isfile(path):
     raise ConfigError(
@@ -85,6 +87,8 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
 
       return load_file(path)
     return torch_files.load_state_dict(path)
+  except torch_files.UnsafeFileError:
+    raise  # Names the file and what it asked for; downloading won't help.
   except Exception as e:  # Readers of damaged files raise all kinds.
     raise DataError(
       f"Inception weight file {path} is not a readable state dict ({e});"

@@ -14,18 +14,29 @@ Persistent ids are `("storage", storage type, key, location, numel)`, with a
 sixth entry in the legacy format (a view of another storage, or None).
 Tensors are rebuilt by `torch._utils._rebuild_tensor_v2(storage, offset,
 size, stride, ...)` (and parameters by `_rebuild_parameter(tensor, ...)`).
-The unpickler resolves only those names (and `collections.OrderedDict` and
-the typed storage classes); any other global, e.g. a function a malicious
-file wants called, is refused before it runs.
+
+Reading a file never runs code from it: a pickle calls only what it
+imports, and `find_class` (GLOBAL, STACK_GLOBAL) maps only the names above,
+`collections.OrderedDict` and the typed storage classes to local stand-ins
+that record values; any other name, e.g. the `os.system` of a malicious
+file, is refused before anything is called (`UnsafeFileError`). Each pickle
+is first scanned and refused if it holds an opcode outside `_OPCODES` (INST,
+OBJ, NEWOBJ*, EXT*: other routes to build or import objects, which
+torch.save never writes). So REDUCE can call only the stand-ins, BUILD
+reaches only a stand-in's `__setstate__` (state dropped or refused), and
+`persistent_load` returns only storages.
 """
 
-import collections
+import io
 import pickle
+import pickletools
 import struct
 import zipfile
 
 import ml_dtypes
 import numpy as np
+
+from dblocks_jax.errors import DataError
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 LEGACY_PROTOCOL = 1001
@@ -44,17 +55,83 @@ _STORAGE_DTYPES = {
 }
 
 
+# Every opcode of pickle protocols 0-5 that torch.save can write, except
+# INST, OBJ, NEWOBJ, NEWOBJ_EX (instantiate a class), EXT1, EXT2, EXT4
+# (import through copyreg's extension registry) and the out-of-band buffers
+# of protocol 5. An opcode of a future protocol is refused too.
+_OPCODES = frozenset(
+  [
+    *("PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP"),
+    *("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE", "GET", "BINGET"),
+    *("LONG_BINGET", "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT"),
+    *("BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT"),
+    *("STRING", "BINSTRING", "SHORT_BINSTRING", "UNICODE", "BINUNICODE"),
+    *("SHORT_BINUNICODE", "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES"),
+    *("BINBYTES8", "BYTEARRAY8", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2"),
+    *("TUPLE3", "EMPTY_LIST", "LIST", "APPEND", "APPENDS", "EMPTY_DICT"),
+    *("DICT", "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET"),
+    # Controlled by `find_class`, `persistent_load` and `__setstate__`.
+    *("GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "PERSID", "BINPERSID"),
+  ]
+)
+
+
 class FormatError(ValueError):
   """The file is not a state dict this reader understands (the reason)."""
 
 
-class _StorageType:
+class UnsafeFileError(DataError):
+  """The file asks for an import or opcode that weight files never need.
+
+  Nothing in it ran: the request is refused before anything is called.
+  """
+
+  def __init__(self, path: str, what: str):
+    super().__init__(
+      f"{path} is not a plain tensor file: it asks to {what}, which weight"
+      " files never need; nothing in it was run. Use weights from a trusted"
+      " source, best as .safetensors or .npz (tools/pth_to_safetensors.py"
+      " converts a plain torch.save state dict once)."
+    )
+
+
+class _Refused(Exception):
+  """Raised inside the unpickler: `what` the file asked to do."""
+
+  def __init__(self, what: str):
+    super().__init__(what)
+    self.what = what
+
+
+class _Placeholder:
+  """A stand-in the pickle may create but not modify (BUILD is refused)."""
+
+  __slots__ = ()
+
+  def __setstate__(self, state):
+    raise FormatError(f"it sets the state of a {type(self).__name__[1:]}")
+
+
+class _StateDict(dict):
+  """`collections.OrderedDict` in the pickle; BUILD (`_metadata`) drops."""
+
+  __slots__ = ()
+
+  def __setstate__(self, state):
+    del state  # The `_metadata` of `nn.Module.state_dict()`: not needed.
+
+
+class _StorageType(_Placeholder):
+  __slots__ = ("dtype",)
+
   def __init__(self, name: str):
     self.dtype = np.dtype(_STORAGE_DTYPES[name])
 
 
-class _Storage:
+class _Storage(_Placeholder):
   """A storage seen in the pickle; its data is filled in later."""
+
+  __slots__ = ("dtype", "numel", "data")
 
   def __init__(self, dtype, numel: int):
     self.dtype, self.numel, self.data = dtype, int(numel), None
@@ -67,8 +144,10 @@ class _Storage:
     self.data = np.frombuffer(raw, dtype).astype(self.dtype)
 
 
-class _View:
+class _View(_Placeholder):
   """A legacy storage view: `numel` elements of `root` from `offset`."""
+
+  __slots__ = ("root", "offset", "numel", "dtype")
 
   def __init__(self, root: _Storage, offset: int, numel: int):
     self.root, self.offset, self.numel = root, int(offset), int(numel)
@@ -79,8 +158,10 @@ class _View:
     return self.root.data[self.offset : self.offset + self.numel]
 
 
-class _Tensor:
+class _Tensor(_Placeholder):
   """A tensor awaiting its storage's data: (storage, offset, size, stride)."""
+
+  __slots__ = ("storage", "offset", "size", "stride")
 
   def __init__(self, storage, offset, size, stride):
     self.storage, self.offset = storage, int(offset)
@@ -124,7 +205,7 @@ def _rebuild_parameter(tensor, *unused):
 
 
 _ALLOWED = {
-  ("collections", "OrderedDict"): collections.OrderedDict,
+  ("collections", "OrderedDict"): _StateDict,
   ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
   ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
   ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
@@ -147,7 +228,7 @@ class _Unpickler(pickle.Unpickler):
       return _ALLOWED[(module, name)]
     if module == "torch" and name in _STORAGE_DTYPES:
       return _StorageType(name)
-    raise FormatError(f"it refers to {module}.{name}, which is not allowed")
+    raise _Refused(f"import {module}.{name}")
 
   def persistent_load(self, pid):
     if self.storages is None or not isinstance(pid, tuple) or len(pid) < 5:
@@ -162,6 +243,23 @@ class _Unpickler(pickle.Unpickler):
       return storage
     _, offset, view_numel = view
     return _View(storage, offset, view_numel)
+
+
+def _load(f, storages: dict | None = None):
+  """The next pickle of a seekable file, scanned for opcodes before loading.
+
+  A refused opcode counts only in a well-formed pickle (damage is reported
+  as such); `pickletools.genops` only parses, it builds nothing.
+  """
+  start = f.tell()
+  refused = None
+  for opcode, _, _ in pickletools.genops(f):
+    if opcode.name not in _OPCODES and refused is None:
+      refused = opcode.name
+  if refused is not None:
+    raise _Refused(f"use the pickle opcode {refused}")
+  f.seek(start)
+  return _Unpickler(f, storages).load()
 
 
 def _materialise(obj):
@@ -187,8 +285,7 @@ def _read_zip(path: str):
       if byteorder not in ("little", "big"):
         raise FormatError(f"unknown byte order {byteorder!r}")
     storages = {}
-    with archive.open(pickles[0]) as f:
-      obj = _Unpickler(f, storages).load()
+    obj = _load(io.BytesIO(archive.read(pickles[0])), storages)
     for key, storage in storages.items():
       name = f"{prefix}data/{key}"
       if name not in names:
@@ -199,16 +296,16 @@ def _read_zip(path: str):
 
 def _read_legacy(path: str):
   with open(path, "rb") as f:
-    if _Unpickler(f).load() != LEGACY_MAGIC:
+    if _load(f) != LEGACY_MAGIC:
       raise FormatError("it is neither a zip archive nor a legacy torch file")
-    if _Unpickler(f).load() != LEGACY_PROTOCOL:
+    if _load(f) != LEGACY_PROTOCOL:
       raise FormatError("its legacy protocol version is not 1001")
-    system = _Unpickler(f).load()
+    system = _load(f)
     if isinstance(system, dict) and not system.get("little_endian", True):
       raise FormatError("it was written on a big-endian machine")
     storages = {}
-    obj = _Unpickler(f, storages).load()
-    keys = _Unpickler(f).load()
+    obj = _load(f, storages)
+    keys = _load(f)
     if not isinstance(keys, list):
       raise FormatError("the storage key list is missing")
     for key in keys:
@@ -237,11 +334,16 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
 
   Raises:
     FileNotFoundError: there is no such file.
-    FormatError: the file is not such a state dict, is damaged, or asks for
-      a global outside the allowed few (the message says why).
+    UnsafeFileError: the file asks to import a name outside the allowed few
+      or for a refused pickle opcode (a DataError; the message names the
+      file and the name; nothing in the file was run).
+    FormatError: the file is not such a state dict or is damaged (the
+      message says why, as "it ...").
   """
   try:
     return _read(path)
+  except _Refused as e:
+    raise UnsafeFileError(path, e.what) from None
   except (FormatError, FileNotFoundError):
     raise
   except Exception as e:  # A damaged pickle raises many kinds of errors.
