@@ -1,28 +1,79 @@
 """The scikit-learn 8x8 handwritten digits, split deterministically."""
 
 import functools
+import gzip
+import importlib.util
+import os
+import zlib
 
 import numpy as np
 
 from dblocks_jax.data import arrays
+from dblocks_jax.errors import DataError
 
 NUM_CLASSES = 10
+NUM_EXAMPLES = 1797
 NUM_TRAIN = 1497
 SPLITS = ("train", "test")
 _SPLIT_SEED = 0
+_FIX = "re-install scikit-learn (`pip install --force-reinstall scikit-learn`)"
+
+
+def data_file() -> str:
+  """scikit-learn's digits.csv.gz, found without importing scikit-learn.
+
+  Each row: 64 pixels (0..16, row by row) and the label, comma-separated.
+  """
+  spec = importlib.util.find_spec("sklearn")
+  if spec is None or not spec.submodule_search_locations:
+    raise DataError(f"data.name='digits' needs scikit-learn; {_FIX}")
+  folder = spec.submodule_search_locations[0]
+  return os.path.join(folder, "datasets", "data", "digits.csv.gz")
+
+
+def damaged(path: str, what: str) -> DataError:
+  return DataError(f"{path} is damaged ({what}); {_FIX}")
+
+
+def read_table(path: str) -> np.ndarray:
+  """Returns the file's [1797, 65] rows, checked: integer pixels and labels."""
+  try:  # Whole, so that the gzip checksum is checked before parsing.
+    with gzip.open(path, "rb") as f:
+      text = f.read().decode("utf-8")
+  except FileNotFoundError as e:
+    raise DataError(f"{path} is missing; {_FIX}") from e
+  except EOFError as e:
+    raise damaged(path, f"truncated gzip stream: {e}") from e
+  except (gzip.BadGzipFile, zlib.error) as e:
+    raise damaged(path, f"corrupt gzip data: {e}") from e
+  except UnicodeDecodeError as e:
+    raise damaged(path, f"not UTF-8 text: {e}") from e
+  try:
+    table = np.loadtxt(text.splitlines(), delimiter=",", ndmin=2)
+  except ValueError as e:
+    raise damaged(path, f"not a table of numbers: {e}") from e
+  if table.shape != (NUM_EXAMPLES, 65):
+    raise damaged(path, f"{table.shape} values, not ({NUM_EXAMPLES}, 65)")
+  pixels, labels = table[:, :-1], table[:, -1]
+  if (
+    np.any(table != np.round(table))
+    or not 0 <= pixels.min() <= pixels.max() <= 16
+    or not 0 <= labels.min() <= labels.max() < NUM_CLASSES
+  ):
+    raise damaged(
+      path, "values other than integer pixels 0..16 and labels 0..9"
+    )
+  return table
 
 
 @functools.cache
 def _load_all() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Returns images [1797, 8, 8, 1] uint8, labels [1797] int32, permutation."""
-  # Imported here: scikit-learn takes a second to import and only this
-  # dataset needs it.
-  from sklearn import datasets
-
-  digits = datasets.load_digits()
+  table = read_table(data_file())
   # Pixel values are 0..16; stretch them to the usual 0..255.
-  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
-  labels = digits.target.astype(np.int32)
+  images = np.round(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0))
+  images = images.astype(np.uint8)
+  labels = table[:, -1].astype(np.int32)
   order = np.random.default_rng(_SPLIT_SEED).permutation(len(images))
   return images[..., None], labels, order
 

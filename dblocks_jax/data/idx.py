@@ -6,7 +6,9 @@ dimensions, each dimension as a big-endian uint32, then the data in C order.
 
 import functools
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 
@@ -19,6 +21,15 @@ NUM_CLASSES = 10
 _PREFIXES = {"train": "train", "test": "t10k"}
 SPLITS = tuple(_PREFIXES)
 _UNSIGNED_BYTE = 0x08
+_FIX = (
+  "re-install it (`sudo apt-get install --reinstall dataset-fashion-mnist`) "
+  "or re-download it, or point data.dir at intact files"
+)
+
+
+def damaged(path: str, what: str) -> DataError:
+  """The error for an IDX file that cannot be read: names it and the fix."""
+  return DataError(f"{path} is damaged ({what}); {_FIX}")
 
 
 def parse_idx(data: bytes, path: str = "<bytes>") -> np.ndarray:
@@ -32,19 +43,21 @@ def parse_idx(data: bytes, path: str = "<bytes>") -> np.ndarray:
     The array, uint8, with the dimensions stored in the header.
   """
   if len(data) < 4 or data[0] or data[1] or data[2] != _UNSIGNED_BYTE:
-    raise DataError(
-      f"{path} is not an IDX file of unsigned bytes (bad magic number); "
-      "reinstall it or point data.dir at intact files"
-    )
+    raise damaged(path, "not an IDX file of unsigned bytes: bad magic number")
   ndim = data[3]
   header = 4 + 4 * ndim
+  if len(data) < header:
+    raise damaged(
+      path, f"{len(data)} bytes, shorter than its {ndim}-dimension header"
+    )
   dims = tuple(
     int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4)
   )
-  if len(data) - header != int(np.prod(dims)):
-    raise DataError(
-      f"{path} holds {len(data) - header} bytes of data but its header "
-      f"says {dims}; the file is truncated or corrupt"
+  if len(data) - header != math.prod(dims):
+    raise damaged(
+      path,
+      f"{len(data) - header} bytes of data but its header says {dims}, "
+      f"{math.prod(dims)} bytes",
     )
   return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -52,8 +65,14 @@ def parse_idx(data: bytes, path: str = "<bytes>") -> np.ndarray:
 def read_idx(path: str) -> np.ndarray:
   """Reads an IDX file, gzip-compressed when the name ends in `.gz`."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    return parse_idx(f.read(), path)
+  try:
+    with opener(path, "rb") as f:
+      data = f.read()
+  except EOFError as e:
+    raise damaged(path, f"truncated gzip stream: {e}") from e
+  except (gzip.BadGzipFile, zlib.error) as e:
+    raise damaged(path, f"corrupt gzip data: {e}") from e
+  return parse_idx(data, path)
 
 
 def _find(folder: str, stem: str) -> str | None:
@@ -95,10 +114,16 @@ def load_arrays(folder: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     paths.append(path)
   images = read_idx(paths[0])
   labels = read_idx(paths[1]).astype(np.int32)
-  if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-    raise DataError(
-      f"{paths[0]} has shape {images.shape} and {paths[1]} has shape "
-      f"{labels.shape}; expected [num, height, width] images and [num] labels"
+  if images.ndim != 3:
+    raise damaged(paths[0], f"shape {images.shape}, not [num, height, width]")
+  if labels.ndim != 1 or len(labels) != len(images):
+    raise damaged(
+      paths[1],
+      f"{labels.shape} labels for the {len(images)} images of {paths[0]}",
+    )
+  if len(labels) and labels.max() >= NUM_CLASSES:
+    raise damaged(
+      paths[1], f"label {labels.max()} is not below {NUM_CLASSES} classes"
     )
   images = images[..., None]
   labels.flags.writeable = False

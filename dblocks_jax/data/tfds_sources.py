@@ -1,9 +1,12 @@
 """Reads TFDS datasets prepared as ArrayRecord files, without TensorFlow."""
 
+import glob
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 from dblocks_jax.data import arrays
 from dblocks_jax.errors import DataError
@@ -39,8 +42,72 @@ def _not_prepared(name: str, data_dir: str) -> DataError:
   )
 
 
+def _rebuild(name: str, data_dir: str) -> str:
+  return (
+    f"rebuild it with `{build_command(name, data_dir)}` into an empty data.dir"
+  )
+
+
+def _first_line(err: BaseException) -> str:
+  return (str(err).splitlines() or [type(err).__name__])[0]
+
+
 def _builder(name: str, data_dir: str) -> Any:
-  return tfds.builder(name, data_dir=data_dir or None)
+  try:
+    return tfds.builder(name, data_dir=data_dir or None)
+  except (json_format.Error, ValueError, OSError) as err:
+    # A prepared dataset whose dataset_info.json is garbled or truncated.
+    root = data_dir or tfds.core.constants.DATA_DIR
+    found = glob.glob(os.path.join(root, name, "*", "dataset_info.json"))
+    path = found[0] if len(found) == 1 else os.path.join(root, name)
+    raise DataError(
+      f"{path} is damaged ({_first_line(err)}); {_rebuild(name, data_dir)}"
+    ) from err
+
+
+class CheckedSource:
+  """A TFDS source whose read errors name the damaged file and the fix.
+
+  ArrayRecord files are checksummed per chunk: a garbled or truncated file
+  raises RuntimeError on the examples it holds, or yields empty examples.
+  """
+
+  def __init__(self, source: Any, name: str, data_dir: str):
+    self.source, self.name, self.data_dir = source, name, data_dir
+
+  def __len__(self) -> int:
+    return len(self.source)
+
+  def __getitem__(self, index: int) -> Any:
+    try:
+      example = self.source[index]
+    except (RuntimeError, ValueError) as err:
+      raise self._damaged(index, _first_line(err)) from err
+    if example.get("image") is None or example.get("label") is None:
+      raise self._damaged(index, f"example {index} decodes as empty")
+    return example
+
+  def _file(self, index: int) -> str:
+    """The file that holds example `index` (or the split, if unknown)."""
+    split = getattr(self.source, "split", "?")
+    try:
+      info = self.source.dataset_info.splits[split]
+      for instruction in info.file_instructions:
+        if index < instruction.take:
+          return str(instruction.filename)
+        index -= instruction.take
+    except (AttributeError, KeyError, ValueError):
+      pass
+    return f"split {split!r} of {self.name} in {_where(self.data_dir)}"
+
+  def _damaged(self, index: int, what: str) -> DataError:
+    return DataError(
+      f"{self._file(index)} is damaged ({what}); "
+      f"{_rebuild(self.name, self.data_dir)}"
+    )
+
+  def __repr__(self) -> str:
+    return f"CheckedSource({self.source!r})"
 
 
 def _base_splits(split: str) -> list[str]:
@@ -63,8 +130,7 @@ def _check_prepared(builder: Any, name: str, data_dir: str) -> None:
     raise DataError(
       f"data.name={name!r} is prepared in {_where(data_dir)} as "
       f"{_format_name(info.file_format)}, which cannot be read by index; "
-      f"rebuild it with `{build_command(name, data_dir)}` into an empty "
-      "data.dir"
+      f"{_rebuild(name, data_dir)}"
     )
 
 
@@ -92,17 +158,17 @@ def load(name: str, split: str, data_dir: str, field: str) -> Sequence[Any]:
     _check_prepared(builder, name, data_dir)
     _check_split(builder, name, split, field)
   try:
-    return tfds.data_source(
+    source = tfds.data_source(
       name, split=split, data_dir=data_dir or None, download=False
     )
   except Exception as err:
     if not builder.is_prepared():
       raise _not_prepared(name, data_dir) from err
-    first_line = (str(err).splitlines() or [type(err).__name__])[0]
     raise DataError(
       f"cannot read data.{field}={split!r} of {name} in {_where(data_dir)}: "
-      f"{first_line}"
+      f"{_first_line(err)}"
     ) from err
+  return CheckedSource(source, name, data_dir)
 
 
 def describe(

@@ -24,6 +24,28 @@ _LAYOUT = (
   "site (http://cs231n.stanford.edu/tiny-imagenet-200.zip), unzip it and set "
   "data.dir to the tiny-imagenet-200 folder"
 )
+# What PIL raises for a file it cannot decode: UnidentifiedImageError (an
+# OSError) for a garbled header, OSError for truncated data, SyntaxError or
+# ValueError for some broken headers, DecompressionBombError for absurd sizes.
+_UNDECODABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+_FIX = (
+  "re-download tiny-imagenet-200.zip "
+  "(http://cs231n.stanford.edu/tiny-imagenet-200.zip) and unzip it again"
+)
+
+
+def damaged(path: str, what: str) -> DataError:
+  """The error for a Tiny-ImageNet file that cannot be read."""
+  return DataError(f"Tiny-ImageNet: {path} is damaged ({what}); {_FIX}")
+
+
+def _read_lines(path: str) -> list[str]:
+  """The lines of a text file, or the damaged-file error."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise damaged(path, f"not UTF-8 text: {e}") from e
 
 
 class FileSource:
@@ -44,12 +66,18 @@ class FileSource:
 
   def __getitem__(self, index: int) -> dict[str, Any]:
     """Returns `{"image": [64, 64, 3] uint8, "label": int}`."""
-    with Image.open(self.paths[index]) as image:
-      image = image.convert("RGB")
-      height, width, _ = IMAGE_SHAPE
-      if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-      pixels = np.asarray(image, dtype=np.uint8)
+    path = self.paths[index]
+    try:
+      with Image.open(path) as image:
+        image = image.convert("RGB")
+    except FileNotFoundError as e:
+      raise DataError(f"Tiny-ImageNet: {path} is missing; {_FIX}") from e
+    except _UNDECODABLE as e:
+      raise damaged(path, f"PIL cannot decode it: {e}") from e
+    height, width, _ = IMAGE_SHAPE
+    if image.size != (width, height):
+      image = image.resize((width, height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.uint8)
     return {"image": pixels, "label": int(self.labels[index])}
 
   def __repr__(self) -> str:
@@ -66,8 +94,22 @@ def class_ids(folder: str) -> tuple[str, ...]:
   path = os.path.join(folder, "wnids.txt")
   if not os.path.isfile(path):
     raise _missing(folder, "wnids.txt")
-  with open(path) as f:
-    return tuple(line.strip() for line in f if line.strip())
+  wnids = tuple(line.strip() for line in _read_lines(path) if line.strip())
+  if len(set(wnids)) != len(wnids):
+    raise damaged(path, f"{len(wnids)} class ids, {len(set(wnids))} distinct")
+  train = os.path.join(folder, "train")
+  if os.path.isdir(train):  # A truncated wnids.txt lists fewer classes.
+    on_disk = sum(
+      os.path.isdir(os.path.join(train, n)) for n in os.listdir(train)
+    )
+    if on_disk > len(wnids):
+      raise damaged(
+        path,
+        f"it lists {len(wnids)} class ids, but {train} holds {on_disk} classes",
+      )
+  if not wnids:
+    raise damaged(path, "it lists no class ids")
+  return wnids
 
 
 @functools.cache
@@ -89,20 +131,34 @@ def _val_index(folder: str) -> tuple[tuple[str, ...], np.ndarray]:
   if not os.path.isfile(annotations):
     raise _missing(folder, "val/val_annotations.txt")
   label_of = {wnid: i for i, wnid in enumerate(class_ids(folder))}
+  images = os.path.join(folder, "val", "images")
   paths, labels = [], []
-  with open(annotations) as f:
-    for line in f:
-      fields = line.split("\t")
-      if len(fields) < 2:
-        continue
-      name, wnid = fields[0].strip(), fields[1].strip()
-      if wnid not in label_of:
-        raise DataError(
-          f"Tiny-ImageNet: {annotations} labels {name} with {wnid!r}, which "
-          "is not in wnids.txt; the folder is not an intact tiny-imagenet-200"
-        )
-      paths.append(os.path.join(folder, "val", "images", name))
-      labels.append(label_of[wnid])
+  for number, line in enumerate(_read_lines(annotations), 1):
+    if not line.strip():
+      continue
+    fields = [field.strip() for field in line.split("\t")]
+    name, wnid = fields[0], fields[1] if len(fields) > 1 else ""
+    if wnid not in label_of:
+      raise damaged(
+        annotations,
+        f"line {number} labels {name!r} with {wnid!r}, not a class of "
+        "wnids.txt",
+      )
+    paths.append(os.path.join(images, name))
+    labels.append(label_of[wnid])
+  if not os.path.isdir(images):
+    raise _missing(folder, "val/images")
+  on_disk = sum(n.endswith(".JPEG") for n in os.listdir(images))
+  if on_disk > len(paths):  # A truncated annotations file.
+    raise damaged(
+      annotations,
+      f"it labels {len(paths)} of the {on_disk} images in {images}",
+    )
+  if on_disk < len(paths):
+    raise DataError(
+      f"Tiny-ImageNet: {images} holds {on_disk} images, but {annotations} "
+      f"labels {len(paths)}; {_FIX}"
+    )
   return tuple(paths), np.asarray(labels, np.int32)
 
 
