@@ -20,6 +20,32 @@ class NonFiniteLossError(RuntimeError):
   """Training produced NaN or Inf; the message names the step and the block."""
 
 
+class CheckpointError(RuntimeError):
+  """No intact checkpoint to read, or a checkpoint write failed; the message
+  names the directory, what is intact and what to do."""
+
+
+class WorkdirLockedError(RuntimeError):
+  """Another live run holds the workdir; the message names it."""
+
+
+class Preempted(Exception):
+  """SIGTERM or SIGINT stopped training after a checkpoint was written."""
+
+  def __init__(self, message: str, signal_name: str, step: int):
+    super().__init__(message)
+    self.signal_name = signal_name
+    self.step = step
+
+
+# The command line's exit statuses.
+EXIT_CONFIG = 2  # ConfigError (and the damaged-data and bad-file errors).
+EXIT_NON_FINITE = 3  # NonFiniteLossError.
+EXIT_CHECKPOINT = 4  # CheckpointError.
+EXIT_LOCKED = 5  # WorkdirLockedError.
+EXIT_PREEMPTED = 75  # Preempted: resume with the same command (EX_TEMPFAIL).
+
+
 # Library arguments -> the config fields that fill them (the command line's
 # names). The library names its arguments; the config layer renames them.
 CONFIG_FIELDS = {

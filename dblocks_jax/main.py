@@ -4,9 +4,13 @@
 --num_processes=N --process_id=I]].
 
 Kept short on purpose: the work is in `train.train_and_evaluate` (and the
-other modes' modules), which tests and notebooks call directly. Bad input
-ends with one line on stderr and exit status 2; a NaN stops the run with
-exit status 3, naming the step and block.
+other modes' modules), which tests and notebooks call directly.
+
+Exit statuses: 0 done; 2 bad input (a config field, a missing or damaged
+data or weight file; one `error:` line on stderr); 3 a NaN loss (naming the
+step and block); 4 no intact checkpoint, or a checkpoint write failed; 5 the
+workdir is in use by another live run; 75 stopped by SIGTERM or SIGINT after
+writing a checkpoint (run the same command to resume).
 """
 
 import logging as std_logging
@@ -16,7 +20,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from dblocks_jax.errors import ConfigError, NonFiniteLossError
+from dblocks_jax import errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -61,18 +65,44 @@ flags.DEFINE_integer("process_id", None, "--distributed: this process.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+# Errors printed as one `error:` line, with their exit statuses.
+ONE_LINE_ERRORS = {
+  errors.ConfigError: errors.EXIT_CONFIG,
+  errors.NonFiniteLossError: errors.EXIT_NON_FINITE,
+  errors.CheckpointError: errors.EXIT_CHECKPOINT,
+  errors.WorkdirLockedError: errors.EXIT_LOCKED,
+}
+
+
 class _QuietLibraries(std_logging.Filter):
-  """Drops INFO chatter of Orbax and grain; keeps their warnings."""
+  """Keeps the log readable: drops the INFO chatter of Orbax and grain and
+  shows their errors without tracebacks (the `error:` line that ends the run
+  says what failed and what to do), and drops asyncio's reports of the
+  futures that a failed Orbax write leaves behind."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
+    if "/asyncio/" in record.pathname and (
+      "exception was never retrieved" in record.getMessage()
+    ):
+      return False
     noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain"))
+    if noisy and record.exc_info:
+      record.exc_info, record.exc_text = None, None
     return record.levelno >= std_logging.WARNING or not noisy
 
 
-def run(config, workdir: str, mode: str, sources=()) -> dict:
-  import jax
+def _quiet_unraisable(unraisable) -> None:
+  """Drops the 'Event loop is closed' errors of Orbax's write threads that
+  finish after a failed save; passes anything else on."""
+  error = unraisable.exc_value
+  if isinstance(error, RuntimeError) and str(error) == "Event loop is closed":
+    return
+  sys.__unraisablehook__(unraisable)
 
-  from dblocks_jax import families
+
+def run(config, workdir: str, mode: str, sources=()) -> dict:
+  """Runs `mode`, holding the workdir's lock (one writer per workdir)."""
+  import jax
 
   logging.info(
     "JAX process %d/%d, devices: %s",
@@ -80,6 +110,20 @@ def run(config, workdir: str, mode: str, sources=()) -> dict:
     jax.process_count(),
     jax.local_devices(),
   )
+  if mode == "encode":  # Writes into data.dir, not the workdir.
+    return _run(config, workdir, mode, sources)
+  from dblocks_jax.workdir_lock import WorkdirLock
+
+  needs_run = mode in ("eval", "sample")  # Never create a missing workdir.
+  with WorkdirLock(
+    workdir, process_index=jax.process_index(), create=not needs_run
+  ):
+    return _run(config, workdir, mode, sources)
+
+
+def _run(config, workdir: str, mode: str, sources) -> dict:
+  from dblocks_jax import families
+
   if mode == "train":
     from dblocks_jax import train
 
@@ -161,6 +205,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  sys.unraisablehook = _quiet_unraisable
   if FLAGS.distributed:
     import jax
 
@@ -173,12 +218,11 @@ def main(argv):
     )
   try:
     run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.sources)
-  except ConfigError as e:
+  except errors.Preempted:
+    sys.exit(errors.EXIT_PREEMPTED)  # The trainer logged why, and where.
+  except tuple(ONE_LINE_ERRORS) as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  except NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(3)
+    sys.exit(next(v for k, v in ONE_LINE_ERRORS.items() if isinstance(e, k)))
 
 
 if __name__ == "__main__":

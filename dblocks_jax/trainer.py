@@ -28,12 +28,23 @@ step and the block, before anything is saved) and written to
 `metrics.jsonl` with steps/s and the ETA. With a workdir, a checkpoint
 (Orbax: parameters, every optimizer state, the step and the data streams'
 positions) is written every `checkpoint_every` steps, and `fit` resumes from
-the newest one. A changed topology is refused.
+the newest one (the newest intact one: a damaged checkpoint is skipped and
+moved to `checkpoints.damaged/`). A changed topology is refused.
+
+Preemption. During `fit`, SIGTERM (what TPU VMs and Slurm send) and SIGINT
+finish the current step (or evaluation), write a checkpoint, log one line
+and raise `Preempted` (the CLI exits with status 75); the same command
+resumes. The evaluation due at the stopping step is skipped. A second SIGINT
+stops at once. A multi-process run agrees on the stop at the
+next `log_every` boundary. A workdir has one writer: a second Trainer (in
+another process) on a workdir whose run is alive is refused.
 """
 
 import collections
 import contextlib
 import os
+import signal
+import threading
 from collections.abc import Callable, Mapping
 
 import jax
@@ -43,13 +54,14 @@ import optax
 from absl import logging
 
 from dblocks_jax import metrics as metrics_lib
+from dblocks_jax import workdir_lock
 from dblocks_jax.blockwise import inference, optim, steps
 from dblocks_jax.blockwise import layout as layout_lib
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.blockwise.schedule import BlockSchedule
-from dblocks_jax.errors import NonFiniteLossError
+from dblocks_jax.errors import NonFiniteLossError, Preempted
 from dblocks_jax.streams import Streams, stream_seed
 from dblocks_jax.tasks.base import Sampler, Task
 from dblocks_jax.topology import JOB_FIELDS, check_topology
@@ -207,6 +219,9 @@ class Trainer:
     self._place(self._state)
 
     # ----- Compiled steps, logs ---------------------------------------------
+    self._lock = None
+    if self.workdir is not None and jax.process_index() == 0:
+      self._lock = workdir_lock.acquire(self.workdir)  # One writer.
     self._step_fns = {}
     self._predict_fns = {}
     self._writer = metrics_lib.MetricWriter(
@@ -629,40 +644,70 @@ class Trainer:
     if self.workdir and self._latest_checkpoint() is not None:
       self.restore(data=self._streams)
     start = self.step_count
-    self._progress = metrics_lib.Progress(
-      self.total_steps, min(start, self.total_steps)
-    )
+    end = self._end_step()  # A per-block job ends before total_steps.
+    self._progress = metrics_lib.Progress(end, min(start, end))
     num_groups = self.layout.num_groups
-    end = self._end_step()
     first = True
     try:
-      while self.step_count < end:
-        blocks_now = self._peek_blocks()
-        batch = self._next_batch(blocks_now)
-        self.step(batch)
-        if first:
-          logging.info("Compiled and ran the first step.")
-          first = False
-        done = self.step_count
-        if (
-          evaluate is not None
-          and eval_every
-          and done < end
-          and done // eval_every > (done - num_groups) // eval_every
-        ):
-          with self._progress.paused():
-            result = evaluate(self)
-          self._writer.write_scalars(done, metrics_lib.numeric(result))
-          logging.info("Eval at step %d: %s", done, result)
-      self.flush()
-      if self.workdir:
-        self.save(force=True)
+      with _StopSignals() as stop:
+        while self.step_count < end:
+          blocks_now = self._peek_blocks()
+          batch = self._next_batch(blocks_now)
+          self.step(batch)
+          if first:
+            logging.info("Compiled and ran the first step.")
+            first = False
+          done = self.step_count
+          # Stop before an evaluation: a preempted run's time is short.
+          if self._stop_agreed(stop.signal_name) and done < end:
+            self._stop(stop.signal_name)
+          if (
+            evaluate is not None
+            and eval_every
+            and done < end
+            and done // eval_every > (done - num_groups) // eval_every
+          ):
+            logging.info("Evaluating at step %d.", done)
+            with self._progress.paused():
+              result = evaluate(self)
+            self._writer.write_scalars(done, metrics_lib.numeric(result))
+            logging.info("Eval at step %d: %s", done, result)
+        self.flush()
+        if self.workdir:
+          self.save(force=True)
     finally:
       # An error or NaN must not leave the newest save half written.
       if self._checkpointer is not None:
         self._checkpointer.wait_until_finished()
       self._writer.flush()
     return self
+
+  def _stop_agreed(self, signal_name: str | None) -> bool:
+    """Whether every process has been asked to stop (multi-process runs
+    decide at `log_every` boundaries, where they all meet)."""
+    if jax.process_count() == 1:
+      return signal_name is not None
+    if not self._crossed(self.step_count, self.log_every):
+      return False
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(
+      np.asarray(signal_name is not None)
+    )
+    return bool(np.any(flags))
+
+  def _stop(self, signal_name: str | None) -> None:
+    """Checkpoints, logs one line and raises `Preempted`."""
+    signal_name = signal_name or "a stop signal on another process"
+    step = self.step_count
+    where = "no workdir: nothing saved"
+    if self.workdir:
+      self.save(force=True)
+      self._checkpointer.wait_until_finished()
+      where = f"checkpoint in {self.workdir}; run the same command to resume"
+    message = f"{signal_name} received: stopped at step {step} ({where})."
+    logging.warning(message)
+    raise Preempted(message, signal_name, step)
 
   def _end_step(self) -> int:
     """The last global step: total_steps, or (per-block rule) the steps
@@ -808,9 +853,13 @@ class Trainer:
     """Restores this run's newest checkpoint (or `step`) and the data
     streams' positions.
 
+    A damaged newest checkpoint is skipped (with a warning) and moved to
+    `checkpoints.damaged/`; the newest intact one is restored.
+
     Raises:
       TopologyError: the checkpoint's topology differs from this run's.
       FileNotFoundError: there is no checkpoint.
+      CheckpointError: no checkpoint is intact.
     """
     if isinstance(data, Mapping):
       data = Streams(data)
@@ -825,10 +874,11 @@ class Trainer:
   def load_checkpoint(self, workdir: str, *, step: int | None = None) -> int:
     """Loads the newest checkpoint (or `step`) of the run in `workdir`,
     read-only (nothing is written there): for evaluation, sampling and
-    assembly.
+    assembly. A damaged newest checkpoint is skipped with a warning.
 
     Raises:
       ConfigError: `workdir` holds no checkpoint.
+      CheckpointError: no checkpoint is intact.
       TopologyError: its topology differs from this trainer's.
     """
     from dblocks_jax import checkpoint
@@ -846,15 +896,22 @@ class Trainer:
     return self.step_count
 
   def _restore_from(self, ckpt, workdir, step, data, layout_free=False):
-    recorded = (ckpt.read_metadata(step) or {}).get("topology")
     ours = self.topology
-    if layout_free and recorded is not None:
+    if layout_free:
       # How the run was laid out on devices does not change the model.
-      recorded = {k: v for k, v in recorded.items() if k not in JOB_FIELDS}
       ours = {k: v for k, v in ours.items() if k not in JOB_FIELDS}
-    check_topology(workdir, ours, recorded)
+
+    def check(metadata):
+      recorded = (metadata or {}).get("topology")
+      if layout_free and recorded is not None:
+        recorded = {k: v for k, v in recorded.items() if k not in JOB_FIELDS}
+      check_topology(workdir, ours, recorded)
+
     state, _ = ckpt.restore(
-      self._restore_target(), step=step, data_iterator=data
+      self._restore_target(),
+      step=step,
+      data_iterator=data,
+      check_metadata=check,
     )
     self._load(state)
 
@@ -866,10 +923,43 @@ class Trainer:
     return state
 
   def close(self) -> None:
-    """Waits for checkpoint writes; closes the metrics file."""
-    if self._checkpointer is not None:
-      self._checkpointer.close()
-    self._writer.close()
+    """Waits for checkpoint writes; closes the metrics file; gives back the
+    workdir's lock."""
+    try:
+      if self._checkpointer is not None:
+        self._checkpointer.close()
+      self._writer.close()
+    finally:
+      if self._lock is not None:
+        workdir_lock.release(self._lock)
+        self._lock = None
+
+
+class _StopSignals:
+  """Within `with`, SIGTERM and SIGINT are recorded (`signal_name`) instead
+  of stopping the process; a second SIGINT raises KeyboardInterrupt. Only
+  the main thread can install handlers; elsewhere nothing changes."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.signal_name: str | None = None
+    self._previous = {}
+
+  def _handle(self, signum, frame):
+    if self.signal_name is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for signum in self.SIGNALS:
+        self._previous[signum] = signal.signal(signum, self._handle)
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def _fetch(tree):

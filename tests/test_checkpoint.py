@@ -248,3 +248,153 @@ def test_killed_during_save_keeps_previous(tmp_path):
   np.testing.assert_array_equal(restored["w"], np.arange(1000.0))
   assert meta == {"step": 1}
   ckpt.close()
+
+
+# ----- Damaged checkpoints ----------------------------------------------------
+
+
+def _largest_file(step_dir):
+  files = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(os.path.join(step_dir, "state"))
+    for name in names
+  ]
+  return max(files, key=os.path.getsize)
+
+
+def _truncate(step_dir):
+  path = _largest_file(step_dir)
+  with open(path, "r+b") as f:
+    f.truncate(os.path.getsize(path) // 2)
+
+
+def _garble(step_dir):
+  path = _largest_file(step_dir)
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 3)
+    f.write(b"\x5a" * (size // 3))
+
+
+def _delete_file(step_dir):
+  os.remove(_largest_file(step_dir))
+
+
+def _uncommit(step_dir):
+  """A step directory whose state item was never written."""
+  import shutil
+
+  shutil.rmtree(os.path.join(step_dir, "state"))
+
+
+DAMAGE = {
+  "truncated": (_truncate, "bytes, not"),
+  "garbled": (_garble, "garbled"),
+  "missing file": (_delete_file, "is missing"),
+  "uncommitted": (_uncommit, "never committed"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(DAMAGE))
+def test_damaged_newest_falls_back_to_intact(tmp_path, kind, caplog):
+  damage, reason = DAMAGE[kind]
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [10, 20])
+  damage(os.path.join(path, "20"))
+
+  # A reader skips the damaged step and leaves it where it is.
+  reader = checkpoint.Checkpointer(path, read_only=True)
+  assert reason in reader.verify(20)
+  assert reader.verify(10) is None
+  with caplog.at_level("WARNING"):
+    restored, meta = reader.restore(jax.eval_shape(_make_state))
+  reader.close()
+  assert meta["step"] == 10
+  _assert_trees_equal(restored, _make_state())
+  assert any("step 20" in r.getMessage() for r in caplog.records)
+  assert os.path.isdir(os.path.join(path, "20"))
+
+  # A writer moves it aside (never deletes it) and saves step 20 again.
+  writer = checkpoint.Checkpointer(path, save_interval_steps=1)
+  writer.restore(jax.eval_shape(_make_state))
+  assert writer.all_steps() == [10]
+  assert os.listdir(path + ".damaged") == ["20"]
+  assert writer.save(20, _make_state(), metadata={**_META, "step": 20})
+  writer.close()
+  assert checkpoint.Checkpointer(path, read_only=True).verify(20) is None
+
+
+def test_unsealed_damaged_checkpoint_is_detected_by_reading(tmp_path):
+  """A run killed between committing a save and writing its digests."""
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [10, 20])
+  os.remove(os.path.join(path, "20", checkpoint.DIGESTS))
+  _truncate(os.path.join(path, "20"))
+  ckpt = checkpoint.Checkpointer(path, read_only=True)
+  assert ckpt.verify(20) is None  # Nothing to compare with...
+  _, meta = ckpt.restore(jax.eval_shape(_make_state))
+  assert meta["step"] == 10  # ...but reading it fails, so step 10 is used.
+  ckpt.close()
+
+
+def test_no_intact_checkpoint_is_one_error(tmp_path):
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [10, 20])
+  _garble(os.path.join(path, "10"))
+  _delete_file(os.path.join(path, "20"))
+  ckpt = checkpoint.Checkpointer(path)
+  with pytest.raises(errors.CheckpointError) as info:
+    ckpt.restore(jax.eval_shape(_make_state))
+  message = str(info.value)
+  assert "\n" not in message
+  assert path in message and "step 10" in message and "step 20" in message
+  assert "Nothing was deleted" in message
+  ckpt.close()
+  assert sorted(os.listdir(path)) == ["10", "20"]
+
+
+def test_an_explicit_damaged_step_does_not_fall_back(tmp_path):
+  path = str(tmp_path / "ckpt")
+  _save_sync(path, [10, 20])
+  _garble(os.path.join(path, "10"))
+  ckpt = checkpoint.Checkpointer(path, read_only=True)
+  with pytest.raises(errors.CheckpointError, match="step 10"):
+    ckpt.restore(jax.eval_shape(_make_state), step=10)
+  ckpt.close()
+
+
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
+  """A save that the OS refuses (a file-size limit stands in for a full
+  disk) is one error, and the previous checkpoint stays intact."""
+  path = str(tmp_path / "ckpt")
+  script = textwrap.dedent(f"""
+      import resource
+      import numpy as np
+      from dblocks_jax import checkpoint, errors
+
+      ckpt = checkpoint.Checkpointer({path!r}, save_interval_steps=1)
+      ckpt.save(1, {{"w": np.zeros(10, np.float32)}}, metadata={{}})
+      ckpt.wait_until_finished()
+      # From now on no file may grow past 64 KiB: the next save fails.
+      resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+      try:
+        w = np.random.default_rng(0).random(1 << 20, np.float32)
+        ckpt.save(2, {{"w": w}}, metadata={{}})
+        ckpt.close()
+      except errors.CheckpointError as e:
+        print("error:", e)
+  """)
+  env = dict(os.environ, PYTHONPATH=_REPO_ROOT, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+    [sys.executable, "-c", script], env=env, capture_output=True, timeout=120
+  )
+  assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+  line = proc.stdout.decode().strip().splitlines()[-1]
+  assert line.startswith("error: writing the checkpoint of step 2"), line
+  assert "the checkpoint of step 1 is intact" in line
+  ckpt = checkpoint.Checkpointer(path)
+  assert ckpt.all_steps() == [1]
+  assert ckpt.verify(1) is None
+  restored, _ = ckpt.restore({"w": np.zeros(10, np.float32)})
+  np.testing.assert_array_equal(restored["w"], np.zeros(10, np.float32))
+  ckpt.close()
