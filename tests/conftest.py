@@ -50,3 +50,49 @@ def assert_trees_equal(a, b):
   assert jax.tree.structure(a) == jax.tree.structure(b)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+TINY_TFDS = "dblocks_test_images"
+
+
+@pytest.fixture(scope="session")
+def prepared_tfds(tmp_path_factory) -> str:
+  """A data_dir holding `TINY_TFDS` prepared as ArrayRecord files: 4x4x3
+  uint8 images, 3 classes, 6 train and 2 test examples."""
+  import tensorflow_datasets as tfds
+
+  class DblocksTestImages(tfds.core.GeneratorBasedBuilder):
+    """A tiny TFDS dataset that can be prepared without TensorFlow
+    (`Image` features need TensorFlow to encode; a uint8 `Tensor` does
+    not)."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+        builder=self,
+        features=tfds.features.FeaturesDict(
+          {
+            "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=3),
+          }
+        ),
+      )
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {
+        "train": self._generate_examples(6),
+        "test": self._generate_examples(2),
+      }
+
+    def _generate_examples(self, count):
+      rng = np.random.default_rng(count)
+      for i in range(count):
+        image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        yield i, {"image": image, "label": i % 3}
+
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  builder = DblocksTestImages(data_dir=data_dir, file_format="array_record")
+  builder.download_and_prepare()
+  return data_dir

@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 from PIL import Image
 
 from dblocks_jax.data import digits, idx, latents, tfds_sources, tiny_imagenet
@@ -380,42 +379,7 @@ def test_damaged_digits_file(digits_file, case):
 # TFDS datasets prepared as ArrayRecord files.
 
 
-class DblocksDamagedImages(tfds.core.GeneratorBasedBuilder):
-  """A tiny TFDS dataset that can be prepared without TensorFlow."""
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-      builder=self,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=3),
-        }
-      ),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {"train": self._generate_examples(6)}
-
-  def _generate_examples(self, count):
-    rng = np.random.default_rng(count)
-    for i in range(count):
-      image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-      yield i, {"image": image, "label": i % 3}
-
-
-TFDS_NAME = "dblocks_damaged_images"
-
-
-@pytest.fixture(scope="module")
-def prepared_tfds(tmp_path_factory) -> str:
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  builder = DblocksDamagedImages(data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
-  return data_dir
+TFDS_NAME = "dblocks_test_images"  # conftest.prepared_tfds
 
 
 TFDS_DAMAGE = {

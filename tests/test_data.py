@@ -438,47 +438,6 @@ def test_tfds_missing_dataset_gives_the_build_command(tmp_path):
     assert "\n" not in message
 
 
-class DblocksTestImages(tfds.core.GeneratorBasedBuilder):
-  """A tiny TFDS dataset that can be prepared without TensorFlow.
-
-  `Image` features need TensorFlow to encode; a uint8 `Tensor` does not.
-  """
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return tfds.core.DatasetInfo(
-      builder=self,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
-          "label": tfds.features.ClassLabel(num_classes=3),
-        }
-      ),
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    return {
-      "train": self._generate_examples(6),
-      "test": self._generate_examples(2),
-    }
-
-  def _generate_examples(self, count):
-    rng = np.random.default_rng(count)
-    for i in range(count):
-      image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-      yield i, {"image": image, "label": i % 3}
-
-
-@pytest.fixture(scope="module")
-def prepared_tfds(tmp_path_factory) -> str:
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  builder = DblocksTestImages(data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare()
-  return data_dir
-
-
 def test_tfds_prepared_dataset_is_described_from_metadata(prepared_tfds):
   name = "dblocks_test_images"
   found = tfds_sources.describe(
