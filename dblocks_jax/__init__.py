@@ -26,6 +26,7 @@ _EXPORTS = {
   "diffusion": ("dblocks_jax.diffusion", None),
   "EDM": ("dblocks_jax.diffusion.process", "EDM"),
   "NoiseProcess": ("dblocks_jax.diffusion.process", "NoiseProcess"),
+  "Masking": ("dblocks_jax.diffusion.masking", "Masking"),
   # The engine: the plan and the network split into blocks.
   "BlockPlan": ("dblocks_jax.blockwise.plan", "BlockPlan"),
   "BlockwiseModel": ("dblocks_jax.blockwise.parts", "BlockwiseModel"),
