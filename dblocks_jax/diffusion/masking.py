@@ -116,11 +116,7 @@ class Masking:
   def widen(self, boundaries: np.ndarray, gamma: float) -> np.ndarray:
     """[B, 2] (lo, hi) per block, block order: each nominal interval
     widened by gamma x its width on each side, clipped to [0, 1]."""
-    if not 0.0 <= gamma <= 0.5:
-      raise ValueError(
-        f"gamma={gamma} is outside [0, 0.5]; the paper uses 0.05 for masked"
-        " diffusion and 0 for ablations."
-      )
+    partition.check_gamma(gamma)
     bounds = np.asarray(boundaries, np.float64)
     hi, lo = bounds[:-1], bounds[1:]
     width = hi - lo

@@ -90,6 +90,15 @@ def block_boundaries(
   return bounds
 
 
+def check_gamma(gamma: float) -> None:
+  """Raises ValueError unless the overlap gamma is in [0, 0.5]."""
+  if not 0.0 <= gamma <= 0.5:
+    raise ValueError(
+      f"gamma={gamma} is outside [0, 0.5]; the paper uses 0.05"
+      " (0.1 for text) and 0 for ablations."
+    )
+
+
 def training_ranges(boundaries: np.ndarray, gamma: float) -> np.ndarray:
   """The B training intervals, widened by the overlap gamma.
 
@@ -104,11 +113,7 @@ def training_ranges(boundaries: np.ndarray, gamma: float) -> np.ndarray:
   Returns:
     ranges: [B, 2] float64 (lo, hi) pairs in the same ascending order.
   """
-  if not 0.0 <= gamma <= 0.5:
-    raise ValueError(
-      f"gamma={gamma} is outside [0, 0.5]; the paper uses 0.05"
-      " (0.1 for text) and 0 for ablations."
-    )
+  check_gamma(gamma)
   bounds = np.asarray(boundaries, np.float64)
   lo, hi = bounds[:-1], bounds[1:]
   widen = (hi / lo) ** gamma
