@@ -130,6 +130,8 @@ class DiTConfig:
     learn_sigma: keep the reference's 2 C output channels (EDM uses C).
     null_class: the label table has the extra null-class row (guidance).
     remat: put every layer under jax.checkpoint.
+    attention: "einsum" (written out) or "dot_product"
+      (`jax.nn.dot_product_attention`); the same function.
   """
 
   num_layers: int = 12
@@ -141,6 +143,7 @@ class DiTConfig:
   learn_sigma: bool = True
   null_class: bool = True
   remat: bool = False
+  attention: str = "einsum"
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":
@@ -170,6 +173,7 @@ def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
     norm_affine=False,
     gelu_approximate=True,
     kernel_init=init.XAVIER_UNIFORM,
+    attention_kind=spec.attention,
     remat=spec.remat,
     rngs=rngs,
   )

@@ -6,9 +6,16 @@ from flax import nnx
 
 from dblocks_jax.nn import init
 
+ATTENTION_KINDS = ("einsum", "dot_product")
+
 
 class SelfAttention(nnx.Module):
   """Multi-head self-attention with a fused qkv projection (qkv bias on).
+
+  `kind="einsum"` writes softmax(q k^T / sqrt(d)) v out (and applies
+  attention dropout to the probabilities, as the official ViT does);
+  `kind="dot_product"` calls `jax.nn.dot_product_attention`, which XLA and
+  cuDNN fuse, and has no attention dropout. Both compute the same function.
 
   x: [batch, tokens, width] -> [batch, tokens, width].
   """
@@ -21,11 +28,22 @@ class SelfAttention(nnx.Module):
     attention_dropout: float,
     dropout: float,
     kernel_init=init.TRUNC_NORMAL_002,
+    kind: str = "einsum",
     rngs: nnx.Rngs,
   ):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by {num_heads} heads")
+    if kind not in ATTENTION_KINDS:
+      raise ValueError(
+        f"attention kind={kind!r} is unknown; choose one of {ATTENTION_KINDS}."
+      )
+    if kind == "dot_product" and attention_dropout:
+      raise ValueError(
+        f"attention_dropout={attention_dropout} needs kind='einsum';"
+        " jax.nn.dot_product_attention has no dropout."
+      )
     self.num_heads = num_heads
+    self.kind = kind
     kw = dict(kernel_init=kernel_init, rngs=rngs)
     self.qkv = init.linear(width, 3 * width, **kw)
     self.out = init.linear(width, width, **kw)
@@ -40,6 +58,10 @@ class SelfAttention(nnx.Module):
     head_dim = width // self.num_heads
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
     q, k, v = jnp.moveaxis(qkv, 2, 0)  # each [batch, tokens, heads, head_dim]
+    if self.kind == "dot_product":
+      y = jax.nn.dot_product_attention(q, k, v, mask=mask)
+      y = y.reshape(batch, tokens, width)
+      return self.dropout(self.out(y), rngs=rngs, deterministic=rngs is None)
     logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)

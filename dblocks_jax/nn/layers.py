@@ -34,6 +34,7 @@ class TransformerLayer(nnx.Module):
     norm_affine: bool = True,
     gelu_approximate: bool = False,
     kernel_init=init.TRUNC_NORMAL_002,
+    attention_kind: str = "einsum",
     rngs: nnx.Rngs,
   ):
     norm = dict(
@@ -49,6 +50,7 @@ class TransformerLayer(nnx.Module):
       attention_dropout=attention_dropout,
       dropout=dropout,
       kernel_init=kernel_init,
+      kind=attention_kind,
       rngs=rngs,
     )
     self.norm2 = nnx.LayerNorm(width, **norm)
