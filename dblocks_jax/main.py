@@ -143,11 +143,7 @@ def _run(config, workdir: str, mode: str, sources) -> dict:
     from dblocks_jax import sampling
 
     result = sampling.sample_checkpoint(config, workdir)
-    print(
-      f"samples: {result['num_samples']} at step {result['step']}"
-      f" ({result['inference_steps']} {result['sampler']} steps, guidance"
-      f" {result['guidance_scale']}); wrote {result['png']} and {result['npz']}"
-    )
+    print(families.get(config.model.name).describe_samples(result))
   elif mode == "assemble":
     from dblocks_jax import assemble
 

@@ -6,6 +6,9 @@
     result = evaluate(trainer)                        # eval.json fields
     print(family.describe(result))
 
+A generator also has `write_samples(config, experiment, trainer, workdir)
+-> dict` and `describe_samples(result) -> str`, which `--mode=sample` uses.
+
 `build` reads the config (this is the config layer: models, tasks and the
 engine below it take explicit arguments); `batch_spec` gives the shapes of
 one training batch, for the compiled-memory report.

@@ -107,6 +107,63 @@ class DiTFamily:
 
     return run
 
+  def write_samples(self, config, experiment, trainer, workdir) -> dict:
+    """`--mode=sample`: `samples/step_<N>.png` (a grid, one column per
+    class by default) and `samples/step_<N>.npz` (`images` uint8 [n, H, W,
+    C], `labels` [n], and the sampler settings); latents are decoded by the
+    SD VAE, as in the FID evaluation."""
+    import jax
+    import numpy as np
+
+    from dblocks_jax import evaluate
+
+    sampler = sampler_from_config(config, experiment.plan)
+    s = config.sample
+    labels = (
+      np.asarray(s.labels, np.int32)
+      if len(s.labels)
+      else evaluate.generation.class_labels(
+        s.num_samples, config.data.num_classes
+      )
+    )
+    images = evaluate.generate(
+      sample_fn(trainer, sampler),
+      labels,
+      jax.random.key(s.seed),
+      batch_size=min(config.eval_batch_size, len(labels)),
+    )
+    pixels = evaluate.SamplePixels(config)(images, config.eval_batch_size)
+    step = trainer.step_count
+    out_dir = os.path.join(workdir, "samples")
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"step_{step}")
+    settings = {
+      "inference_steps": int(sampler.num_steps),
+      "sampler": sampler.method,
+      "guidance_scale": float(config.sampler.guidance_scale),
+      "seed": int(s.seed),
+    }
+    np.savez(stem + ".npz", images=pixels, labels=labels, **settings)
+    columns = s.columns or min(len(labels), config.data.num_classes)
+    evaluate.generation.save_png(
+      evaluate.image_grid(pixels, columns), stem + ".png"
+    )
+    return {
+      "png": stem + ".png",
+      "npz": stem + ".npz",
+      "num_samples": int(len(labels)),
+      "step": step,
+      **settings,
+    }
+
+  def describe_samples(self, result) -> str:
+    return (
+      f"samples: {result['num_samples']} at step {result['step']}"
+      f" ({result['inference_steps']} {result['sampler']} steps, guidance"
+      f" {result['guidance_scale']}); wrote {result['png']} and"
+      f" {result['npz']}"
+    )
+
   def describe(self, result) -> str:
     where = f"{result['method']}, step {result['step']}"
     line = (
