@@ -54,6 +54,20 @@ def _run(c, *, epochs, steps_per_epoch, num_blocks, batch_size):
 
 
 def _blocks_and_diffusion(c, *, num_blocks):
+  _blocks(c, num_blocks=num_blocks)
+  # How a block draws sigma in its range: "lognormal" (the paper: the
+  # truncated log-normal) or "log_uniform" (every part of the range alike).
+  c.blocks.sigma_sampling = "lognormal"
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.sigma_min = 0.002
+  c.diffusion.sigma_max = 80.0
+  c.diffusion.p_mean = -1.2
+  c.diffusion.p_std = 1.2
+  c.diffusion.sigma_data = 0.5
+  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
+
+
+def _blocks(c, *, num_blocks):
   c.blocks = ml_collections.ConfigDict()
   c.blocks.num_blocks = num_blocks
   c.blocks.layer_distribution = ()  # () = equal split; e.g. (2, 4, 6).
@@ -62,9 +76,6 @@ def _blocks_and_diffusion(c, *, num_blocks):
   # noisiest), from sigma_max down to sigma_min.
   c.blocks.boundaries = ()
   c.blocks.gamma = 0.05  # Overlap: log-width fraction added on each side.
-  # How a block draws sigma in its range: "lognormal" (the paper: the
-  # truncated log-normal) or "log_uniform" (every part of the range alike).
-  c.blocks.sigma_sampling = "lognormal"
   c.blocks.sharing = "shared"  # shared (official) | independent
   c.blocks.schedule = "uniform"  # uniform (official) | round_robin
   # () = all blocks; (1,) = a per-block job: only block 1 is built and
@@ -78,14 +89,6 @@ def _blocks_and_diffusion(c, *, num_blocks):
   c.parallel = ml_collections.ConfigDict()
   c.parallel.block_groups = 1
   c.parallel.data_shards = 0
-
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.sigma_min = 0.002
-  c.diffusion.sigma_max = 80.0
-  c.diffusion.p_mean = -1.2
-  c.diffusion.p_std = 1.2
-  c.diffusion.sigma_data = 0.5
-  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
 
 
 def _sampler(c, *, num_steps, guidance_scale):
@@ -426,3 +429,118 @@ def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
   c.encode.vae.block_out_channels = (8, 16)
   c.encode.vae.layers_per_block = 1
   c.encode.vae.norm_num_groups = 4
+
+
+def mdm_language(
+  *,
+  corpus: str,
+  num_train_characters: int,
+  num_layers: int,
+  width: int,
+  num_heads: int,
+  seq_len: int,
+  num_blocks: int,
+  epochs: int,
+  batch_size: int,
+  learning_rate: float,
+  warmup_steps: int,
+) -> ml_collections.ConfigDict:
+  """The DiffusionBlocks masked-diffusion LM recipe (method_spec 2.3, MD4).
+
+  MD4's linear schedule, the partition in equal decrements of alpha(t),
+  gamma 0.05 by t-width (our choice: the paper does not say how gamma
+  widens a t-interval); AdamW with weight decay 0.03 and warmup, cosine
+  decay to zero (MD4's text8 recipe), clipping at 1.
+  """
+  c = ml_collections.ConfigDict()
+  steps_per_epoch = num_train_characters // seq_len // batch_size
+  _run(
+    c,
+    epochs=epochs,
+    steps_per_epoch=steps_per_epoch,
+    num_blocks=num_blocks,
+    batch_size=batch_size,
+  )
+  c.eval_batch_size = 64
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "mdm"
+  c.model.num_layers = num_layers
+  c.model.width = width
+  c.model.num_heads = num_heads
+  c.model.mlp_ratio = 4
+  c.model.frequency_dim = 256
+  c.model.max_seq_len = seq_len  # Rows of the learned position table.
+  c.model.remat = False  # jax.checkpoint every layer.
+
+  _blocks(c, num_blocks=num_blocks)
+  # For partition="explicit": B+1 times in block order (block 0 is the most
+  # masked), from 1 down to 0.
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.schedule = "linear"  # alpha(t): linear (MD4) | cosine
+  c.diffusion.t_min = 1e-3  # Training never draws t below this.
+  c.diffusion.time_scale = 1000.0  # The time embedder reads 1000 t.
+
+  c.sampler = ml_collections.ConfigDict()
+  c.sampler.num_steps = seq_len  # Grid points, free of B.
+  c.sampler.method = "ancestral"  # MD4's ancestral unmasking.
+  c.sampler.grid = "uniform"  # Equal rises of alpha per step.
+
+  _optimizer(
+    c,
+    learning_rate=learning_rate,
+    warmup_steps=warmup_steps * num_blocks,
+    schedule="cosine",
+    weight_decay=0.03,
+    clip_norm=1.0,
+  )
+  c.optimizer.min_learning_rate = 0.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = corpus  # pydocs (python3.11-doc) | text8 (text8.zip)
+  # pydocs: "" = /usr/share/doc/python3.11; text8: the folder that holds
+  # text8.zip (or the file itself).
+  c.data.dir = ""
+  c.data.seq_len = seq_len
+  c.data.eval_split = "test"  # test | validation
+
+  c.eval = ml_collections.ConfigDict()
+  # Times per sequence in the ELBO estimate, split evenly over the blocks
+  # (a multiple of B), stratified within each block's t-interval.
+  c.eval.num_t_samples = 12
+  c.eval.max_sequences = 0  # 0 = the whole split.
+  c.eval.num_samples = 4  # Text samples written at each evaluation.
+  c.eval.seed = 1
+
+  c.sample = ml_collections.ConfigDict()  # --mode=sample
+  c.sample.num_samples = 8
+  c.sample.seed = 0
+
+  c.memory = ml_collections.ConfigDict()
+  c.memory.include_remat = True
+  return c
+
+
+def as_mdm_smoke(c: ml_collections.ConfigDict) -> None:
+  """A tiny token DiT on the Python docs: seconds on a CPU."""
+  c.data.name = "pydocs"
+  c.data.dir = ""
+  c.model.num_layers = 3
+  c.model.width = 32
+  c.model.num_heads = 2
+  c.model.frequency_dim = 32
+  c.model.max_seq_len = 32
+  c.data.seq_len = 32
+  c.blocks.num_blocks = 3
+  c.blocks.layer_distribution = ()
+  c.total_steps = 12
+  c.batch_size = 16
+  c.eval_batch_size = 32
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 6
+  c.optimizer.warmup_steps = 2
+  c.sampler.num_steps = 8
+  c.eval.num_t_samples = 3
+  c.eval.max_sequences = 64
+  c.eval.num_samples = 2
+  c.sample.num_samples = 3

@@ -106,9 +106,15 @@ class BlockPlan:
     return self.noise.route(levels, self.boundaries)
 
   def grid(self, num_steps: int = 0, kind: str = ""):
-    """(levels [N], blocks [N]) of a sampler of N steps (0 = B steps)."""
+    """(levels [N], blocks [N]) of a sampler of N steps (0 = B steps).
+
+    Each level goes to the block that owns it, or, for a process whose
+    steps span intervals (masking: `routing_levels`), the block that owns
+    the middle of its step."""
     levels = self.noise.grid(num_steps or self.num_blocks, kind)
-    return levels, np.asarray(self.route(levels))
+    routing_levels = getattr(self.noise, "routing_levels", None)
+    at = levels if routing_levels is None else routing_levels(levels)
+    return levels, np.asarray(self.route(at))
 
   def topology(self) -> dict:
     """What a resumed run must agree on (recorded in every checkpoint)."""

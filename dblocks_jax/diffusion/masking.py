@@ -141,8 +141,8 @@ class Masking:
     """[num_steps] start times of the sampler's steps, most masked first:
     alpha rises by 1/N per step (equal numbers of tokens unmasked); step i
     goes from its time to the next one, the last to t = 0. A step's start
-    can sit on a block boundary, so a sampler routes each step by its
-    midpoint."""
+    can sit on a block boundary, so `BlockPlan.grid` routes each step by
+    its middle (`routing_levels`)."""
     if num_steps < 1:
       raise ValueError(f"num_steps={num_steps}: need at least 1.")
     if kind not in ("", "uniform"):
@@ -151,6 +151,13 @@ class Masking:
     times = alpha_inverse(levels, self.schedule)
     times[0] = 1.0
     return times
+
+  def routing_levels(self, starts: np.ndarray) -> np.ndarray:
+    """The middle of each sampler step [next start (0 after the last),
+    start]: what `BlockPlan.grid` routes, so that a step starting on a
+    block boundary runs the block that owns the interval it covers."""
+    starts = np.asarray(starts, np.float64)
+    return 0.5 * (starts + np.append(starts[1:], 0.0))
 
   def describe(self) -> dict:
     return {"process": "masking", "schedule": self.schedule}

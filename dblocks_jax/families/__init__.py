@@ -18,6 +18,7 @@ from dblocks_jax.families.common import end_to_end_config
 _BUILT_IN = {
   "vit": "dblocks_jax.families.vit",
   "dit": "dblocks_jax.families.dit",
+  "mdm": "dblocks_jax.families.mdm",
 }
 _REGISTRY: dict[str, Family] = {}
 

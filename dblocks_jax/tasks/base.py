@@ -27,6 +27,9 @@ import numpy as np
 
 from dblocks_jax.diffusion.samplers import SAMPLERS
 
+# Euler and Heun for the continuous (EDM) families; MD4's ancestral
+# unmasking for masked diffusion.
+SAMPLER_METHODS = (*SAMPLERS, "ancestral")
 Parts = Mapping[str, Any]
 Batch = Mapping[str, jax.Array]
 
@@ -40,7 +43,8 @@ class Sampler:
       0.002); the sampler takes N - 1 steps and evaluates once more at the
       last level.
     blocks: [N] the block that denoises at each level (the plan's routing).
-    method: "euler" (one evaluation per level) or "heun".
+    method: "euler" (one evaluation per level), "heun", or "ancestral"
+      (masked diffusion).
   """
 
   levels: np.ndarray
@@ -48,9 +52,9 @@ class Sampler:
   method: str = "euler"
 
   def __post_init__(self):
-    if self.method not in SAMPLERS:
+    if self.method not in SAMPLER_METHODS:
       raise ValueError(
-        f"method={self.method!r} is unknown; choose one of {SAMPLERS}."
+        f"method={self.method!r} is unknown; choose one of {SAMPLER_METHODS}."
       )
     if len(self.levels) != len(self.blocks) or not len(self.levels):
       raise ValueError(

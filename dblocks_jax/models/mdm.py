@@ -1,0 +1,150 @@
+"""The masked-diffusion language model: a DiT over tokens (MDLM/SEDD style).
+
+A bidirectional transformer that reads a partly masked sequence x_t and the
+time t and returns logits over the clean vocabulary at every position:
+
+  stem         token embedding (vocab + the [MASK] row) + a learned position
+               table of `max_seq_len` rows, both N(0, 0.02)
+  noise_embed  t -> DiT's timestep embedder (sinusoid -> MLP), fed
+               `time_scale` x t so that t in [0, 1] spans the sinusoid's
+               frequencies as DiT's integer timesteps do
+  layers       one block's DiT layers (adaLN-Zero on the time embedding,
+               `jax.nn.dot_product_attention`, no attention mask)
+  readout      LayerNorm, adaLN shift/scale, Linear to the vocabulary (zero
+               initialised: a fresh model predicts the uniform distribution)
+
+The [MASK] id is `vocab_size`; the readout has no logit for it, so the model
+never predicts a mask. In the `shared` sharing mode all blocks read one stem
+and readout.
+
+Shapes: tokens [batch, length] int, t [batch], logits [batch, length, vocab].
+"""
+
+import dataclasses
+
+import jax
+from flax import nnx
+
+from dblocks_jax.models import dit
+from dblocks_jax.nn import adaln, embed, init
+
+
+@dataclasses.dataclass(frozen=True)
+class MDMConfig:
+  """The token DiT's hyper-parameters.
+
+  Attributes:
+    vocab_size: clean symbols (27 for text8's alphabet); [MASK] is one more.
+    max_seq_len: rows of the position table (the longest sequence).
+    num_layers: depth.
+    width: hidden size.
+    num_heads: attention heads.
+    mlp_ratio: MLP hidden size / width.
+    frequency_dim: sinusoid size of the timestep embedder.
+    remat: put every layer under jax.checkpoint.
+  """
+
+  vocab_size: int = 27
+  max_seq_len: int = 256
+  num_layers: int = 12
+  width: int = 768
+  num_heads: int = 12
+  mlp_ratio: int = 4
+  frequency_dim: int = 256
+  remat: bool = False
+
+  @property
+  def mask_id(self) -> int:
+    return self.vocab_size
+
+  def layer_spec(self) -> dit.DiTConfig:
+    """DiT's layer settings at this width (the shared layer definition)."""
+    return dit.DiTConfig(
+      num_layers=self.num_layers,
+      width=self.width,
+      num_heads=self.num_heads,
+      mlp_ratio=self.mlp_ratio,
+      frequency_dim=self.frequency_dim,
+      remat=self.remat,
+      attention="dot_product",
+    )
+
+
+class TokenStem(nnx.Module):
+  """tokens [batch, length] -> [batch, length, width]."""
+
+  def __init__(self, num_tokens: int, max_seq_len: int, width: int, *, rngs):
+    self.max_seq_len = max_seq_len
+    self.tokens = nnx.Param(init.NORMAL_002(rngs.params(), (num_tokens, width)))
+    self.positions = nnx.Param(
+      init.NORMAL_002(rngs.params(), (max_seq_len, width))
+    )
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    length = tokens.shape[-1]
+    if length > self.max_seq_len:
+      raise ValueError(
+        f"sequences of {length} tokens are longer than the position table"
+        f" ({self.max_seq_len} rows); set model.max_seq_len >= {length}."
+      )
+    return self.tokens[...][tokens] + self.positions[...][:length]
+
+
+class TokenReadout(nnx.Module):
+  """(h [batch, length, width], cond [batch, width]) -> logits [batch,
+  length, vocab]: DiT's final layer with a vocabulary head."""
+
+  def __init__(self, width: int, vocab_size: int, *, rngs):
+    self.norm = nnx.LayerNorm(
+      width,
+      epsilon=dit.LAYER_NORM_EPS,
+      use_bias=False,
+      use_scale=False,
+      rngs=rngs,
+    )
+    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", rngs=rngs)
+    self.linear = init.linear(width, vocab_size, zero=True, rngs=rngs)
+
+  def __call__(self, h: jax.Array, cond: jax.Array) -> jax.Array:
+    shift, scale = self.adaln(cond)
+    return self.linear(adaln.modulate(self.norm(h), shift, scale))
+
+
+def make_layers(spec: MDMConfig, num_layers: int, rngs):
+  """`num_layers` DiT layers conditioned on the width-d time embedding."""
+  return dit.make_layers(spec.layer_spec(), num_layers, rngs)
+
+
+def make_shell(spec: MDMConfig, rngs) -> dict[str, nnx.Module]:
+  """The parts outside the layers (those of
+  `tasks.masked_diffusion.token_denoise`)."""
+  return {
+    "stem": TokenStem(
+      spec.vocab_size + 1, spec.max_seq_len, spec.width, rngs=rngs
+    ),
+    "noise_embed": embed.NoiseLevelEmbedder(
+      spec.width, frequency_dim=spec.frequency_dim, rngs=rngs
+    ),
+    "readout": TokenReadout(spec.width, spec.vocab_size, rngs=rngs),
+  }
+
+
+def param_count(spec: MDMConfig) -> int:
+  """Trainable parameters, from the module structure: per layer 12 d^2 +
+  13 d (qkv, proj, MLP of ratio 4, adaLN 6d) for mlp_ratio 4; the token
+  and position tables; the timestep MLP; the readout's adaLN and head."""
+  d, m = spec.width, spec.mlp_ratio * spec.width
+  layer = (3 * d * d + 3 * d) + (d * d + d) + (2 * d * m + m + d)
+  layer += d * 6 * d + 6 * d
+  return (
+    spec.num_layers * layer
+    + (spec.vocab_size + 1 + spec.max_seq_len) * d
+    + spec.frequency_dim * d
+    + d
+    + d * d
+    + d
+    + d * 2 * d
+    + 2 * d
+    + d * spec.vocab_size
+    + spec.vocab_size
+  )
