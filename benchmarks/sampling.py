@@ -1,13 +1,16 @@
 """Sampling throughput: the routed block-wise sampler against end to end.
 
-Both samplers take the same grid (`sampler.num_steps` Euler steps, guidance
-as configured) on the same DiT; the block-wise one runs one block (L/B
-layers) per step, the end-to-end one all L layers. Weights are freshly
-initialised (throughput does not depend on their values). Prints images per
-second of each, measured in this process, and their ratio.
+Both samplers take the same grid (`sampler.num_steps` steps) on the same
+model; the block-wise one runs one block (L/B layers) per step, the
+end-to-end one all L layers. Weights are freshly initialised (throughput
+does not depend on their values). Prints samples per second of each (and
+tokens per second for a language model), measured in this process, and
+their ratio.
 
   python benchmarks/sampling.py --config=configs/dit_fashion_mnist.py \
     --batch_size=64 --repeats=3
+  python benchmarks/sampling.py --config=configs/mdm_pydocs.py \
+    --batch_size=16 --repeats=3
 """
 
 import copy
@@ -22,27 +25,42 @@ from ml_collections import config_flags
 from dblocks_jax import families
 from dblocks_jax.families import common
 from dblocks_jax.families import dit as dit_family
+from dblocks_jax.families import mdm as mdm_family
 
-config_flags.DEFINE_config_file("config", None, "A DiT config.")
-flags.DEFINE_integer("batch_size", 64, "Images per sampler call.")
+config_flags.DEFINE_config_file("config", None, "A DiT or MDM config.")
+flags.DEFINE_integer("batch_size", 64, "Samples per sampler call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per sampler (after warm-up).")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
 
-def images_per_second(config, method: str, batch_size: int, repeats: int):
+def sample_call(config, method: str, batch_size: int):
+  """() -> one batch of samples, from a fresh model trained by `method`."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.method = method
   experiment = families.get(config.model.name).build(config)
   trainer = common.make_trainer(config, experiment, None)
+  arrays = trainer.arrays()
+  if config.model.name == "mdm":
+    sampler = mdm_family.sampler_from_config(config, experiment.plan)
+    predict = trainer.predict_fn(sampler)
+    masked = jnp.full(
+      (batch_size, config.data.seq_len), experiment.task.mask_id, jnp.int32
+    )
+    return lambda key: predict(arrays, {"tokens": masked}, key)
   sampler = dit_family.sampler_from_config(config, experiment.plan)
   sample = dit_family.sample_fn(trainer, sampler)
   labels = jnp.arange(batch_size) % config.data.num_classes
-  sample(labels, jax.random.key(0)).block_until_ready()  # Compile.
+  return lambda key: sample(labels, key)
+
+
+def samples_per_second(config, method: str, batch_size: int, repeats: int):
+  sample = sample_call(config, method, batch_size)
+  sample(jax.random.key(0)).block_until_ready()  # Compile.
   start = time.perf_counter()
   for i in range(repeats):
-    sample(labels, jax.random.key(i + 1)).block_until_ready()
+    sample(jax.random.key(i + 1)).block_until_ready()
   return repeats * batch_size / (time.perf_counter() - start)
 
 
@@ -50,22 +68,33 @@ def main(argv):
   del argv
   config = FLAGS.config
   rates = {
-    method: images_per_second(config, method, FLAGS.batch_size, FLAGS.repeats)
+    method: samples_per_second(config, method, FLAGS.batch_size, FLAGS.repeats)
     for method in ("dblocks", "e2e")
   }
   result = {
     "device": str(jax.devices()[0].device_kind),
+    "family": config.model.name,
     "variant": config.model.get("variant", ""),
     "num_layers": config.model.num_layers,
     "width": config.model.width,
     "num_blocks": config.blocks.num_blocks,
     "num_steps": config.sampler.num_steps,
-    "guidance_scale": config.sampler.guidance_scale,
     "batch_size": FLAGS.batch_size,
-    "images_per_second_blockwise": rates["dblocks"],
-    "images_per_second_end_to_end": rates["e2e"],
-    "speedup": rates["dblocks"] / rates["e2e"],
   }
+  if config.model.name == "mdm":
+    length = config.data.seq_len
+    result.update(
+      seq_len=length,
+      tokens_per_second_blockwise=rates["dblocks"] * length,
+      tokens_per_second_end_to_end=rates["e2e"] * length,
+    )
+  else:
+    result.update(
+      guidance_scale=config.sampler.guidance_scale,
+      images_per_second_blockwise=rates["dblocks"],
+      images_per_second_end_to_end=rates["e2e"],
+    )
+  result["speedup"] = rates["dblocks"] / rates["e2e"]
   print(json.dumps(result, indent=2))
 
 
