@@ -45,6 +45,10 @@ _EXPORTS = {
     "dblocks_jax.tasks.classification",
     "EndToEndClassification",
   ),
+  "MaskedDiffusion": (
+    "dblocks_jax.tasks.masked_diffusion",
+    "MaskedDiffusion",
+  ),
   # Training.
   "Trainer": ("dblocks_jax.trainer", "Trainer"),
   # Layers and the Linen adapter.

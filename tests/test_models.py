@@ -276,6 +276,37 @@ def test_causal_mask_hides_the_future():
   assert not np.allclose(out_x[:, 3:], out_y[:, 3:], atol=1e-4)
 
 
+def test_dot_product_attention_computes_the_einsum_attention():
+  einsum = _attention(5)
+  fused = attention.SelfAttention(
+    24,
+    2,
+    attention_dropout=0.0,
+    dropout=0.0,
+    kind="dot_product",
+    rngs=nnx.Rngs(0),
+  )
+  nnx.update(fused, nnx.state(einsum))
+  x = _normal(0, (3, 5, 24))
+  causal = np.tril(np.ones((5, 5), bool))[None, None]
+  for mask in (None, causal):
+    np.testing.assert_allclose(
+      _call(fused, x, mask=mask),
+      _call(einsum, x, mask=mask),
+      rtol=1e-5,
+      atol=1e-6,
+    )
+  with pytest.raises(ValueError, match="needs kind='einsum'"):
+    attention.SelfAttention(
+      24,
+      2,
+      attention_dropout=0.1,
+      dropout=0.0,
+      kind="dot_product",
+      rngs=nnx.Rngs(0),
+    )
+
+
 def test_layer_stack_remat_matches_plain():
   kw = dict(width=24, num_heads=2, mlp_dim=48, cond_dim=8)
   plain = layers.LayerStack(2, rngs=nnx.Rngs(0), **kw)

@@ -130,9 +130,10 @@ def make_shell(spec: MDMConfig, rngs) -> dict[str, nnx.Module]:
 
 
 def param_count(spec: MDMConfig) -> int:
-  """Trainable parameters, from the module structure: per layer 12 d^2 +
-  13 d (qkv, proj, MLP of ratio 4, adaLN 6d) for mlp_ratio 4; the token
-  and position tables; the timestep MLP; the readout's adaLN and head."""
+  """Trainable parameters, from the module structure: per layer DiT's
+  qkv, projection, MLP and adaLN (18 d^2 + 15 d at mlp_ratio 4); the token
+  (vocab + [MASK]) and position tables; the timestep MLP; the readout's
+  adaLN and vocabulary head."""
   d, m = spec.width, spec.mlp_ratio * spec.width
   layer = (3 * d * d + 3 * d) + (d * d + d) + (2 * d * m + m + d)
   layer += d * 6 * d + 6 * d

@@ -8,12 +8,14 @@ from dblocks_jax.tasks.classification import (
   EndToEndClassification,
 )
 from dblocks_jax.tasks.generation import DiffusionGeneration
+from dblocks_jax.tasks.masked_diffusion import MaskedDiffusion
 
 __all__ = [
   "ClassifierHead",
   "DiffusionClassification",
   "DiffusionGeneration",
   "EndToEndClassification",
+  "MaskedDiffusion",
   "Sampler",
   "Task",
   "accuracy",
