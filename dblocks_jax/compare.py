@@ -3,7 +3,7 @@
 Trains the config's block-wise run in `WORKDIR/dblocks` and its baseline
 (`families.end_to_end_config`: the same model end to end, for the same number
 of layer evaluations) in `WORKDIR/e2e`, each resumable like any run, and
-reports side by side the final evaluation (accuracy or FID), the compiled
+reports side by side the final evaluation (accuracy, FID or BPC), the compiled
 training step's memory (XLA `memory_analysis()` temporaries, the activations
 and gradients a step needs) and the wall time. Writes
 `WORKDIR/compare.json`.
@@ -80,6 +80,8 @@ def _quality(evaluation: dict) -> str:
     return f"{100 * evaluation['accuracy']:.2f}%"
   if "fid" in evaluation:
     return f"FID {evaluation['fid']:.2f}"
+  if "bpc" in evaluation:
+    return f"{evaluation['bpc']:.3f} BPC"
   return "-"
 
 

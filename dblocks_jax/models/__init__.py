@@ -1,3 +1,4 @@
-"""Model families' networks: the ViT classifier, the DiT generator, the SD
-VAE for latent diffusion and the FID Inception-v3 (import the submodule you
-need: `dblocks_jax.models.vit`, `.dit`, `.vae`, `.inception`)."""
+"""Model families' networks: the ViT classifier, the DiT generator, the
+masked-diffusion token DiT, the SD VAE for latent diffusion and the FID
+Inception-v3 (import the submodule you need: `dblocks_jax.models.vit`,
+`.dit`, `.mdm`, `.vae`, `.inception`)."""
