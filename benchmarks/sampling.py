@@ -15,17 +15,22 @@ their ratio.
 
 import copy
 import json
+import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-from absl import app, flags
-from ml_collections import config_flags
+# The config files import `configs.common` from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from dblocks_jax import families
-from dblocks_jax.families import common
-from dblocks_jax.families import dit as dit_family
-from dblocks_jax.families import mdm as mdm_family
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from dblocks_jax import families  # noqa: E402
+from dblocks_jax.families import common  # noqa: E402
+from dblocks_jax.families import dit as dit_family  # noqa: E402
+from dblocks_jax.families import mdm as mdm_family  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A DiT or MDM config.")
 flags.DEFINE_integer("batch_size", 64, "Samples per sampler call.")
