@@ -270,6 +270,13 @@ def test_unknown_schedule_names_its_field(config):
   assert "diffusion.schedule='cubic'" in _build_error(config)
 
 
+def test_a_continuous_sampler_is_refused_before_training(config):
+  experiment = families.get("mdm").build(config)
+  config.sampler.method = "euler"
+  with pytest.raises(ConfigError, match="sampler.method='euler'"):
+    families.get("mdm").evaluator(config, experiment, "/nonexistent")
+
+
 def test_num_t_samples_must_split_over_the_blocks(config):
   experiment = families.get("mdm").build(config)
   config.eval.num_t_samples = 4

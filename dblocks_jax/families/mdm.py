@@ -61,6 +61,11 @@ def masking_from_config(config) -> Masking:
 
 def sampler_from_config(config, plan) -> Sampler:
   s = config.sampler
+  if s.method != "ancestral":
+    raise ConfigError(
+      f"sampler.method={s.method!r} does not sample masked diffusion; set"
+      " sampler.method='ancestral' (MD4's ancestral unmasking)."
+    )
   with errors.config_fields():
     return Sampler.of(plan, s.num_steps, s.grid, s.method)
 
