@@ -320,6 +320,18 @@ def as_end_to_end(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return families.end_to_end_config(c)
 
 
+def _smoke_run(c: ml_collections.ConfigDict, *, eval_batch_size: int) -> None:
+  """The run of every smoke config: B=3 equal blocks, 12 steps of 16
+  examples, logs every 4 steps, a checkpoint every 6."""
+  c.blocks.num_blocks = 3
+  c.blocks.layer_distribution = ()
+  c.total_steps = 12
+  c.batch_size = 16
+  c.eval_batch_size = eval_batch_size
+  c.log_every_steps = 4
+  c.checkpoint_every_steps = 6
+
+
 def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:
   """Tiny and fast: seconds on a CPU, synthetic data of the same shape."""
   c.model.num_layers = 3
@@ -328,13 +340,7 @@ def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:
   c.model.mlp_dim = 48
   c.model.cond_dim = 8
   c.model.frequency_dim = 32
-  c.blocks.num_blocks = 3
-  c.blocks.layer_distribution = ()
-  c.total_steps = 12
-  c.batch_size = 16
-  c.eval_batch_size = 64
-  c.log_every_steps = 4
-  c.checkpoint_every_steps = 6
+  _smoke_run(c, eval_batch_size=64)
   c.optimizer.warmup_steps = 2
   if not keep_data:
     c.data.name = "synthetic"
@@ -388,13 +394,7 @@ def as_dit_smoke(c: ml_collections.ConfigDict, *, keep_data=False) -> None:
   c.model.num_heads = 2
   c.model.frequency_dim = 32
   c.model.patch_size = 4
-  c.blocks.num_blocks = 3
-  c.blocks.layer_distribution = ()
-  c.total_steps = 12
-  c.batch_size = 16
-  c.eval_batch_size = 32
-  c.log_every_steps = 4
-  c.checkpoint_every_steps = 6
+  _smoke_run(c, eval_batch_size=32)
   c.sampler.num_steps = 6
   c.eval.num_samples = 64
   c.eval.feature_network = "none"
@@ -531,13 +531,7 @@ def as_mdm_smoke(c: ml_collections.ConfigDict) -> None:
   c.model.frequency_dim = 32
   c.model.max_seq_len = 32
   c.data.seq_len = 32
-  c.blocks.num_blocks = 3
-  c.blocks.layer_distribution = ()
-  c.total_steps = 12
-  c.batch_size = 16
-  c.eval_batch_size = 32
-  c.log_every_steps = 4
-  c.checkpoint_every_steps = 6
+  _smoke_run(c, eval_batch_size=32)
   c.optimizer.warmup_steps = 2
   c.sampler.num_steps = 8
   c.eval.num_t_samples = 3
