@@ -54,7 +54,7 @@ def sample_call(config, method: str, batch_size: int):
       (batch_size, config.data.seq_len), experiment.task.mask_id, jnp.int32
     )
     return lambda key: predict(arrays, {"tokens": masked}, key)
-  sampler = dit_family.sampler_from_config(config, experiment.plan)
+  sampler = common.sampler_from_config(config, experiment.plan)
   sample = dit_family.sample_fn(trainer, sampler)
   labels = jnp.arange(batch_size) % config.data.num_classes
   return lambda key: sample(labels, key)

@@ -49,6 +49,11 @@ _EXPORTS = {
     "dblocks_jax.tasks.masked_diffusion",
     "MaskedDiffusion",
   ),
+  "NextTokenDiffusion": (
+    "dblocks_jax.tasks.autoregressive",
+    "NextTokenDiffusion",
+  ),
+  "CausalLM": ("dblocks_jax.tasks.autoregressive", "CausalLM"),
   # Training.
   "Trainer": ("dblocks_jax.trainer", "Trainer"),
   # Layers and the Linen adapter.

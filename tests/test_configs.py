@@ -35,6 +35,8 @@ def test_every_config_is_listed():
     "dit_imagenet",
     "mdm_text8",
     "mdm_pydocs",
+    "ar_lm1b",
+    "ar_pydocs",
   }
 
 

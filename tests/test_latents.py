@@ -205,7 +205,7 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
   config.sampler.num_steps = 3  # One per block: a quicker compile.
   exp = families.get("dit").build(config)
   trainer = common.make_trainer(config, exp, None)
-  sampler = dit_family.sampler_from_config(config, exp.plan)
+  sampler = common.sampler_from_config(config, exp.plan)
   sample_fn = dit_family.sample_fn(trainer, sampler)
   network = RecordingFeatures()
   cache = str(tmp_path / "cache")

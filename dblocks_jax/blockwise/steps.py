@@ -29,8 +29,12 @@ LossFn = Callable[..., tuple[jax.Array, tuple[dict, dict]]]
 _PART_KEY = 0x5EED  # Folded into a step's key for the parts' RNG streams.
 
 
-def _batch_size(batch) -> int:
-  return jax.tree.leaves(batch)[0].shape[0]
+def _level_shape(task, batch) -> tuple[int, ...]:
+  """[batch] levels, or the task's `level_shape(batch)` (e.g. one level per
+  token)."""
+  if hasattr(task, "level_shape"):
+    return tuple(task.level_shape(batch))
+  return (jax.tree.leaves(batch)[0].shape[0],)
 
 
 def _merged(defs, arrays, key, train: bool) -> dict:
@@ -46,8 +50,9 @@ def block_loss(
 ) -> LossFn:
   """The DiffusionBlocks loss of one block.
 
-  Draws each example's level from `noise.sample` in the training range of
-  the traced `block_index`, then calls `task.loss(parts, batch, level, key,
+  Draws each example's level (or the `task.level_shape(batch)` levels a
+  task asks for) from `noise.sample` in the training range of the traced
+  `block_index`, then calls `task.loss(parts, batch, level, key,
   train=True)` with the merged shared, block and fixed parts.
 
   Args:
@@ -74,7 +79,7 @@ def block_loss(
     )
     parts = {**_merged(graphdefs.fixed, fixed, None, False), **shared, **block}
     lo, hi = ranges[block_index, 0], ranges[block_index, 1]
-    level = noise.sample(level_key, (_batch_size(batch),), lo, hi)
+    level = noise.sample(level_key, _level_shape(task, batch), lo, hi)
     loss, metrics = task.loss(parts, batch, level, key, train=True)
     return loss, (metrics, _new_rest(shared, block))
 

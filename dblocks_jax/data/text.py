@@ -168,18 +168,40 @@ def assign_splits(sizes: dict[str, int]) -> dict[str, str]:
   return assigned
 
 
-def load_pydocs(root: str = PYDOCS_ROOT) -> Corpus:
-  """The Python docs corpus (see the module docstring)."""
+def read_pydocs(root: str = PYDOCS_ROOT) -> dict[str, str]:
+  """The raw reST sources under `root`: relative path -> text."""
   sources = os.path.join(root, PYDOCS_SOURCES)
   documents = {}
-  mapped = 0
   for relative in pydocs_files(root):
     path = os.path.join(sources, relative)
     try:
       with open(path, encoding="utf-8", errors="replace") as f:
-        text, count = normalize(f.read())
+        documents[relative] = f.read()
     except OSError as e:
       raise DataError(f"{path} cannot be read ({e}); {PYDOCS_FIX}.") from None
+  return documents
+
+
+def pydocs_splits(root: str = PYDOCS_ROOT) -> dict[str, list[str]]:
+  """The raw documents of each split, sorted by path, split as
+  `load_pydocs` splits them (for a tokenizer that keeps the full text)."""
+  raw = read_pydocs(root)
+  normalized = {k: normalize(v)[0].strip() for k, v in raw.items()}
+  kept = {k: v for k, v in normalized.items() if v}
+  assigned = assign_splits({k: len(v) for k, v in kept.items()})
+  splits = {
+    split: [raw[k] for k in sorted(kept) if assigned[k] == split]
+    for split in SPLITS
+  }
+  _check_splits(splits, root)
+  return splits
+
+
+def load_pydocs(root: str = PYDOCS_ROOT) -> Corpus:
+  """The Python docs corpus (see the module docstring)."""
+  documents, mapped = {}, 0
+  for relative, raw in read_pydocs(root).items():
+    text, count = normalize(raw)
     mapped += count
     if text.strip():
       documents[relative] = text.strip()
@@ -190,13 +212,17 @@ def load_pydocs(root: str = PYDOCS_ROOT) -> Corpus:
     )
     for split in SPLITS
   }
-  for split, ids in splits.items():
-    if not len(ids):
+  _check_splits(splits, root)
+  return _report(Corpus(splits, root, mapped))
+
+
+def _check_splits(splits, root: str) -> None:
+  for split, content in splits.items():
+    if not len(content):
       raise DataError(
         f"the Python docs in {root} leave the {split} split empty (too few"
         f" files); {PYDOCS_FIX}."
       )
-  return _report(Corpus(splits, root, mapped))
 
 
 def _report(corpus: Corpus) -> Corpus:

@@ -19,6 +19,7 @@ _BUILT_IN = {
   "vit": "dblocks_jax.families.vit",
   "dit": "dblocks_jax.families.dit",
   "mdm": "dblocks_jax.families.mdm",
+  "ar": "dblocks_jax.families.ar",
 }
 _REGISTRY: dict[str, Family] = {}
 

@@ -12,6 +12,7 @@ from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.diffusion.process import EDM
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.families.base import METHODS, Experiment
+from dblocks_jax.tasks.base import Sampler
 
 OPTIMIZERS = ("adamw",)
 LR_SCHEDULES = ("cosine", "constant")
@@ -70,6 +71,13 @@ def plan_from_config(
       layer_distribution=tuple(b.layer_distribution),
       boundaries=tuple(b.boundaries) or None,
     )
+
+
+def sampler_from_config(config, plan) -> Sampler:
+  """The routed sampler of `config.sampler` over `plan`'s grid."""
+  s = config.sampler
+  with errors.config_fields():
+    return Sampler.of(plan, s.num_steps, s.grid, s.method)
 
 
 def blockwise_model(

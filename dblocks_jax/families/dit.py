@@ -33,12 +33,6 @@ def model_config(config) -> dit.DiTConfig:
   )
 
 
-def sampler_from_config(config, plan) -> Sampler:
-  s = config.sampler
-  with errors.config_fields():
-    return Sampler.of(plan, s.num_steps, s.grid, s.method)
-
-
 class DiTFamily:
   """DiT generation: see the module docstring."""
 
@@ -84,7 +78,7 @@ class DiTFamily:
     from dblocks_jax.evaluate import features
 
     common.check_image_data(config)
-    sampler = sampler_from_config(config, experiment.plan)
+    sampler = common.sampler_from_config(config, experiment.plan)
     feature_network = features.from_config(config)
     cache_dir = config.eval.reference_cache_dir or os.path.join(
       workdir, "fid_reference"
@@ -117,7 +111,7 @@ class DiTFamily:
 
     from dblocks_jax import evaluate
 
-    sampler = sampler_from_config(config, experiment.plan)
+    sampler = common.sampler_from_config(config, experiment.plan)
     s = config.sample
     labels = (
       np.asarray(s.labels, np.int32)

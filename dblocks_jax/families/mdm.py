@@ -66,8 +66,7 @@ def sampler_from_config(config, plan) -> Sampler:
       f"sampler.method={s.method!r} does not sample masked diffusion; set"
       " sampler.method='ancestral' (MD4's ancestral unmasking)."
     )
-  with errors.config_fields():
-    return Sampler.of(plan, s.num_steps, s.grid, s.method)
+  return common.sampler_from_config(config, plan)
 
 
 def corpus_from_config(config):

@@ -12,7 +12,6 @@ from dblocks_jax import errors
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import vit
-from dblocks_jax.tasks.base import Sampler
 from dblocks_jax.tasks.classification import (
   DiffusionClassification,
   EndToEndClassification,
@@ -38,12 +37,6 @@ def model_config(config) -> vit.ViTConfig:
       readout_token=m.readout_token,
       remat=m.remat,
     )
-
-
-def sampler_from_config(config, plan) -> Sampler:
-  s = config.sampler
-  with errors.config_fields():
-    return Sampler.of(plan, s.num_steps, s.grid, s.method)
 
 
 class ViTFamily:
@@ -114,7 +107,7 @@ class ViTFamily:
     common.check_image_data(config)
     sampler = None
     if experiment.blockwise:
-      sampler = sampler_from_config(config, experiment.plan)
+      sampler = common.sampler_from_config(config, experiment.plan)
     options = common.data_options(config)
 
     def evaluate(trainer) -> dict:

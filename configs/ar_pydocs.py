@@ -1,0 +1,51 @@
+"""Autoregressive LM on the Python docs: the CPU-sized comparison.
+
+The English reStructuredText sources of the Python documentation (Debian
+package python3.11-doc, offline) as raw text, split 90/5/5 by whole
+documents like the masked-diffusion corpus, tokenised by a 2,048-piece BPE
+trained on the training split (3,875,713 training tokens). A Llama-style
+transformer of 8 layers, width 128, 4 heads, SwiGLU 352, over 64-token
+windows; B=4 blocks of 2 layers, gamma 0.1; batch 32, AdamW 1e-3 after 200
+warm-up steps. Durations count baseline steps: the block-wise run takes B x
+the steps, each through one block (the same layer evaluations).
+
+  apt-get install python3.11-doc
+  python -m dblocks_jax.main --config=configs/ar_pydocs.py --workdir=runs/ar_pydocs
+  python -m dblocks_jax.main --config=configs/ar_pydocs.py:e2e --workdir=runs/ar_pydocs_e2e
+
+Evaluation: next-token accuracy on the first 1,024 test windows; 64
+held-out prompts of 32 tokens, 5 continuations of 32 tokens each.
+
+Arguments: smoke (a tiny model, seconds), e2e (the AR baseline: the same
+layer evaluations), steps=N (baseline steps; default 3,000).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, smoke=False, e2e=False, steps=3000)
+  c = common.ar_language(
+    corpus="pydocs",
+    num_train_tokens=3_875_713,
+    vocab_size=2048,
+    num_layers=8,
+    width=128,
+    num_heads=4,
+    mlp_dim=352,
+    seq_len=64,
+    num_blocks=4,
+    epochs=1,
+    batch_size=32,
+    learning_rate=1e-3,
+    warmup_steps=200,
+  )
+  c.total_steps = args.steps * c.blocks.num_blocks
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 500
+  c.eval.max_sequences = 1024
+  if args.smoke:
+    common.as_ar_smoke(c)
+  if args.e2e:
+    c = common.as_end_to_end(c)
+  return c

@@ -1,0 +1,452 @@
+"""The autoregressive LM family (method_spec 2.4): config -> experiment.
+
+dblocks: the Llama-style next-token denoiser (`models.ar`) split into
+blocks, trained on the 2T layout by `NextTokenDiffusion`; the token table is
+trained with the shared parts (`shared`) or fixed from its own seed
+(`independent`). e2e: the plain Llama LM of the same size (`CausalLM`).
+
+Data: a token stream per split, cut into windows of `data.seq_len`.
+  pydocs  the Python docs (python3.11-doc) as raw text, split by whole
+          documents as the masked-diffusion corpus is, tokenised by a BPE of
+          `model.vocab_size` pieces trained on the training split (or the
+          SentencePiece model at `data.tokenizer`); written to the workdir.
+  lm1b    LM1B through TFDS, each sentence prefixed with the tokenizer's BOS
+          and packed; `data.tokenizer` must name a SentencePiece model (the
+          paper uses Llama-2's 32K tokenizer, which cannot be bundled).
+
+Evaluation (`eval.json`):
+  * next-token accuracy over positions 1..T-1 of the first
+    `eval.max_sequences` windows of `data.eval_split` (DiffusionBlocks: the
+    argmax at the end of the routed chain, teacher-forced);
+  * continuations: `eval.num_prompts` held-out prompts of
+    `eval.prompt_length` tokens (windows spread evenly over the split),
+    `eval.samples_per_prompt` continuations of `eval.continuation_length`
+    tokens each (DiffusionBlocks greedy per chain, the baseline top-p), with
+    the true continuation as the reference, to `samples/step_<N>.jsonl`.
+"""
+
+import functools
+import json
+import os
+
+import numpy as np
+
+from dblocks_jax import errors
+from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.families import common
+from dblocks_jax.families.base import Experiment
+from dblocks_jax.models import ar
+from dblocks_jax.tasks.autoregressive import CausalLM, NextTokenDiffusion
+
+CORPORA = ("pydocs", "lm1b")
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def model_config(config) -> ar.ARConfig:
+  """`config.model` as the LM's explicit hyper-parameters."""
+  m = config.model
+  if config.data.seq_len > m.max_seq_len:
+    raise ConfigError(
+      f"data.seq_len={config.data.seq_len} is longer than the context"
+      f" (model.max_seq_len={m.max_seq_len}); lower data.seq_len or raise"
+      " model.max_seq_len."
+    )
+  return ar.ARConfig(
+    vocab_size=m.vocab_size,
+    max_seq_len=m.max_seq_len,
+    num_layers=m.num_layers,
+    width=m.width,
+    num_heads=m.num_heads,
+    mlp_dim=m.mlp_dim,
+    cond_dim=m.cond_dim,
+    frequency_dim=m.frequency_dim,
+    norm_eps=m.norm_eps,
+    rope_theta=m.rope_theta,
+    remat=m.remat,
+  )
+
+
+class TokenCorpus:
+  """A tokenizer and the token ids of each split ([tokens] int32)."""
+
+  def __init__(self, tokenizer, splits: dict[str, np.ndarray]):
+    self.tokenizer, self.splits = tokenizer, splits
+
+  def split(self, name: str, field: str = "data.eval_split") -> np.ndarray:
+    if name not in self.splits:
+      raise ConfigError(
+        f"{field}={name!r} is unknown; choose one of {tuple(self.splits)}."
+      )
+    return self.splits[name]
+
+
+def corpus_from_config(config) -> TokenCorpus:
+  """The tokenised corpus of `config.data` (built once per process)."""
+  d = config.data
+  common.check_choice(d.name, CORPORA, "data.name")
+  return _corpus(d.name, d.dir, d.tokenizer, config.model.vocab_size)
+
+
+@functools.cache
+def _corpus(name: str, folder: str, tokenizer_path: str, vocab_size: int):
+  from absl import logging
+
+  from dblocks_jax.data import text
+  from dblocks_jax.data import tokenizer as tokenizers
+
+  if name == "lm1b":
+    if not tokenizer_path:
+      raise DataError(
+        "data.tokenizer is empty; LM1B needs a SentencePiece model (the"
+        " paper uses Llama-2's 32K tokenizer, which cannot be bundled): set"
+        " data.tokenizer=/path/to/tokenizer.model."
+      )
+    tok = tokenizers.load(tokenizer_path)
+    tokenizers.check_vocab(tok, vocab_size)
+    splits = {
+      split: _lm1b_ids(folder, split, tok) for split in ("train", "test")
+    }
+    return TokenCorpus(tok, splits)
+  documents = text.pydocs_splits(folder or text.PYDOCS_ROOT)
+  if tokenizer_path:
+    tok = tokenizers.load(tokenizer_path)
+  else:
+    tok = tokenizers.train_bpe(
+      documents["train"], vocab_size, source="the Python docs' train split"
+    )
+  tokenizers.check_vocab(tok, vocab_size)
+  splits = {
+    split: np.concatenate([np.asarray(ids, np.int32) for ids in tok.encode(d)])
+    for split, d in documents.items()
+  }
+  logging.info(
+    "Python docs tokenised (%d pieces): %s tokens",
+    tok.vocab_size,
+    ", ".join(f"{k} {len(v):,}" for k, v in splits.items()),
+  )
+  return TokenCorpus(tok, splits)
+
+
+def _lm1b_ids(folder: str, split: str, tok) -> np.ndarray:
+  """LM1B's `split` from TFDS, each sentence BOS-prefixed, packed."""
+  import tensorflow_datasets as tfds
+
+  try:
+    dataset = tfds.load("lm1b", split=split, data_dir=folder or None)
+  except Exception as e:  # noqa: BLE001 - TFDS raises many kinds.
+    raise DataError(
+      f"LM1B's {split} split cannot be loaded from data.dir={folder!r}"
+      f" ({type(e).__name__}: {e}); prepare it with `tfds build lm1b"
+      " --data_dir=DIR` and set data.dir=DIR."
+    ) from None
+  bos = [tok.bos_id] if tok.bos_id >= 0 else []
+  pieces, batch = [], []
+  for example in tfds.as_numpy(dataset):
+    batch.append(example["text"].decode("utf-8"))
+    if len(batch) == 4096:
+      pieces.extend(bos + ids for ids in tok.encode(batch))
+      batch = []
+  pieces.extend(bos + ids for ids in tok.encode(batch))
+  return np.fromiter((i for ids in pieces for i in ids), np.int32)
+
+
+class ARFamily:
+  """Autoregressive language modelling: see the module docstring."""
+
+  def build(self, config, *, held_blocks=None) -> Experiment:
+    from flax import nnx
+
+    method = common.check_method(config)
+    common.check_parallel(config)
+    spec = model_config(config)
+    if method == "e2e":
+      network = ar.LlamaLM(spec, rngs=nnx.Rngs(params=config.seed))
+      model = common.BlockwiseModel.end_to_end({"model": network})
+      with errors.config_fields({"top_p": "sampler.top_p"}):
+        task = CausalLM(top_p=config.sampler.top_p)
+      return Experiment("e2e", model, task, None)
+
+    plan = common.plan_from_config(config)
+    shared_mode = config.blocks.sharing == "shared"
+
+    def shell(rngs):
+      parts = ar.make_shell(spec, rngs)
+      if shared_mode:
+        parts["targets"] = ar.make_targets(spec, trainable=True, rngs=rngs)
+      return parts
+
+    def fixed(rngs):
+      return {"targets": ar.make_targets(spec, trainable=False, rngs=rngs)}
+
+    model = common.blockwise_model(
+      config,
+      plan,
+      shell=shell,
+      layers=lambda n, rngs: ar.make_layers(spec, n, rngs),
+      fixed=None if shared_mode else fixed,
+      held_blocks=held_blocks,
+    )
+    d, s = config.diffusion, config.sampler
+    fields = {
+      "sigma_per": "diffusion.sigma_per",
+      "estimate": "sampler.estimate",
+    }
+    with errors.config_fields(fields):
+      task = NextTokenDiffusion(
+        sigma_data=d.sigma_data,
+        max_weight=d.max_weight,
+        sigma_per=d.sigma_per,
+        estimate=s.estimate,
+        normalized_table=s.normalized_table,
+      )
+    return Experiment("dblocks", model, task, plan)
+
+  def train_data(self, config, specs) -> dict:
+    from dblocks_jax.data import sequences
+
+    ids = corpus_from_config(config).split("train", "data.train_split")
+    return {
+      stream: sequences.train_iterator(
+        ids,
+        seq_len=config.data.seq_len,
+        batch_size=batch_size,
+        seed=seed,
+        shard=shard,
+      )
+      for stream, (seed, batch_size, shard) in specs.items()
+    }
+
+  def batch_spec(self, config) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    shape = (config.batch_size, config.data.seq_len)
+    return {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32)}
+
+  def evaluator(self, config, experiment, workdir):
+    """Next-token accuracy and continuations (see the module docstring)."""
+    corpus = corpus_from_config(config)
+    ids = corpus.split(config.data.eval_split)
+    prompts, references = held_out_prompts(config, ids)
+    sampler = None
+    if experiment.blockwise:
+      sampler = common.sampler_from_config(config, experiment.plan)
+
+    def run(trainer) -> dict:
+      os.makedirs(workdir, exist_ok=True)
+      corpus.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+      result = next_token_accuracy(trainer, config, ids, sampler)
+      if len(prompts):
+        result.update(
+          write_continuations(
+            trainer,
+            config,
+            sampler,
+            prompts,
+            references,
+            corpus.tokenizer,
+            workdir,
+          )
+        )
+      result["split"] = config.data.eval_split
+      result["inference_steps"] = sampler.num_steps if sampler else 1
+      return result
+
+    return run
+
+  def describe(self, result) -> str:
+    line = (
+      f"next-token accuracy: {result['accuracy']:.4f} ({result['method']},"
+      f" step {result['step']}, {result['num_tokens']:,} {result['split']}"
+      f" tokens, {result['inference_steps']} inference steps)"
+    )
+    if "samples" in result:
+      line += (
+        f"; {result['num_continuations']} continuations in {result['samples']}"
+      )
+    return line
+
+  def write_samples(self, config, experiment, trainer, workdir) -> dict:
+    """`--mode=sample`: continuations of held-out prompts (the `eval.*`
+    prompt settings, `sample.seed`) to `samples/step_<N>.jsonl`."""
+    corpus = corpus_from_config(config)
+    ids = corpus.split(config.data.eval_split)
+    prompts, references = held_out_prompts(config, ids)
+    if not len(prompts):
+      raise ConfigError("eval.num_prompts=0: set it to at least 1 to sample.")
+    sampler = None
+    if experiment.blockwise:
+      sampler = common.sampler_from_config(config, experiment.plan)
+    out = write_continuations(
+      trainer,
+      config,
+      sampler,
+      prompts,
+      references,
+      corpus.tokenizer,
+      workdir,
+      seed=config.sample.seed,
+    )
+    out.update(
+      step=trainer.step_count,
+      inference_steps=sampler.num_steps if sampler else 1,
+      seed=int(config.sample.seed),
+    )
+    return out
+
+  def describe_samples(self, result) -> str:
+    return (
+      f"samples: {result['num_continuations']} continuations of"
+      f" {result['num_prompts']} prompts at step {result['step']}; wrote"
+      f" {result['samples']}"
+    )
+
+
+def held_out_prompts(config, ids: np.ndarray):
+  """`eval.num_prompts` windows of prompt + continuation length spread
+  evenly over the split -> (prompts [n, prompt_length], references [n,
+  continuation_length])."""
+  e = config.eval
+  if e.num_prompts < 0:
+    raise ConfigError(f"eval.num_prompts={e.num_prompts} must be >= 0.")
+  if e.num_prompts and (e.prompt_length < 1 or e.continuation_length < 1):
+    raise ConfigError(
+      f"eval.prompt_length={e.prompt_length} and eval.continuation_length="
+      f"{e.continuation_length} must be at least 1."
+    )
+  length = e.prompt_length + e.continuation_length
+  if e.num_prompts and length > config.model.max_seq_len:
+    raise ConfigError(
+      f"a prompt of eval.prompt_length={e.prompt_length} tokens and its"
+      f" eval.continuation_length={e.continuation_length}-token continuation"
+      f" exceed the context (model.max_seq_len={config.model.max_seq_len});"
+      " shorten either."
+    )
+  if not e.num_prompts:
+    empty = np.zeros((0, 1), np.int32)
+    return empty, empty
+  from dblocks_jax.data import text
+
+  windows = text.chunk(ids, length, name=config.data.eval_split)
+  if len(windows) < e.num_prompts:
+    raise DataError(
+      f"the {config.data.eval_split} split holds {len(windows)} windows of"
+      f" {length} tokens, fewer than eval.num_prompts={e.num_prompts};"
+      " lower eval.num_prompts or the lengths."
+    )
+  picked = np.linspace(0, len(windows) - 1, e.num_prompts).astype(int)
+  windows = windows[picked].astype(np.int32)
+  return windows[:, : e.prompt_length], windows[:, e.prompt_length :]
+
+
+def next_token_accuracy(trainer, config, ids, sampler) -> dict:
+  from dblocks_jax.data import sequences
+
+  if config.eval.max_sequences:
+    ids = ids[: config.eval.max_sequences * config.data.seq_len]
+  batches = sequences.eval_batches(
+    ids,
+    seq_len=config.data.seq_len,
+    batch_size=config.eval_batch_size,
+    name=config.data.eval_split,
+  )
+  return trainer.evaluate(batches, sampler=sampler)
+
+
+def generate_fn(trainer, sampler, *, num_tokens: int, use_cache: bool = True):
+  """The jitted `generate(arrays, prompt [b, P], key) -> [b, P + n]`."""
+  import jax
+
+  from dblocks_jax.blockwise import inference
+
+  task, graphdefs = trainer.task, trainer.graphdefs
+
+  @jax.jit
+  def generate(arrays, prompt, key):
+    return task.generate(
+      inference.parts_for_block_fn(graphdefs, arrays),
+      prompt,
+      key,
+      sampler=sampler,
+      num_tokens=num_tokens,
+      use_cache=use_cache,
+    )
+
+  return generate
+
+
+def continuations(
+  trainer, sampler, prompts, *, num_tokens, samples_per_prompt, batch_size, seed
+) -> np.ndarray:
+  """[prompts, samples_per_prompt, num_tokens] generated ids."""
+  import jax
+
+  generate = generate_fn(trainer, sampler, num_tokens=num_tokens)
+  rows = np.repeat(prompts, samples_per_prompt, axis=0)
+  arrays, key = trainer.arrays(), jax.random.key(seed)
+  out = []
+  for i, start in enumerate(range(0, len(rows), batch_size)):
+    chunk = rows[start : start + batch_size]
+    pad = batch_size - len(chunk)
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    tokens = generate(arrays, padded, jax.random.fold_in(key, i))
+    out.append(np.asarray(tokens)[: len(chunk), prompts.shape[1] :])
+  return np.concatenate(out).reshape(len(prompts), samples_per_prompt, -1)
+
+
+def write_continuations(
+  trainer,
+  config,
+  sampler,
+  prompts,
+  references,
+  tokenizer,
+  workdir,
+  *,
+  seed=None,
+) -> dict:
+  """Generates and writes `samples/step_<N>.jsonl`: one line per
+  continuation with the prompt, the continuation and the reference, as
+  text and ids."""
+  e = config.eval
+  generated = continuations(
+    trainer,
+    sampler,
+    prompts,
+    num_tokens=e.continuation_length,
+    samples_per_prompt=e.samples_per_prompt,
+    batch_size=config.eval_batch_size,
+    seed=e.seed if seed is None else seed,
+  )
+  folder = os.path.join(workdir, "samples")
+  os.makedirs(folder, exist_ok=True)
+  path = os.path.join(folder, f"step_{trainer.step_count}.jsonl")
+  with open(path, "w") as f:
+    for p, (prompt, reference) in enumerate(
+      zip(prompts, references, strict=True)
+    ):
+      for s, continuation in enumerate(generated[p]):
+        line = {
+          "prompt_index": p,
+          "sample": s,
+          "prompt": tokenizer.decode(prompt),
+          "continuation": tokenizer.decode(continuation),
+          "reference": tokenizer.decode(reference),
+          "prompt_ids": prompt.tolist(),
+          "continuation_ids": continuation.tolist(),
+          "reference_ids": reference.tolist(),
+        }
+        f.write(json.dumps(line) + "\n")
+  return {
+    "samples": path,
+    "num_prompts": len(prompts),
+    "num_continuations": int(generated.shape[0] * generated.shape[1]),
+    "prompt_length": int(prompts.shape[1]),
+    "continuation_length": int(e.continuation_length),
+    "decoding": (
+      "greedy" if sampler is not None else f"top-p {config.sampler.top_p}"
+    ),
+  }
+
+
+FAMILY = ARFamily()

@@ -1,0 +1,211 @@
+"""The autoregressive language models (method_spec 2.4): a Llama-style
+transformer, as DiffusionBlocks' next-token denoiser and as the baseline.
+
+DiffusionBlocks (parts, as the block-wise engine splits them):
+  targets      the token table E [vocab, width]; its L2-normalised rows are
+               the diffusion targets y and, divided by sigma_data, the
+               clean context tokens (c_in(0) y: what a noisy token becomes
+               at sigma = 0)
+  noise_embed  c_noise(sigma) -> sinusoid -> MLP: a noisy token's condition
+  context      a learned condition vector of the clean tokens, so that
+               their keys and values never depend on a sigma (the KV cache)
+  layers       one block's Llama layers, AdaLN-Zero per token
+  readout      RMSNorm -> F; D = c_skip z + c_out F (EDM); adaLN(D) ->
+               Linear to the vocabulary (zero initialised, untied from E)
+
+Baseline (`LlamaLM`): a learned N(0, 0.02) token embedding, the same layers
+without conditioning, a final RMSNorm and an untied linear head; plain
+next-token cross-entropy under a causal mask.
+
+Shapes: tokens [batch, length] int, z [batch, length, width], sigma
+[batch, length], logits [batch, length, vocab].
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from dblocks_jax.diffusion import edm
+from dblocks_jax.nn import embed, init, llama
+
+
+@dataclasses.dataclass(frozen=True)
+class ARConfig:
+  """The Llama-style LM's hyper-parameters.
+
+  Attributes:
+    vocab_size: tokenizer vocabulary.
+    max_seq_len: the longest context (prompt + generated tokens); RoPE has
+      no table, this bounds what generation accepts.
+    num_layers: depth.
+    width: hidden size (and the diffusion space of DiffusionBlocks).
+    num_heads: attention heads.
+    mlp_dim: SwiGLU hidden size.
+    cond_dim: width of the noise-level condition.
+    frequency_dim: sinusoid size of the noise-level embedder.
+    norm_eps: RMSNorm epsilon.
+    rope_theta: RoPE base.
+    remat: rematerialise every layer in backward.
+  """
+
+  vocab_size: int = 32000
+  max_seq_len: int = 256
+  num_layers: int = 12
+  width: int = 768
+  num_heads: int = 12
+  mlp_dim: int = 2048
+  cond_dim: int = 768
+  frequency_dim: int = 256
+  norm_eps: float = 1e-6
+  rope_theta: float = 10000.0
+  remat: bool = False
+
+  def check_length(self, length: int, what: str = "the context") -> None:
+    if length > self.max_seq_len:
+      raise ValueError(
+        f"{what} holds {length} tokens, more than model.max_seq_len="
+        f"{self.max_seq_len}; shorten the prompt or the continuation, or"
+        " raise model.max_seq_len."
+      )
+
+
+def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
+  """`num_layers` Llama layers (AdaLN-Zero on the noise level when
+  `conditioned`)."""
+  return llama.LlamaStack(
+    num_layers,
+    width=spec.width,
+    num_heads=spec.num_heads,
+    mlp_dim=spec.mlp_dim,
+    cond_dim=spec.cond_dim if conditioned else None,
+    norm_eps=spec.norm_eps,
+    rope_theta=spec.rope_theta,
+    remat=spec.remat,
+    rngs=rngs,
+  )
+
+
+class ContextCondition(nnx.Module):
+  """The condition of the clean context tokens: one learned vector,
+  N(0, 0.02), broadcast to [batch, tokens, cond_dim]."""
+
+  def __init__(self, cond_dim: int, *, rngs):
+    self.vector = nnx.Param(init.NORMAL_002(rngs.params(), (cond_dim,)))
+
+  def __call__(self, batch: int, tokens: int) -> jax.Array:
+    vector = self.vector[...]
+    return jnp.broadcast_to(vector, (batch, tokens) + vector.shape)
+
+
+class DenoiserReadout(nnx.Module):
+  """(h [b, t, width], z, sigma [b, t], cond [b, t, c]) -> (logits
+  [b, t, vocab], D [b, t, width])."""
+
+  def __init__(
+    self, width: int, cond_dim: int, vocab_size: int, *, norm_eps, rngs
+  ):
+    self.norm = nnx.RMSNorm(width, epsilon=norm_eps, rngs=rngs)
+    self.adaln = init.linear(cond_dim, 2 * width, zero=True, rngs=rngs)
+    self.head = init.linear(width, vocab_size, zero=True, rngs=rngs)
+
+  def __call__(self, h, z, sigma, cond, *, sigma_data: float):
+    denoised = edm.denoised(z, self.norm(h), sigma, sigma_data)
+    shift, scale = jnp.split(self.adaln(jax.nn.silu(cond)), 2, -1)
+    return self.head(denoised * (1 + scale) + shift), denoised
+
+
+def make_shell(spec: ARConfig, rngs) -> dict[str, nnx.Module]:
+  """The DiffusionBlocks parts outside the layers, minus the token table."""
+  return {
+    "noise_embed": embed.NoiseLevelEmbedder(
+      spec.cond_dim, frequency_dim=spec.frequency_dim, rngs=rngs
+    ),
+    "context": ContextCondition(spec.cond_dim, rngs=rngs),
+    "readout": DenoiserReadout(
+      spec.width,
+      spec.cond_dim,
+      spec.vocab_size,
+      norm_eps=spec.norm_eps,
+      rngs=rngs,
+    ),
+  }
+
+
+def make_targets(spec: ARConfig, *, trainable: bool, rngs):
+  return embed.TargetTable(
+    spec.vocab_size, spec.width, trainable=trainable, rngs=rngs
+  )
+
+
+class LlamaLM(nnx.Module):
+  """The autoregressive baseline: tokens [b, t] -> logits [b, t, vocab],
+  row i predicting token i + 1."""
+
+  def __init__(self, spec: ARConfig, *, rngs: nnx.Rngs):
+    self.spec = spec
+    self.embed = nnx.Param(
+      init.NORMAL_002(rngs.params(), (spec.vocab_size, spec.width))
+    )
+    self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
+    self.norm = nnx.RMSNorm(spec.width, epsilon=spec.norm_eps, rngs=rngs)
+    self.head = init.linear(
+      spec.width,
+      spec.vocab_size,
+      use_bias=False,
+      kernel_init=init.NORMAL_002,
+      rngs=rngs,
+    )
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    length = tokens.shape[1]
+    h = self.layers(
+      self.embed[...][tokens],
+      positions=jnp.arange(length),
+      mask=causal_mask(length),
+    )
+    return self.head(self.norm(h))
+
+  def prefill(self, tokens: jax.Array):
+    """tokens [b, t] -> (logits [b, t, vocab], [(keys, values)] per layer)."""
+    length = tokens.shape[1]
+    h, kvs = self.layers.prefill(
+      self.embed[...][tokens],
+      positions=jnp.arange(length),
+      mask=causal_mask(length),
+    )
+    return self.head(self.norm(h)), kvs
+
+  def decode(self, token: jax.Array, position, prefixes):
+    """token [b, 1] at `position` against the cache -> (logits [b, 1,
+    vocab], [(keys, values)] of the token per layer)."""
+    h, kvs = self.layers.decode(
+      self.embed[...][token],
+      None,
+      positions=jnp.reshape(position, (1,)),
+      prefixes=prefixes,
+    )
+    return self.head(self.norm(h)), kvs
+
+
+def causal_mask(length: int) -> jax.Array:
+  """[1, 1, length, length]: token i attends to tokens j <= i."""
+  return jnp.tril(jnp.ones((length, length), bool))[None, None]
+
+
+def param_count(spec: ARConfig, *, blockwise: bool) -> int:
+  """Trainable parameters from the module structure (shared sharing mode
+  for DiffusionBlocks: one token table, embedder, context and readout).
+
+  A layer holds qkv and output projections (4 d^2), SwiGLU (3 d m) and two
+  RMSNorm scales (2 d); conditioned, also its adaLN (c x 6d + 6d).
+  """
+  d, m, c, v = spec.width, spec.mlp_dim, spec.cond_dim, spec.vocab_size
+  layer = 4 * d * d + 3 * d * m + 2 * d
+  if not blockwise:
+    return spec.num_layers * layer + v * d + d + d * v
+  layer += c * 6 * d + 6 * d
+  embedder = spec.frequency_dim * c + c + c * c + c
+  readout = d + c * 2 * d + 2 * d + d * v + v
+  return spec.num_layers * layer + v * d + embedder + c + readout

@@ -1,0 +1,452 @@
+"""Autoregressive language modelling (method_spec 2.4) as tasks.
+
+DiffusionBlocks (`NextTokenDiffusion`): each next token is denoised in the
+space of its L2-normalised embedding, y_i = normalize(E[token_i]),
+z_i = y_i + sigma_i eps, conditioned on the clean tokens before it. Training
+runs the noisy and the clean sequence as one 2T-token sequence
+[noisy_0 .. noisy_{T-1} | clean_0 .. clean_{T-1}] under the block-diffusion
+mask at block size 1 (`two_stream_mask`):
+
+  noisy_i attends to itself and to clean_j for j < i;
+  clean_i attends to clean_j for j <= i;
+  noisy_i and clean_i share the rotary position i.
+
+The loss is w(sigma) x CE(logits at noisy_i, token_i) over i >= 1, with
+EDM's weight (the official weighted cross-entropy). Position 0 has no
+context and is not a target, as in the baseline.
+
+Decisions the paper leaves open (method_spec 2.4), each documented:
+  * sigma per token (default: every noisy token draws its own level in the
+    block's range, as Block Diffusion draws one t per block of size 1) or
+    per sequence (`sigma_per="sequence"`);
+  * clean tokens are NOT sigma-modulated: they carry a learned context
+    condition (`models.ar.ContextCondition`), so their keys and values
+    are the same at every noise level and generation can cache them;
+  * clean tokens enter as c_in(0) y_j = y_j / sigma_data, the normalised
+    target rows (the paper's "clean token embeddings z_<i"), so a clean
+    token is what a noisy one becomes at sigma = 0;
+  * no BOS token is added: position 0 of every window is context only;
+  * the vocabulary head is untied from the token table (as the official
+    ViT's classifier is from its label table).
+
+Inference (`predict`, `generate`): routed Euler from z ~ N(0, sigma_max^2 I)
+over the sampler's grid, the denoised estimate softmax(logits) @ E
+(`estimate="soft"`) or the row of the argmax (`"hard"`), the table's
+normalised rows by default (`normalized_table`); the final evaluation's
+argmax is the token. `predict` runs the chain for every position at once
+under teacher forcing (next-token accuracy); `generate` appends tokens one
+by one, with the clean prefix's keys and values cached per block.
+
+Baseline (`CausalLM`): plain next-token cross-entropy; generation samples
+with top-p (nucleus) sampling.
+
+Shapes: tokens [batch, length] int; logits [batch, length, vocab] with row
+i predicting token i from tokens < i (row 0 has no context).
+"""
+
+import dataclasses
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from dblocks_jax import diffusion
+from dblocks_jax.diffusion import edm
+from dblocks_jax.models.ar import causal_mask
+
+ESTIMATES = ("soft", "hard")
+SIGMA_PER = ("token", "sequence")
+
+
+def two_stream_mask(length: int) -> jax.Array:
+  """[1, 1, 2 length, 2 length] bool, True = attend: rows and columns are
+  [noisy_0 .. noisy_{T-1} | clean_0 .. clean_{T-1}] (see the module
+  docstring)."""
+  i = jnp.arange(length)[:, None]
+  j = jnp.arange(length)[None, :]
+  noisy_rows = jnp.concatenate([i == j, j < i], axis=1)
+  clean_rows = jnp.concatenate([jnp.zeros_like(i == j), j <= i], axis=1)
+  return jnp.concatenate([noisy_rows, clean_rows], axis=0)[None, None]
+
+
+def noise_condition(parts, sigma: jax.Array) -> jax.Array:
+  """sigma [b, t] -> the noisy tokens' condition [b, t, cond_dim]."""
+  flat = parts["noise_embed"](edm.c_noise(sigma.reshape(-1)))
+  return flat.reshape(sigma.shape + flat.shape[-1:])
+
+
+def clean_inputs(parts, tokens: jax.Array, sigma_data: float) -> jax.Array:
+  """tokens [b, t] -> c_in(0) y = normalize(E[token]) / sigma_data."""
+  return parts["targets"](tokens) / sigma_data
+
+
+def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
+  """The block's denoiser on the 2T layout.
+
+  Parts: targets, noise_embed, context, layers, readout (`models.ar`).
+
+  Args:
+    tokens: [b, T] the clean sequence.
+    z: [b, T, width] noisy target embeddings.
+    sigma: [b, T] their noise levels.
+
+  Returns:
+    logits [b, T, vocab] and D [b, T, width] at the noisy positions.
+  """
+  batch, length = tokens.shape
+  noisy_cond = noise_condition(parts, sigma)
+  cond = jnp.concatenate([noisy_cond, parts["context"](batch, length)], 1)
+  noisy = edm.c_in(sigma, sigma_data)[..., None] * z
+  h = jnp.concatenate([noisy, clean_inputs(parts, tokens, sigma_data)], 1)
+  positions = jnp.tile(jnp.arange(length), 2)
+  h = parts["layers"](
+    h, cond, positions=positions, mask=two_stream_mask(length)
+  )
+  return parts["readout"](
+    h[:, :length], z, sigma, noisy_cond, sigma_data=sigma_data
+  )
+
+
+def next_token_accuracy(predict, batches: Iterable, key) -> dict:
+  """Accuracy of the argmax of `predict(batch, key)` logits [b, T, vocab]
+  at positions 1..T-1 of the rows whose `mask` is True."""
+  correct, total = 0, 0
+  for i, batch in enumerate(batches):
+    logits = np.asarray(predict(batch, jax.random.fold_in(key, i)))
+    tokens = np.asarray(batch["tokens"])
+    mask = np.asarray(batch.get("mask", np.ones(len(tokens), bool)), bool)
+    hits = np.argmax(logits[:, 1:], -1) == tokens[:, 1:]
+    correct += int(hits[mask].sum())
+    total += int(mask.sum()) * (tokens.shape[1] - 1)
+  return {"accuracy": correct / max(total, 1), "num_tokens": total}
+
+
+def _check_steps(num_tokens: int, prompt_length: int) -> None:
+  if num_tokens < 1:
+    raise ValueError(f"num_tokens={num_tokens} must be at least 1.")
+  if prompt_length < 1:
+    raise ValueError("the prompt must hold at least one token.")
+
+
+def _empty_cache(kvs, total: int):
+  """Per-layer (keys, values) [b, t, h, d] of a prefill -> zero caches of
+  `total` slots with the prefill written at the front."""
+
+  def grow(x):
+    pad = [(0, 0)] * x.ndim
+    pad[1] = (0, total - x.shape[1])
+    return jnp.pad(x, pad)
+
+  return [(grow(k), grow(v)) for k, v in kvs]
+
+
+def _write(cache, kvs, position):
+  """Writes each layer's new (keys, values) [b, 1, h, d] at `position`."""
+  return [
+    (
+      jax.lax.dynamic_update_slice_in_dim(k, nk, position, 1),
+      jax.lax.dynamic_update_slice_in_dim(v, nv, position, 1),
+    )
+    for (k, v), (nk, nv) in zip(cache, kvs, strict=True)
+  ]
+
+
+def _prefixes(cache, position):
+  """The cache as attention prefixes: slots < position are valid."""
+  batch, slots = cache[0][0].shape[:2]
+  valid = jnp.broadcast_to(jnp.arange(slots) < position, (batch, slots))
+  return [(k, v, valid) for k, v in cache]
+
+
+@dataclasses.dataclass(frozen=True)
+class NextTokenDiffusion:
+  """The DiffusionBlocks autoregressive task (a `Task`).
+
+  Batches are {"tokens": [b, T] int}. Parts: see `two_stream_denoise`.
+
+  Attributes:
+    sigma_data: EDM sigma_data.
+    max_weight: clamp of the EDM weight (0 = none, as the official code).
+    sigma_per: "token" or "sequence" (see the module docstring).
+    estimate: "soft" (softmax(logits) @ E) or "hard" (the argmax row).
+    normalized_table: the estimate uses the normalised rows (the targets).
+  """
+
+  sigma_data: float = 0.5
+  max_weight: float = 0.0
+  sigma_per: str = "token"
+  estimate: str = "soft"
+  normalized_table: bool = True
+
+  def __post_init__(self):
+    if self.sigma_per not in SIGMA_PER:
+      raise ValueError(
+        f"sigma_per={self.sigma_per!r} is unknown; choose one of {SIGMA_PER}."
+      )
+    if self.estimate not in ESTIMATES:
+      raise ValueError(
+        f"estimate={self.estimate!r} is unknown; choose one of {ESTIMATES}."
+      )
+
+  def level_shape(self, batch) -> tuple[int, ...]:
+    """[b, T] levels per token, or [b] per sequence."""
+    shape = batch["tokens"].shape
+    return tuple(shape) if self.sigma_per == "token" else shape[:1]
+
+  def denoise(self, parts, tokens, z, sigma):
+    sigma = jnp.broadcast_to(
+      sigma.reshape(sigma.shape + (1,) * (2 - sigma.ndim)), tokens.shape
+    )
+    return two_stream_denoise(
+      parts, tokens, z, sigma, sigma_data=self.sigma_data
+    )
+
+  def loss(self, parts, batch, level, key, *, train: bool = True):
+    """batch: tokens [b, T]; level: sigma [b, T] or [b]."""
+    del train
+    tokens = batch["tokens"]
+    y = parts["targets"](tokens)
+    sigma = jnp.broadcast_to(
+      level.reshape(level.shape + (1,) * (2 - level.ndim)), tokens.shape
+    )
+    z = y + sigma[..., None] * jax.random.normal(key, y.shape)
+    logits, _ = self.denoise(parts, tokens, z, sigma)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
+    weight = diffusion.loss_weight(sigma, self.sigma_data, self.max_weight)
+    ce, weight, logits = ce[:, 1:], weight[:, 1:], logits[:, 1:]
+    metrics = {
+      "ce": jnp.mean(ce),
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:]),
+    }
+    return jnp.mean(weight * ce), metrics
+
+  def _estimate(self, parts, logits):
+    table = parts["targets"]
+    table = table.normalized() if self.normalized_table else table.table[...]
+    if self.estimate == "hard":
+      return table[jnp.argmax(logits, -1)]
+    return jax.nn.softmax(logits, -1) @ table
+
+  def predict(self, parts_for_block, batch, key, *, sampler):
+    """Teacher-forced routed chains at every position at once -> logits
+    [b, T, vocab] of the final evaluation (row i: token i given < i)."""
+    if sampler is None:
+      raise ValueError(
+        "NextTokenDiffusion needs a sampler (the routed grid); pass"
+        " sampler=Sampler.of(plan)."
+      )
+    tokens = batch["tokens"]
+    width = parts_for_block(int(sampler.blocks[0]))["targets"].table.shape[-1]
+    z = float(sampler.levels[0]) * jax.random.normal(
+      key, tokens.shape + (width,)
+    )
+
+    def denoise(z, i):
+      parts = parts_for_block(int(sampler.blocks[i]))
+      sigma = jnp.full(tokens.shape, float(sampler.levels[i]), jnp.float32)
+      logits, _ = self.denoise(parts, tokens, z, sigma)
+      return self._estimate(parts, logits), logits
+
+    _, logits = diffusion.sample(denoise, z, sampler.levels, sampler.method)
+    return logits
+
+  def evaluate(self, predict, batches: Iterable, key) -> dict:
+    return next_token_accuracy(predict, batches, key)
+
+  def generate(
+    self,
+    parts_for_block: Callable,
+    prompt: jax.Array,
+    key: jax.Array,
+    *,
+    sampler,
+    num_tokens: int,
+    use_cache: bool = True,
+  ) -> jax.Array:
+    """Greedy continuation of `prompt` [b, P] by `num_tokens` tokens ->
+    [b, P + num_tokens]. Token p's chain starts from z ~ N(0, sigma_max^2)
+    drawn with fold_in(key, p). With `use_cache`, every block keeps the
+    clean prefix's keys and values (each new token costs O(length));
+    without, every evaluation runs the 2T layout over the whole window."""
+    batch, prompt_length = prompt.shape
+    _check_steps(num_tokens, prompt_length)
+    total = prompt_length + num_tokens
+    tokens = jnp.pad(prompt, ((0, 0), (0, num_tokens)))
+    width = parts_for_block(int(sampler.blocks[0]))["targets"].table.shape[-1]
+    used = sorted({int(b) for b in sampler.blocks})
+
+    def noise_at(position):
+      draw = jax.random.normal(
+        jax.random.fold_in(key, position), (batch, width)
+      )
+      return float(sampler.levels[0]) * draw[:, None]
+
+    if not use_cache:
+
+      def next_token(position, tokens):
+        def denoise(z, i):
+          parts = parts_for_block(int(sampler.blocks[i]))
+          window = jnp.zeros((batch, total, width)).at[:, position].set(z[:, 0])
+          sigma = jnp.full((batch, total), float(sampler.levels[i]))
+          logits, _ = self.denoise(parts, tokens, window, sigma)
+          logits = jax.lax.dynamic_slice_in_dim(logits, position, 1, 1)
+          return self._estimate(parts, logits), logits
+
+        _, logits = diffusion.sample(
+          denoise, noise_at(position), sampler.levels, sampler.method
+        )
+        token = jnp.argmax(logits[:, 0], -1).astype(tokens.dtype)
+        return tokens.at[:, position].set(token)
+
+      return jax.lax.fori_loop(prompt_length, total, next_token, tokens)
+
+    caches = {}
+    for b in used:
+      parts = parts_for_block(b)
+      _, kvs = parts["layers"].prefill(
+        clean_inputs(parts, prompt, self.sigma_data),
+        parts["context"](batch, prompt_length),
+        positions=jnp.arange(prompt_length),
+        mask=causal_mask(prompt_length),
+      )
+      caches[b] = _empty_cache(kvs, total)
+
+    def next_token(position, carry):
+      tokens, caches = carry
+      positions = jnp.reshape(position, (1,))
+
+      def denoise(z, i):
+        b = int(sampler.blocks[i])
+        parts = parts_for_block(b)
+        sigma = jnp.full((batch, 1), float(sampler.levels[i]))
+        cond = noise_condition(parts, sigma)
+        h, _ = parts["layers"].decode(
+          edm.c_in(sigma, self.sigma_data)[..., None] * z,
+          cond,
+          positions=positions,
+          prefixes=_prefixes(caches[b], position),
+        )
+        logits, _ = parts["readout"](
+          h, z, sigma, cond, sigma_data=self.sigma_data
+        )
+        return self._estimate(parts, logits), logits
+
+      _, logits = diffusion.sample(
+        denoise, noise_at(position), sampler.levels, sampler.method
+      )
+      token = jnp.argmax(logits, -1).astype(tokens.dtype)  # [b, 1]
+      new_caches = {}
+      for b in used:
+        parts = parts_for_block(b)
+        _, kvs = parts["layers"].decode(
+          clean_inputs(parts, token, self.sigma_data),
+          parts["context"](batch, 1),
+          positions=positions,
+          prefixes=_prefixes(caches[b], position),
+        )
+        new_caches[b] = _write(caches[b], kvs, position)
+      return tokens.at[:, position].set(token[:, 0]), new_caches
+
+    tokens, _ = jax.lax.fori_loop(
+      prompt_length, total, next_token, (tokens, caches)
+    )
+    return tokens
+
+
+def top_p_sample(key, logits: jax.Array, top_p: float) -> jax.Array:
+  """A draw from the smallest set of tokens whose probability reaches
+  `top_p` (nucleus sampling; 1 = plain sampling). logits [b, vocab] ->
+  [b] int."""
+  if not 0 < top_p <= 1:
+    raise ValueError(f"top_p={top_p} must lie in (0, 1].")
+  order = jnp.argsort(-logits, axis=-1)
+  sorted_logits = jnp.take_along_axis(logits, order, -1)
+  probs = jax.nn.softmax(sorted_logits, -1)
+  before = jnp.cumsum(probs, -1) - probs  # Mass of the more likely tokens.
+  kept = jnp.where(before < top_p, sorted_logits, -jnp.inf)
+  choice = jax.random.categorical(key, kept, axis=-1)
+  return jnp.take_along_axis(order, choice[:, None], -1)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLM:
+  """The autoregressive baseline (a `Task`): part "model" is a
+  `models.ar.LlamaLM`, trained without noise (`level` is None).
+
+  Attributes:
+    top_p: nucleus mass of `generate` (0.95 as the paper's baseline).
+  """
+
+  top_p: float = 0.95
+
+  def loss(self, parts, batch, level, key, *, train: bool = True):
+    del level, key, train
+    tokens = batch["tokens"]
+    logits = parts["model"](tokens)[:, :-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    metrics = {
+      "ce": jnp.mean(ce),
+      "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:]),
+    }
+    return jnp.mean(ce), metrics
+
+  def predict(self, parts_for_block, batch, key, *, sampler=None):
+    """logits [b, T, vocab], row i predicting token i (row 0 zeros)."""
+    del key, sampler
+    logits = parts_for_block(0)["model"](batch["tokens"])
+    return jnp.pad(logits[:, :-1], ((0, 0), (1, 0), (0, 0)))
+
+  def evaluate(self, predict, batches: Iterable, key) -> dict:
+    return next_token_accuracy(predict, batches, key)
+
+  def generate(
+    self,
+    parts_for_block: Callable,
+    prompt: jax.Array,
+    key: jax.Array,
+    *,
+    num_tokens: int,
+    use_cache: bool = True,
+    sampler=None,
+  ) -> jax.Array:
+    """Top-p continuation of `prompt` [b, P] -> [b, P + num_tokens]; token
+    p is drawn with fold_in(key, p)."""
+    del sampler
+    model = parts_for_block(0)["model"]
+    batch, prompt_length = prompt.shape
+    _check_steps(num_tokens, prompt_length)
+    total = prompt_length + num_tokens
+    tokens = jnp.pad(prompt, ((0, 0), (0, num_tokens)))
+
+    def draw(position, logits):
+      key_p = jax.random.fold_in(key, position)
+      return top_p_sample(key_p, logits, self.top_p).astype(tokens.dtype)
+
+    if not use_cache:
+
+      def next_token(position, tokens):
+        logits = model(tokens)
+        last = jax.lax.dynamic_index_in_dim(logits, position - 1, 1, False)
+        return tokens.at[:, position].set(draw(position, last))
+
+      return jax.lax.fori_loop(prompt_length, total, next_token, tokens)
+
+    logits, kvs = model.prefill(prompt)
+    cache = _empty_cache(kvs, total)
+    tokens = tokens.at[:, prompt_length].set(draw(prompt_length, logits[:, -1]))
+
+    def next_token(position, carry):
+      tokens, cache = carry
+      previous = jax.lax.dynamic_slice_in_dim(tokens, position - 1, 1, 1)
+      logits, kvs = model.decode(
+        previous, position - 1, _prefixes(cache, position - 1)
+      )
+      cache = _write(cache, kvs, position - 1)
+      return tokens.at[:, position].set(draw(position, logits[:, 0])), cache
+
+    tokens, _ = jax.lax.fori_loop(
+      prompt_length + 1, total, next_token, (tokens, cache)
+    )
+    return tokens

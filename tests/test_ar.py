@@ -1,0 +1,436 @@
+"""The autoregressive LM family: the 2T mask and its leakage, KV-cached
+generation, the Llama layers, the tokenizer, training and evaluation, and
+bad input."""
+
+import copy
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs import ar_lm1b, ar_pydocs
+from dblocks_jax import families, train
+from dblocks_jax.blockwise import steps
+from dblocks_jax.data import tokenizer as tokenizers
+from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.families import ar as ar_family
+from dblocks_jax.models import ar
+from dblocks_jax.nn import llama
+from dblocks_jax.tasks import Sampler
+from dblocks_jax.tasks import autoregressive as tasks
+
+SPEC = ar.ARConfig(
+  vocab_size=40,
+  max_seq_len=16,
+  num_layers=4,
+  width=32,
+  num_heads=4,
+  mlp_dim=48,
+  cond_dim=24,
+  frequency_dim=16,
+)
+# Two blocks of two layers, four grid points: blocks 0, 0, 1, 1.
+SAMPLER = Sampler(np.array([80.0, 2.0, 0.2, 0.002]), np.array([0, 0, 1, 1]))
+
+
+def _randomize(module, seed: int):
+  """Random N(0, 1/fan_in) kernels and tables (a fresh model's
+  zero-initialised adaLN and head would make every test trivially pass);
+  norm scales and biases stay as initialised."""
+  state = nnx.state(module, nnx.Param)
+  leaves, tree = jax.tree.flatten(state)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [
+    jax.random.normal(k, x.shape) / np.sqrt(x.shape[0]) if x.ndim == 2 else x
+    for k, x in zip(keys, leaves, strict=True)
+  ]
+  nnx.update(module, jax.tree.unflatten(tree, leaves))
+  return module
+
+
+@pytest.fixture(scope="module")
+def blockwise_parts():
+  """parts_for_block of a random two-block DiffusionBlocks model."""
+  rngs = nnx.Rngs(0)
+  shell = ar.make_shell(SPEC, rngs)
+  shell["targets"] = ar.make_targets(SPEC, trainable=True, rngs=rngs)
+  blocks = [ar.make_layers(SPEC, 2, rngs) for _ in range(2)]
+  for i, module in enumerate([*shell.values(), *blocks]):
+    _randomize(module, i)
+  return lambda b: {**shell, "layers": blocks[b]}
+
+
+@pytest.fixture(scope="module")
+def baseline_model():
+  return _randomize(ar.LlamaLM(SPEC, rngs=nnx.Rngs(0)), 7)
+
+
+def _tokens(shape, seed=0):
+  return jax.random.randint(jax.random.key(seed), shape, 0, SPEC.vocab_size)
+
+
+# ----- The 2T layout ----------------------------------------------------------
+
+
+def test_two_stream_mask_equals_its_definition():
+  length = 5
+  mask = np.asarray(tasks.two_stream_mask(length))[0, 0]
+  expected = np.zeros((2 * length, 2 * length), bool)
+  for i in range(length):
+    expected[i, i] = True  # noisy_i sees itself,
+    for j in range(length):
+      expected[i, length + j] = j < i  # and the clean tokens before it;
+      expected[length + i, length + j] = j <= i  # clean_i: causal.
+  np.testing.assert_array_equal(mask, expected)
+
+
+def test_logits_at_noisy_i_ignore_the_future_and_the_other_noisy_tokens(
+  blockwise_parts,
+):
+  task = tasks.NextTokenDiffusion()
+  parts = blockwise_parts(0)
+  tokens = _tokens((2, 8))
+  z = jax.random.normal(jax.random.key(1), (2, 8, SPEC.width))
+  sigma = jax.random.uniform(jax.random.key(2), (2, 8), minval=0.01, maxval=5)
+  logits, _ = task.denoise(parts, tokens, z, sigma)
+  for i in range(8):
+    future = tokens.at[:, i:].set((tokens[:, i:] + 11) % SPEC.vocab_size)
+    others = jnp.arange(8) != i
+    z_changed = z + 3.0 * others[None, :, None]
+    sigma_changed = jnp.where(others, sigma * 2.0, sigma)
+    changed, _ = task.denoise(parts, future, z_changed, sigma_changed)
+    np.testing.assert_array_equal(changed[:, i], logits[:, i])
+  # ... while each input does reach the positions allowed to see it.
+  earlier = tokens.at[:, 3].set((tokens[:, 3] + 1) % SPEC.vocab_size)
+  changed, _ = task.denoise(parts, earlier, z, sigma)
+  assert not np.allclose(changed[:, 4], logits[:, 4])
+
+
+def test_noisy_and_clean_tokens_share_the_rotary_position():
+  # RoPE scores depend only on the offset between two positions.
+  q = jax.random.normal(jax.random.key(0), (1, 1, 1, 8))
+  k = jax.random.normal(jax.random.key(1), (1, 1, 1, 8))
+
+  def score(m, n):
+    return float(
+      jnp.sum(
+        llama.rotary(q, jnp.array([m]), 1e4)
+        * llama.rotary(k, jnp.array([n]), 1e4)
+      )
+    )
+
+  assert score(7, 3) == pytest.approx(score(4, 0), rel=1e-5)
+  assert score(3, 3) == pytest.approx(float(jnp.sum(q * k)), rel=1e-5)
+
+
+def test_each_token_draws_its_own_sigma_by_default():
+  batch = {"tokens": jnp.zeros((3, 8), jnp.int32)}
+  assert steps._level_shape(tasks.NextTokenDiffusion(), batch) == (3, 8)
+  per_sequence = tasks.NextTokenDiffusion(sigma_per="sequence")
+  assert steps._level_shape(per_sequence, batch) == (3,)
+
+
+def test_loss_is_the_weighted_cross_entropy_of_positions_after_the_first(
+  blockwise_parts,
+):
+  task = tasks.NextTokenDiffusion()
+  parts = blockwise_parts(1)
+  tokens = _tokens((2, 6))
+  sigma = jnp.full((2, 6), 0.5)
+  loss, metrics = task.loss(parts, {"tokens": tokens}, sigma, jax.random.key(0))
+  # At sigma 0.5 the EDM weight is (0.25 + 0.25) / 0.0625 = 8.
+  assert float(loss) == pytest.approx(8 * float(metrics["ce"]), rel=1e-5)
+
+
+# ----- Generation -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("estimate", ["hard", "soft"])
+def test_cached_generation_equals_uncached_token_for_token(
+  blockwise_parts, estimate
+):
+  task = tasks.NextTokenDiffusion(estimate=estimate)
+  prompt = _tokens((3, 4), seed=3)
+
+  def run(use_cache):
+    fn = jax.jit(
+      lambda p, k: task.generate(
+        blockwise_parts,
+        p,
+        k,
+        sampler=SAMPLER,
+        num_tokens=8,
+        use_cache=use_cache,
+      )
+    )
+    return np.asarray(fn(prompt, jax.random.key(5)))
+
+  cached, uncached = run(True), run(False)
+  np.testing.assert_array_equal(cached, uncached)
+  np.testing.assert_array_equal(cached[:, :4], prompt)
+  if estimate == "hard":  # The random soft chain settles on one token.
+    assert len(np.unique(cached[:, 4:])) > 3
+
+
+def test_baseline_cached_generation_equals_uncached(baseline_model):
+  task = tasks.CausalLM(top_p=0.95)
+  parts_for_block = lambda b: {"model": baseline_model}
+  prompt = _tokens((3, 4), seed=4)
+  outputs = [
+    np.asarray(
+      jax.jit(
+        lambda p, k, c=use_cache: task.generate(
+          parts_for_block, p, k, num_tokens=8, use_cache=c
+        )
+      )(prompt, jax.random.key(6))
+    )
+    for use_cache in (True, False)
+  ]
+  np.testing.assert_array_equal(*outputs)
+
+
+def test_decoding_with_the_cache_reproduces_the_full_forward(baseline_model):
+  tokens = _tokens((2, 7), seed=8)
+  full = baseline_model(tokens)
+  logits, kvs = baseline_model.prefill(tokens[:, :3])
+  np.testing.assert_allclose(logits, full[:, :3], atol=1e-5)
+  cache = tasks._empty_cache(kvs, 7)
+  for p in range(3, 7):
+    step, new = baseline_model.decode(
+      tokens[:, p : p + 1], p, tasks._prefixes(cache, p)
+    )
+    cache = tasks._write(cache, new, p)
+    np.testing.assert_allclose(step[:, 0], full[:, p], atol=1e-5)
+
+
+def test_teacher_forced_chain_gives_logits_for_every_position(blockwise_parts):
+  task = tasks.NextTokenDiffusion()
+  tokens = _tokens((2, 6))
+  logits = task.predict(
+    blockwise_parts, {"tokens": tokens}, jax.random.key(0), sampler=SAMPLER
+  )
+  assert logits.shape == (2, 6, SPEC.vocab_size)
+  # Row i depends on tokens < i only.
+  changed = task.predict(
+    blockwise_parts,
+    {"tokens": tokens.at[:, 4:].set(0)},
+    jax.random.key(0),
+    sampler=SAMPLER,
+  )
+  np.testing.assert_array_equal(changed[:, :5], logits[:, :5])
+
+
+def test_top_p_keeps_the_smallest_set_that_reaches_p():
+  logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+  keys = jax.random.split(jax.random.key(0), 400)
+  draws = np.array(
+    [int(tasks.top_p_sample(k, logits, 0.75)[0]) for k in keys[:200]]
+  )
+  assert set(draws) == {0, 1}  # 0.5 < 0.75 <= 0.5 + 0.3.
+  greedy = [int(tasks.top_p_sample(k, logits, 0.4)[0]) for k in keys[:20]]
+  assert set(greedy) == {0}
+  with pytest.raises(ValueError, match="top_p"):
+    tasks.top_p_sample(keys[0], logits, 0.0)
+
+
+def test_generation_needs_at_least_one_new_token(blockwise_parts):
+  with pytest.raises(ValueError, match="num_tokens=0"):
+    tasks.NextTokenDiffusion().generate(
+      blockwise_parts,
+      _tokens((1, 3)),
+      jax.random.key(0),
+      sampler=SAMPLER,
+      num_tokens=0,
+    )
+
+
+# ----- Model ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("blockwise", [True, False])
+def test_parameter_count_matches_the_modules(blockwise):
+  rngs = nnx.Rngs(0)
+  if blockwise:
+    modules = (
+      ar.make_shell(SPEC, rngs),
+      ar.make_targets(SPEC, trainable=True, rngs=rngs),
+      ar.make_layers(SPEC, SPEC.num_layers, rngs),
+    )
+  else:
+    modules = ar.LlamaLM(SPEC, rngs=rngs)
+  count = sum(x.size for x in jax.tree.leaves(nnx.state(modules, nnx.Param)))
+  assert count == ar.param_count(SPEC, blockwise=blockwise)
+
+
+def test_a_fresh_denoiser_predicts_uniform_logits():
+  rngs = nnx.Rngs(0)
+  parts = {
+    **ar.make_shell(SPEC, rngs),
+    "targets": ar.make_targets(SPEC, trainable=True, rngs=rngs),
+    "layers": ar.make_layers(SPEC, 2, rngs),
+  }
+  z = jnp.ones((1, 5, SPEC.width))
+  logits, _ = tasks.NextTokenDiffusion().denoise(
+    parts, _tokens((1, 5)), z, jnp.ones((1, 5))
+  )
+  np.testing.assert_array_equal(logits, 0.0)
+
+
+# ----- Tokenizer --------------------------------------------------------------
+
+CORPUS = [
+  "Python is a programming language.\n\n  def f(x):\n      return x + 1\n",
+  "The standard library offers modules: os, sys, re and json 2024.\n",
+] * 20
+
+
+def test_bpe_training_is_deterministic_and_round_trips_text():
+  first = tokenizers.train_bpe(CORPUS, 300, source="test")
+  second = tokenizers.train_bpe(CORPUS, 300, source="test")
+  assert first.proto == second.proto
+  assert first.vocab_size == 300
+  for text in CORPUS[:2] + ["unseen: ~é\ttab"]:
+    assert first.decode(first.encode([text])[0]) == text
+
+
+def test_tokenizer_errors_name_the_field(tmp_path):
+  with pytest.raises(DataError, match="data.tokenizer="):
+    tokenizers.load(str(tmp_path / "missing.model"))
+  tok = tokenizers.train_bpe(CORPUS, 300, source="test")
+  path = tok.save(str(tmp_path / "t.model"))
+  assert tokenizers.load(path).proto == tok.proto
+  with pytest.raises(DataError, match="model.vocab_size=300"):
+    tokenizers.check_vocab(tokenizers.load(path), 512)
+
+
+# ----- The family -------------------------------------------------------------
+
+
+@pytest.fixture
+def config():
+  return ar_pydocs.get_config("smoke")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  config = ar_pydocs.get_config("smoke")
+  workdir = tmp_path_factory.mktemp("ar")
+  return config, workdir, train.train_and_evaluate(config, str(workdir))
+
+
+def test_a_blockwise_run_reports_accuracy_and_writes_continuations(trained):
+  config, workdir, result = trained
+  assert result["method"] == "dblocks"
+  assert 0 <= result["accuracy"] <= 1
+  assert result["num_tokens"] == config.eval.max_sequences * (
+    config.data.seq_len - 1
+  )
+  with open(result["samples"]) as f:
+    lines = [json.loads(line) for line in f]
+  e = config.eval
+  assert len(lines) == e.num_prompts * e.samples_per_prompt
+  assert {len(x["continuation_ids"]) for x in lines} == {e.continuation_length}
+  assert {len(x["prompt_ids"]) for x in lines} == {e.prompt_length}
+  assert result["decoding"] == "greedy"
+  saved = tokenizers.load(str(workdir / ar_family.TOKENIZER_FILE))
+  assert saved.vocab_size == config.model.vocab_size
+
+
+def test_the_baseline_samples_with_top_p(tmp_path):
+  config = ar_pydocs.get_config("smoke,e2e")
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result["method"] == "e2e"
+  assert result["decoding"] == "top-p 0.95"
+  assert os.path.isfile(result["samples"])
+
+
+def test_the_blockwise_model_learns_a_deterministic_sequence():
+  """Tokens that count up by one: after training every block, the routed
+  chain predicts the next token almost always (chance: 1/16)."""
+  from dblocks_jax.families import common
+
+  config = ar_pydocs.get_config("smoke")
+  config.model.vocab_size = 16
+  config.total_steps = 450
+  config.optimizer.learning_rate = 3e-3
+  config.optimizer.warmup_steps = 30
+  experiment = families.get("ar").build(config)
+  trainer = common.make_trainer(config, experiment, None)
+  rng = np.random.default_rng(0)
+
+  def batches():
+    while True:
+      start = rng.integers(0, 16, (16, 1))
+      yield {"tokens": ((start + np.arange(32)) % 16).astype(np.int32)}
+
+  trainer.fit(batches())
+  start = np.arange(8)[:, None]
+  test = [{"tokens": ((start + np.arange(32)) % 16).astype(np.int32)}]
+  sampler = common.sampler_from_config(config, experiment.plan)
+  assert trainer.evaluate(iter(test), sampler=sampler)["accuracy"] > 0.9
+
+
+def test_lm1b_smoke_runs_on_the_python_docs():
+  config = ar_lm1b.get_config("smoke")
+  assert config.data.name == "pydocs"
+  assert ar_lm1b.get_config().data.name == "lm1b"
+
+
+def test_lm1b_without_a_tokenizer_says_which_field_to_set():
+  config = ar_lm1b.get_config()
+  with pytest.raises(DataError, match="data.tokenizer="):
+    ar_family.corpus_from_config(config)
+
+
+def test_lm1b_is_read_from_tfds_bos_prefixed_and_packed(tmp_path):
+  tfds = pytest.importorskip("tensorflow_datasets")
+  tok = tokenizers.train_bpe(CORPUS, 300, source="test")
+  with tfds.testing.mock_data(num_examples=6):
+    ids = ar_family._lm1b_ids(str(tmp_path), "test", tok)
+  assert ids.dtype == np.int32 and len(ids) > 6
+  assert ids.min() >= 0 and ids.max() < tok.vocab_size
+
+
+def test_a_prompt_longer_than_the_context_is_refused(config):
+  config.eval.prompt_length = 30
+  config.eval.continuation_length = 8
+  with pytest.raises(ConfigError, match="model.max_seq_len=32"):
+    ar_family.held_out_prompts(config, np.zeros(10_000, np.int32))
+
+
+def test_continuations_need_at_least_one_token(config):
+  config.eval.continuation_length = 0
+  with pytest.raises(ConfigError, match="eval.continuation_length=0"):
+    ar_family.held_out_prompts(config, np.zeros(10_000, np.int32))
+
+
+def test_a_missing_corpus_says_how_to_install_it(config, tmp_path):
+  config.data.dir = str(tmp_path)
+  with pytest.raises(DataError, match="python3.11-doc"):
+    ar_family.corpus_from_config(config)
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused(config, tmp_path):
+  path = tokenizers.train_bpe(CORPUS, 300, source="test").save(
+    str(tmp_path / "t.model")
+  )
+  config.data.tokenizer = path
+  with pytest.raises(DataError, match="model.vocab_size=300"):
+    ar_family.corpus_from_config(config)
+
+
+def test_unknown_sigma_per_names_the_field(config):
+  config.diffusion.sigma_per = "layer"
+  with pytest.raises(ConfigError, match="diffusion.sigma_per"):
+    families.get("ar").build(config)
+
+
+def test_seq_len_beyond_the_context_is_refused(config):
+  bad = copy.deepcopy(config)
+  bad.data.seq_len = 64
+  with pytest.raises(ConfigError, match="model.max_seq_len=32"):
+    families.get("ar").build(bad)
