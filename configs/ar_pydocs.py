@@ -16,15 +16,23 @@ the steps, each through one block (the same layer evaluations).
 Evaluation: next-token accuracy on the first 1,024 test windows; 64
 held-out prompts of 32 tokens, 5 continuations of 32 tokens each.
 
+Generative perplexity and MAUVE need a judge: train `:judge` (the AR
+baseline at twice the width, 8 heads) once and pass its workdir,
+
+  python -m dblocks_jax.main --config=configs/ar_pydocs.py:judge --workdir=runs/ar_pydocs_judge
+  python -m dblocks_jax.main --config=configs/ar_pydocs.py --workdir=runs/ar_pydocs --mode=eval \
+    --config.eval.judge_workdir=runs/ar_pydocs_judge
+
 Arguments: smoke (a tiny model, seconds), e2e (the AR baseline: the same
-layer evaluations), steps=N (baseline steps; default 3,000).
+layer evaluations), judge (the judge), steps=N (baseline steps; default
+3,000).
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False, steps=3000)
+  args = common.parse_arg(arg, smoke=False, e2e=False, judge=False, steps=3000)
   c = common.ar_language(
     corpus="pydocs",
     num_train_tokens=3_875_713,
@@ -44,8 +52,12 @@ def get_config(arg=None):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval.max_sequences = 1024
+  if args.judge:  # Twice the width, trained end to end; judges the others.
+    c.model.width = c.model.cond_dim = 256
+    c.model.num_heads = 8
+    c.model.mlp_dim = 704
   if args.smoke:
     common.as_ar_smoke(c)
-  if args.e2e:
+  if args.e2e or args.judge:
     c = common.as_end_to_end(c)
   return c

@@ -629,6 +629,10 @@ def ar_language(
   c.eval.prompt_length = 32
   c.eval.continuation_length = 32
   c.eval.seed = 1
+  # The judge of generative perplexity and MAUVE: the workdir of an ar_*
+  # :e2e run on the same corpus and tokenizer ("" = no judge).
+  c.eval.judge_workdir = ""
+  c.eval.mauve_scaling = 2.0  # The paper's (v4); the mauve package's is 5.
 
   c.sample = ml_collections.ConfigDict()  # --mode=sample
   c.sample.seed = 0

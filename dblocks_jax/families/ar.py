@@ -231,6 +231,9 @@ class ARFamily:
     sampler = None
     if experiment.blockwise:
       sampler = common.sampler_from_config(config, experiment.plan)
+    judge = (
+      judge_from_config(config, corpus.tokenizer) if len(prompts) else None
+    )
 
     def run(trainer) -> dict:
       os.makedirs(workdir, exist_ok=True)
@@ -246,6 +249,7 @@ class ARFamily:
             references,
             corpus.tokenizer,
             workdir,
+            judge=judge,
           )
         )
       result["split"] = config.data.eval_split
@@ -260,6 +264,11 @@ class ARFamily:
       f" step {result['step']}, {result['num_tokens']:,} {result['split']}"
       f" tokens, {result['inference_steps']} inference steps)"
     )
+    if "gen_ppl" in result:
+      line += (
+        f"; gen-ppl {result['gen_ppl']:.2f} (references"
+        f" {result['reference_gen_ppl']:.2f}), MAUVE {result['mauve']:.3f}"
+      )
     if "samples" in result:
       line += (
         f"; {result['num_continuations']} continuations in {result['samples']}"
@@ -404,10 +413,12 @@ def write_continuations(
   workdir,
   *,
   seed=None,
+  judge=None,
 ) -> dict:
-  """Generates and writes `samples/step_<N>.jsonl`: one line per
-  continuation with the prompt, the continuation and the reference, as
-  text and ids."""
+  """Generates `eval.samples_per_prompt` continuations of every prompt and
+  writes `samples/step_<N>.jsonl` (one line per continuation: the prompt,
+  the continuation and the reference, as text and ids); with a `judge`, also
+  their generative perplexity and MAUVE against the references."""
   e = config.eval
   generated = continuations(
     trainer,
@@ -437,7 +448,7 @@ def write_continuations(
           "reference_ids": reference.tolist(),
         }
         f.write(json.dumps(line) + "\n")
-  return {
+  out = {
     "samples": path,
     "num_prompts": len(prompts),
     "num_continuations": int(generated.shape[0] * generated.shape[1]),
@@ -447,6 +458,45 @@ def write_continuations(
       "greedy" if sampler is not None else f"top-p {config.sampler.top_p}"
     ),
   }
+  if judge is not None:
+    out.update(judge_text(judge, config, prompts, references, generated))
+  return out
+
+
+def judge_text(judge, config, prompts, references, generated) -> dict:
+  """Generative perplexity (continuations and references) and MAUVE."""
+  from dblocks_jax.evaluate import judge as judging
+
+  batch = config.eval_batch_size
+  repeated = np.repeat(prompts, generated.shape[1], axis=0)
+  flat = generated.reshape(-1, generated.shape[-1])
+  q = judge.features(repeated, flat, batch_size=batch)
+  p = judge.features(prompts, references, batch_size=batch)
+  return {
+    **judge.description,
+    "gen_ppl": judge.perplexity(repeated, flat, batch_size=batch),
+    "reference_gen_ppl": judge.perplexity(
+      prompts, references, batch_size=batch
+    ),
+    "mauve": judging.mauve(
+      p, q, scaling=config.eval.mauve_scaling, seed=config.eval.seed
+    ),
+    "mauve_scaling": float(config.eval.mauve_scaling),
+    "num_references": len(references),
+  }
+
+
+def judge_from_config(config, tokenizer):
+  """The judge of `eval.judge_workdir`, or None when it is empty."""
+  if not config.eval.judge_workdir:
+    return None
+  from dblocks_jax.evaluate.judge import Judge
+
+  return Judge(
+    config.eval.judge_workdir,
+    vocab_size=config.model.vocab_size,
+    tokenizer_proto=tokenizer.proto,
+  )
 
 
 FAMILY = ARFamily()

@@ -158,14 +158,18 @@ class LlamaLM(nnx.Module):
       rngs=rngs,
     )
 
-  def __call__(self, tokens: jax.Array) -> jax.Array:
+  def features(self, tokens: jax.Array) -> jax.Array:
+    """tokens [b, t] -> the head's input [b, t, width] (final RMSNorm)."""
     length = tokens.shape[1]
     h = self.layers(
       self.embed[...][tokens],
       positions=jnp.arange(length),
       mask=causal_mask(length),
     )
-    return self.head(self.norm(h))
+    return self.norm(h)
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    return self.head(self.features(tokens))
 
   def prefill(self, tokens: jax.Array):
     """tokens [b, t] -> (logits [b, t, vocab], [(keys, values)] per layer)."""

@@ -1,0 +1,125 @@
+"""Judging generated text with a language model this project trained.
+
+There is no ELBO for the autoregressive DiffusionBlocks model, so its text
+is judged as the paper judges it (method_spec 2.4), with a judge model in
+place of Llama-2-7B / GPT2-XL, which cannot run offline: an end-to-end AR
+LM trained by this project on the same corpus and tokenizer (an `ar_*`
+config with `:e2e`, usually larger), named by its workdir.
+
+* Generative perplexity: exp(total NLL / total tokens) of the continuations
+  under the judge, each conditioned on its prompt. The judge's perplexity of
+  the true continuations (`reference_gen_ppl`) is the scale to read it by.
+* MAUVE (Pillutla et al. 2021, the `mauve-text` package, given features so
+  that nothing is downloaded) between the continuations and the references,
+  in the judge's feature space: the final-RMSNorm state at the last token of
+  prompt + continuation.
+"""
+
+import functools
+import os
+
+import jax
+import numpy as np
+import optax
+
+from dblocks_jax import runs
+from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.errors import ConfigError
+
+TOKENIZER_FILE = "tokenizer.model"
+
+
+class Judge:
+  """The end-to-end AR LM of `workdir`, checked against the evaluated
+  model's vocabulary (`vocab_size`) and tokenizer (`tokenizer_proto`)."""
+
+  def __init__(self, workdir: str, *, vocab_size: int, tokenizer_proto: bytes):
+    config = runs.read_run_config(workdir)
+    if config.model.name != "ar" or config.method != "e2e":
+      raise ConfigError(
+        f"eval.judge_workdir={workdir} holds a {config.method}"
+        f" {config.model.name} run; the judge is an end-to-end AR LM (an"
+        " ar_* config with :e2e) trained on the same corpus."
+      )
+    if config.model.vocab_size != vocab_size:
+      raise ConfigError(
+        f"the judge in eval.judge_workdir={workdir} has a"
+        f" {config.model.vocab_size}-piece vocabulary but model.vocab_size="
+        f"{vocab_size}; train the judge with the same tokenizer."
+      )
+    path = os.path.join(workdir, TOKENIZER_FILE)
+    if not os.path.isfile(path):
+      raise ConfigError(
+        f"{path} is missing: the judge's run has not finished an evaluation;"
+        " evaluate it (--mode=eval) to write its tokenizer."
+      )
+    with open(path, "rb") as f:
+      if f.read() != tokenizer_proto:
+        raise ConfigError(
+          f"the judge in eval.judge_workdir={workdir} was trained with"
+          " another tokenizer; train it with the evaluated run's"
+          " data.tokenizer."
+        )
+    _, _, trainer = runs.restore_run(config, workdir)
+    self.workdir, self.step = os.path.abspath(workdir), trainer.step_count
+    graphdefs, arrays = trainer.graphdefs, trainer.arrays()
+    trainer.close()
+
+    def model(arrays):
+      return parts_lib.merge(graphdefs.shared, arrays["shared"])["model"]
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def nll(arrays, tokens, start):
+      logits = model(arrays)(tokens)[:, start - 1 : -1]
+      return optax.softmax_cross_entropy_with_integer_labels(
+        logits, tokens[:, start:]
+      ).sum(-1)
+
+    @jax.jit
+    def features(arrays, tokens):
+      return model(arrays).features(tokens)[:, -1]
+
+    self._nll = lambda tokens, start: nll(arrays, tokens, start)
+    self._features = lambda tokens: features(arrays, tokens)
+
+  @property
+  def description(self) -> dict:
+    return {"judge_workdir": self.workdir, "judge_step": self.step}
+
+  def _batches(self, fn, prompts, continuations, batch_size: int, *args):
+    rows = np.concatenate([prompts, continuations], axis=1).astype(np.int32)
+    out = []
+    for start in range(0, len(rows), batch_size):
+      chunk = rows[start : start + batch_size]
+      pad = batch_size - len(chunk)
+      padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+      out.append(np.asarray(fn(padded, *args))[: len(chunk)])
+    return np.concatenate(out)
+
+  def perplexity(self, prompts, continuations, *, batch_size: int) -> float:
+    """exp(NLL per token) of `continuations` [n, C] after `prompts`
+    [n, P] (P >= 1)."""
+    start = prompts.shape[1]
+    total = self._batches(
+      lambda t: self._nll(t, start), prompts, continuations, batch_size
+    )
+    return float(np.exp(total.sum() / continuations.size))
+
+  def features(self, prompts, continuations, *, batch_size: int):
+    """[n, width] judge features of prompt + continuation."""
+    return self._batches(self._features, prompts, continuations, batch_size)
+
+
+def mauve(p_features, q_features, *, scaling: float, seed: int) -> float:
+  """MAUVE between two feature sets ([n, d], [m, d]), the package's
+  defaults otherwise (PCA to 90% variance, k-means with n / 10 buckets)."""
+  import mauve as mauve_text
+
+  out = mauve_text.compute_mauve(
+    p_features=np.asarray(p_features, np.float32),
+    q_features=np.asarray(q_features, np.float32),
+    mauve_scaling_factor=scaling,
+    seed=seed,
+    verbose=False,
+  )
+  return float(out.mauve)
