@@ -17,7 +17,7 @@ Evaluation: next-token accuracy on the first 1,024 test windows; 64
 held-out prompts of 32 tokens, 5 continuations of 32 tokens each.
 
 Generative perplexity and MAUVE need a judge: train `:judge` (the AR
-baseline at twice the width, 8 heads) once and pass its workdir,
+baseline at 1.5 x the width, 6 heads) once and pass its workdir,
 
   python -m dblocks_jax.main --config=configs/ar_pydocs.py:judge --workdir=runs/ar_pydocs_judge
   python -m dblocks_jax.main --config=configs/ar_pydocs.py --workdir=runs/ar_pydocs --mode=eval \
@@ -25,14 +25,14 @@ baseline at twice the width, 8 heads) once and pass its workdir,
 
 Arguments: smoke (a tiny model, seconds), e2e (the AR baseline: the same
 layer evaluations), judge (the judge), steps=N (baseline steps; default
-3,000).
+1,000).
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False, judge=False, steps=3000)
+  args = common.parse_arg(arg, smoke=False, e2e=False, judge=False, steps=1000)
   c = common.ar_language(
     corpus="pydocs",
     num_train_tokens=3_875_713,
@@ -52,10 +52,10 @@ def get_config(arg=None):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval.max_sequences = 1024
-  if args.judge:  # Twice the width, trained end to end; judges the others.
-    c.model.width = c.model.cond_dim = 256
-    c.model.num_heads = 8
-    c.model.mlp_dim = 704
+  if args.judge:  # 1.5 x the width, trained end to end; judges the others.
+    c.model.width = c.model.cond_dim = 192
+    c.model.num_heads = 6
+    c.model.mlp_dim = 512
   if args.smoke:
     common.as_ar_smoke(c)
   if args.e2e or args.judge:
