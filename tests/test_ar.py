@@ -497,3 +497,17 @@ def test_seq_len_beyond_the_context_is_refused(config):
   bad.data.seq_len = 64
   with pytest.raises(ConfigError, match="model.max_seq_len=32"):
     families.get("ar").build(bad)
+
+
+def test_fewer_than_one_sampler_step_names_the_field(config, tmp_path):
+  config.sampler.num_steps = -1
+  experiment = families.get("ar").build(config)
+  with pytest.raises(ConfigError, match="sampler.num_steps"):
+    families.get("ar").evaluator(config, experiment, str(tmp_path))
+
+
+def test_an_unknown_eval_split_names_the_field(config, tmp_path):
+  config.data.eval_split = "dev"
+  experiment = families.get("ar").build(config)
+  with pytest.raises(ConfigError, match="data.eval_split='dev'"):
+    families.get("ar").evaluator(config, experiment, str(tmp_path))

@@ -72,10 +72,12 @@ class TokenCorpus:
   def __init__(self, tokenizer, splits: dict[str, np.ndarray]):
     self.tokenizer, self.splits = tokenizer, splits
 
-  def split(self, name: str, field: str = "data.eval_split") -> np.ndarray:
+  def split(self, name: str) -> np.ndarray:
+    """The split `data.eval_split` names."""
     if name not in self.splits:
       raise ConfigError(
-        f"{field}={name!r} is unknown; choose one of {tuple(self.splits)}."
+        f"data.eval_split={name!r} is unknown; choose one of"
+        f" {tuple(self.splits)}."
       )
     return self.splits[name]
 
@@ -204,7 +206,7 @@ class ARFamily:
   def train_data(self, config, specs) -> dict:
     from dblocks_jax.data import sequences
 
-    ids = corpus_from_config(config).split("train", "data.train_split")
+    ids = corpus_from_config(config).splits["train"]
     return {
       stream: sequences.train_iterator(
         ids,

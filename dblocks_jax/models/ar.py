@@ -62,14 +62,6 @@ class ARConfig:
   rope_theta: float = 10000.0
   remat: bool = False
 
-  def check_length(self, length: int, what: str = "the context") -> None:
-    if length > self.max_seq_len:
-      raise ValueError(
-        f"{what} holds {length} tokens, more than model.max_seq_len="
-        f"{self.max_seq_len}; shorten the prompt or the continuation, or"
-        " raise model.max_seq_len."
-      )
-
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
   """`num_layers` Llama layers (AdaLN-Zero on the noise level when
