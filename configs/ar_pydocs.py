@@ -13,8 +13,9 @@ the steps, each through one block (the same layer evaluations).
   python -m dblocks_jax.main --config=configs/ar_pydocs.py --workdir=runs/ar_pydocs
   python -m dblocks_jax.main --config=configs/ar_pydocs.py:e2e --workdir=runs/ar_pydocs_e2e
 
-Evaluation: next-token accuracy on the first 1,024 test windows; 64
-held-out prompts of 32 tokens, 5 continuations of 32 tokens each.
+Evaluation: next-token accuracy on the first 1,024 test windows; 1,000
+held-out prompts of 32 tokens (windows spread evenly over the test split),
+5 continuations of 32 tokens each, against the 1,000 true continuations.
 
 Generative perplexity and MAUVE need a judge: train `:judge` (the AR
 baseline at 1.5 x the width, 6 heads) once and pass its workdir,
@@ -52,6 +53,8 @@ def get_config(arg=None):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval.max_sequences = 1024
+  c.eval.num_prompts = 1000  # SEDD's protocol: 1,000 prompts x 5.
+  c.eval_batch_size = 250
   if args.judge:  # 1.5 x the width, trained end to end; judges the others.
     c.model.width = c.model.cond_dim = 192
     c.model.num_heads = 6

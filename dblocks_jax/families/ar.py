@@ -472,8 +472,8 @@ def judge_text(judge, config, prompts, references, generated) -> dict:
   batch = config.eval_batch_size
   repeated = np.repeat(prompts, generated.shape[1], axis=0)
   flat = generated.reshape(-1, generated.shape[-1])
-  q = judge.features(repeated, flat, batch_size=batch)
-  p = judge.features(prompts, references, batch_size=batch)
+  q = judge.features(flat, batch_size=batch)
+  p = judge.features(references, batch_size=batch)
   return {
     **judge.description,
     "gen_ppl": judge.perplexity(repeated, flat, batch_size=batch),
