@@ -52,9 +52,7 @@ def tokens_per_second(config, method: str, use_cache: bool) -> float:
     )
   experiment = families.get("ar").build(config)
   trainer = common.make_trainer(config, experiment, None)
-  sampler = None
-  if experiment.blockwise:
-    sampler = common.sampler_from_config(config, experiment.plan)
+  sampler = common.sampler_from_config(config, experiment.plan)
   generate = ar_family.generate_fn(
     trainer, sampler, num_tokens=FLAGS.num_tokens, use_cache=use_cache
   )

@@ -71,6 +71,19 @@ def train_iterator(
   return iter(dataset.to_iter_dataset())
 
 
+def map_in_batches(fn, rows: np.ndarray, batch_size: int) -> np.ndarray:
+  """`fn(batch [batch_size, ...], index)` over `rows` in order, the last
+  batch padded with copies of its last row (one compiled shape), the
+  outputs of the padding dropped and the rest concatenated."""
+  out = []
+  for index, start in enumerate(range(0, len(rows), batch_size)):
+    chunk = rows[start : start + batch_size]
+    pad = np.repeat(chunk[-1:], batch_size - len(chunk), axis=0)
+    result = fn(np.concatenate([chunk, pad]), index)
+    out.append(np.asarray(result)[: len(chunk)])
+  return np.concatenate(out)
+
+
 def eval_batches(
   ids: np.ndarray, *, seq_len: int, batch_size: int, name: str = "test"
 ) -> Iterator[Batch]:

@@ -27,6 +27,7 @@ import optax
 
 from dblocks_jax import runs
 from dblocks_jax.blockwise import parts as parts_lib
+from dblocks_jax.data import sequences
 from dblocks_jax.errors import ConfigError
 
 TOKENIZER_FILE = "tokenizer.model"
@@ -89,27 +90,23 @@ class Judge:
   def description(self) -> dict:
     return {"judge_workdir": self.workdir, "judge_step": self.step}
 
-  def _batches(self, fn, rows, batch_size: int):
-    rows = np.asarray(rows, np.int32)
-    out = []
-    for start in range(0, len(rows), batch_size):
-      chunk = rows[start : start + batch_size]
-      pad = batch_size - len(chunk)
-      padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-      out.append(np.asarray(fn(padded))[: len(chunk)])
-    return np.concatenate(out)
-
   def perplexity(self, prompts, continuations, *, batch_size: int) -> float:
     """exp(NLL per token) of `continuations` [n, C] after `prompts`
     [n, P] (P >= 1)."""
     start = prompts.shape[1]
-    rows = np.concatenate([prompts, continuations], axis=1)
-    total = self._batches(lambda t: self._nll(t, start), rows, batch_size)
+    rows = np.concatenate([prompts, continuations], axis=1).astype(np.int32)
+    total = sequences.map_in_batches(
+      lambda tokens, _: self._nll(tokens, start), rows, batch_size
+    )
     return float(np.exp(total.sum() / continuations.size))
 
   def features(self, texts, *, batch_size: int):
     """texts [n, C] token ids, read on their own -> [n, width] features."""
-    return self._batches(self._features, texts, batch_size)
+    return sequences.map_in_batches(
+      lambda tokens, _: self._features(tokens),
+      np.asarray(texts, np.int32),
+      batch_size,
+    )
 
 
 def mauve(p_features, q_features, *, scaling: float, seed: int) -> float:

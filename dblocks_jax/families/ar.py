@@ -204,35 +204,18 @@ class ARFamily:
     return Experiment("dblocks", model, task, plan)
 
   def train_data(self, config, specs) -> dict:
-    from dblocks_jax.data import sequences
-
     ids = corpus_from_config(config).splits["train"]
-    return {
-      stream: sequences.train_iterator(
-        ids,
-        seq_len=config.data.seq_len,
-        batch_size=batch_size,
-        seed=seed,
-        shard=shard,
-      )
-      for stream, (seed, batch_size, shard) in specs.items()
-    }
+    return common.token_train_data(config, ids, specs)
 
   def batch_spec(self, config) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    shape = (config.batch_size, config.data.seq_len)
-    return {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32)}
+    return common.token_batch_spec(config)
 
   def evaluator(self, config, experiment, workdir):
     """Next-token accuracy and continuations (see the module docstring)."""
     corpus = corpus_from_config(config)
     ids = corpus.split(config.data.eval_split)
     prompts, references = held_out_prompts(config, ids)
-    sampler = None
-    if experiment.blockwise:
-      sampler = common.sampler_from_config(config, experiment.plan)
+    sampler = common.sampler_from_config(config, experiment.plan)
     judge = (
       judge_from_config(config, corpus.tokenizer) if len(prompts) else None
     )
@@ -285,9 +268,7 @@ class ARFamily:
     prompts, references = held_out_prompts(config, ids)
     if not len(prompts):
       raise ConfigError("eval.num_prompts=0: set it to at least 1 to sample.")
-    sampler = None
-    if experiment.blockwise:
-      sampler = common.sampler_from_config(config, experiment.plan)
+    sampler = common.sampler_from_config(config, experiment.plan)
     out = write_continuations(
       trainer,
       config,
@@ -392,17 +373,19 @@ def continuations(
   """[prompts, samples_per_prompt, num_tokens] generated ids."""
   import jax
 
+  from dblocks_jax.data import sequences
+
   generate = generate_fn(trainer, sampler, num_tokens=num_tokens)
   rows = np.repeat(prompts, samples_per_prompt, axis=0)
   arrays, key = trainer.arrays(), jax.random.key(seed)
-  out = []
-  for i, start in enumerate(range(0, len(rows), batch_size)):
-    chunk = rows[start : start + batch_size]
-    pad = batch_size - len(chunk)
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    tokens = generate(arrays, padded, jax.random.fold_in(key, i))
-    out.append(np.asarray(tokens)[: len(chunk), prompts.shape[1] :])
-  return np.concatenate(out).reshape(len(prompts), samples_per_prompt, -1)
+  tokens = sequences.map_in_batches(
+    lambda batch, i: generate(arrays, batch, jax.random.fold_in(key, i)),
+    rows,
+    batch_size,
+  )
+  return tokens[:, prompts.shape[1] :].reshape(
+    len(prompts), samples_per_prompt, -1
+  )
 
 
 def write_continuations(

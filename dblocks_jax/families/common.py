@@ -73,8 +73,11 @@ def plan_from_config(
     )
 
 
-def sampler_from_config(config, plan) -> Sampler:
-  """The routed sampler of `config.sampler` over `plan`'s grid."""
+def sampler_from_config(config, plan) -> Sampler | None:
+  """The routed sampler of `config.sampler` over `plan`'s grid; None for a
+  baseline trained without noise (`plan` None)."""
+  if plan is None:
+    return None
   s = config.sampler
   with errors.config_fields():
     return Sampler.of(plan, s.num_steps, s.grid, s.method)
@@ -243,6 +246,29 @@ def image_train_data(config, specs) -> dict:
     )
     for stream, (seed, batch_size, shard) in specs.items()
   }
+
+
+def token_train_data(config, ids, specs) -> dict:
+  """{stream: grain iterator} of `data.seq_len`-token windows of `ids`
+  (a split's token stream), for `Trainer.stream_specs`."""
+  from dblocks_jax.data import sequences
+
+  return {
+    stream: sequences.train_iterator(
+      ids,
+      seq_len=config.data.seq_len,
+      batch_size=batch_size,
+      seed=seed,
+      shard=shard,
+    )
+    for stream, (seed, batch_size, shard) in specs.items()
+  }
+
+
+def token_batch_spec(config) -> dict:
+  """One global batch of token windows, as shapes."""
+  shape = (config.batch_size, config.data.seq_len)
+  return {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32)}
 
 
 def image_batch_spec(config, image_shape=None) -> dict:

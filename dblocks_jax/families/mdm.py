@@ -125,26 +125,10 @@ class MDMFamily:
     return Experiment(method, model, task, plan)
 
   def train_data(self, config, specs) -> dict:
-    from dblocks_jax.data import sequences
-
-    ids = split_ids(config, "train")
-    return {
-      stream: sequences.train_iterator(
-        ids,
-        seq_len=config.data.seq_len,
-        batch_size=batch_size,
-        seed=seed,
-        shard=shard,
-      )
-      for stream, (seed, batch_size, shard) in specs.items()
-    }
+    return common.token_train_data(config, split_ids(config, "train"), specs)
 
   def batch_spec(self, config) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    shape = (config.batch_size, config.data.seq_len)
-    return {"tokens": jax.ShapeDtypeStruct(shape, jnp.int32)}
+    return common.token_batch_spec(config)
 
   def evaluator(self, config, experiment, workdir):
     """Bits per character and text samples (see the module docstring)."""

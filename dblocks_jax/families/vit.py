@@ -105,9 +105,7 @@ class ViTFamily:
     from dblocks_jax import data
 
     common.check_image_data(config)
-    sampler = None
-    if experiment.blockwise:
-      sampler = common.sampler_from_config(config, experiment.plan)
+    sampler = common.sampler_from_config(config, experiment.plan)
     options = common.data_options(config)
 
     def evaluate(trainer) -> dict:

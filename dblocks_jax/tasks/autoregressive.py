@@ -109,6 +109,21 @@ def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
   )
 
 
+def _per_token(sigma: jax.Array, tokens: jax.Array) -> jax.Array:
+  """sigma [b, T], or [b] one per sequence -> [b, T]."""
+  if sigma.ndim == 1:
+    sigma = sigma[:, None]
+  return jnp.broadcast_to(sigma, tokens.shape)
+
+
+def _next_token_metrics(logits, targets, ce) -> dict:
+  """Training metrics of logits [b, t, vocab] against targets [b, t]."""
+  return {
+    "ce": jnp.mean(ce),
+    "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
+  }
+
+
 def next_token_accuracy(predict, batches: Iterable, key) -> dict:
   """Accuracy of the argmax of `predict(batch, key)` logits [b, T, vocab]
   at positions 1..T-1 of the rows whose `mask` is True."""
@@ -196,11 +211,9 @@ class NextTokenDiffusion:
     return tuple(shape) if self.sigma_per == "token" else shape[:1]
 
   def denoise(self, parts, tokens, z, sigma):
-    sigma = jnp.broadcast_to(
-      sigma.reshape(sigma.shape + (1,) * (2 - sigma.ndim)), tokens.shape
-    )
+    """sigma: [b, T] or [b] (one per sequence) -> (logits, D)."""
     return two_stream_denoise(
-      parts, tokens, z, sigma, sigma_data=self.sigma_data
+      parts, tokens, z, _per_token(sigma, tokens), sigma_data=self.sigma_data
     )
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
@@ -208,18 +221,13 @@ class NextTokenDiffusion:
     del train
     tokens = batch["tokens"]
     y = parts["targets"](tokens)
-    sigma = jnp.broadcast_to(
-      level.reshape(level.shape + (1,) * (2 - level.ndim)), tokens.shape
-    )
+    sigma = _per_token(level, tokens)
     z = y + sigma[..., None] * jax.random.normal(key, y.shape)
     logits, _ = self.denoise(parts, tokens, z, sigma)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     weight = diffusion.loss_weight(sigma, self.sigma_data, self.max_weight)
-    ce, weight, logits = ce[:, 1:], weight[:, 1:], logits[:, 1:]
-    metrics = {
-      "ce": jnp.mean(ce),
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:]),
-    }
+    ce, weight = ce[:, 1:], weight[:, 1:]
+    metrics = _next_token_metrics(logits[:, 1:], tokens[:, 1:], ce)
     return jnp.mean(weight * ce), metrics
 
   def _estimate(self, parts, logits):
@@ -386,11 +394,7 @@ class CausalLM:
     tokens = batch["tokens"]
     logits = parts["model"](tokens)[:, :-1]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-    metrics = {
-      "ce": jnp.mean(ce),
-      "accuracy": jnp.mean(jnp.argmax(logits, -1) == tokens[:, 1:]),
-    }
-    return jnp.mean(ce), metrics
+    return jnp.mean(ce), _next_token_metrics(logits, tokens[:, 1:], ce)
 
   def predict(self, parts_for_block, batch, key, *, sampler=None):
     """logits [b, T, vocab], row i predicting token i (row 0 zeros)."""
