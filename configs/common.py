@@ -663,3 +663,51 @@ def as_ar_smoke(c: ml_collections.ConfigDict) -> None:
   c.eval.samples_per_prompt = 2
   c.eval.prompt_length = 8
   c.eval.continuation_length = 8
+
+
+def recurrent_language(
+  *,
+  prelude_layers: int,
+  recurrent_layers: int,
+  coda_layers: int,
+  mean_depth: float,
+  backprop_depth: int,
+  inference_depth: int,
+  **ar_recipe,
+) -> ml_collections.ConfigDict:
+  """The recurrent-depth LM recipe (method_spec 2.5) on `ar_language`'s
+  data, evaluation and optimizer (its other arguments).
+
+  DiffusionBlocks trains the recurrent block and the coda as one block over
+  the whole noise range (B=1), the prelude as a shared part; the baseline is
+  Huginn's training (a log-normal Poisson depth per step, truncated
+  backpropagation). K = `sampler.num_steps` is both DiffusionBlocks' Euler
+  steps and the baseline's iterations at inference.
+  """
+  c = ar_language(
+    num_layers=prelude_layers + recurrent_layers + coda_layers,
+    num_blocks=1,
+    **ar_recipe,
+  )
+  c.model.name = "recurrent"
+  c.model.prelude_layers = prelude_layers  # Once, on the clean tokens.
+  c.model.recurrent_layers = recurrent_layers  # Iterated, tied weights.
+  c.model.coda_layers = coda_layers  # After the recurrence.
+  c.model.state_std = 1.0  # The baseline's random initial state.
+  c.sampler.num_steps = inference_depth  # K (iterations = Euler steps).
+  c.recurrence = ml_collections.ConfigDict()  # The baseline's training.
+  c.recurrence.mean_depth = mean_depth  # Log-normal Poisson mean (+ 1).
+  c.recurrence.depth_sigma = 0.5  # Its log-normal spread (Huginn's).
+  c.recurrence.backprop_depth = backprop_depth  # Iterations with gradients.
+  return c
+
+
+def as_recurrent_smoke(c: ml_collections.ConfigDict) -> None:
+  """`as_ar_smoke` with one prelude, recurrent and coda layer, B=1, depth 3
+  (2 backpropagated) and K = 3: seconds."""
+  as_ar_smoke(c)
+  c.blocks.num_blocks = 1
+  c.model.prelude_layers = c.model.recurrent_layers = c.model.coda_layers = 1
+  c.recurrence.mean_depth = 3.0
+  c.recurrence.backprop_depth = 2
+  c.sampler.num_steps = 3

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from random_params import randomize
 
 from configs import ar_lm1b, ar_pydocs
 from dblocks_jax import evaluation, families, runs, train
@@ -39,21 +40,6 @@ SPEC = ar.ARConfig(
 SAMPLER = Sampler(np.array([80.0, 2.0, 0.2, 0.002]), np.array([0, 0, 1, 1]))
 
 
-def _randomize(module, seed: int):
-  """Random N(0, 1/fan_in) kernels and tables (a fresh model's
-  zero-initialised adaLN and head would make every test trivially pass);
-  norm scales and biases stay as initialised."""
-  state = nnx.state(module, nnx.Param)
-  leaves, tree = jax.tree.flatten(state)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  leaves = [
-    jax.random.normal(k, x.shape) / np.sqrt(x.shape[0]) if x.ndim == 2 else x
-    for k, x in zip(keys, leaves, strict=True)
-  ]
-  nnx.update(module, jax.tree.unflatten(tree, leaves))
-  return module
-
-
 @pytest.fixture(scope="module")
 def blockwise_parts():
   """parts_for_block of a random two-block DiffusionBlocks model."""
@@ -62,13 +48,13 @@ def blockwise_parts():
   shell["targets"] = ar.make_targets(SPEC, trainable=True, rngs=rngs)
   blocks = [ar.make_layers(SPEC, 2, rngs) for _ in range(2)]
   for i, module in enumerate([*shell.values(), *blocks]):
-    _randomize(module, i)
+    randomize(module, i)
   return lambda b: {**shell, "layers": blocks[b]}
 
 
 @pytest.fixture(scope="module")
 def baseline_model():
-  return _randomize(ar.LlamaLM(SPEC, rngs=nnx.Rngs(0)), 7)
+  return randomize(ar.LlamaLM(SPEC, rngs=nnx.Rngs(0)), 7)
 
 
 def _tokens(shape, seed=0):
@@ -237,6 +223,28 @@ def test_top_p_keeps_the_smallest_set_that_reaches_p():
   assert set(greedy) == {0}
   with pytest.raises(ValueError, match="top_p"):
     tasks.top_p_sample(keys[0], logits, 0.0)
+
+
+def test_nucleus_keeps_the_order_and_masks_the_tail():
+  probs = jnp.array([[0.15, 0.5, 0.05, 0.3], [0.25, 0.25, 0.25, 0.25]])
+  kept = np.isfinite(np.asarray(tasks.nucleus(jnp.log(probs), 0.75)))
+  np.testing.assert_array_equal(kept[0], [False, True, False, True])
+  assert kept[1].sum() == 4  # Ties at the threshold stay.
+  everything = tasks.nucleus(jnp.log(probs), 1.0)
+  np.testing.assert_allclose(everything, jnp.log(probs))
+
+
+def test_nucleus_estimate_averages_over_the_nucleus(blockwise_parts):
+  parts = blockwise_parts(0)
+  logits = jnp.log(jnp.array([[0.6, 0.3] + [0.1 / 38] * 38]))
+  task = tasks.NextTokenDiffusion(estimate="nucleus", top_p=0.8)
+  rows = parts["targets"].normalized()
+  expected = (2 * rows[0] + rows[1]) / 3
+  np.testing.assert_allclose(
+    task._estimate(parts, logits)[0], expected, atol=1e-6
+  )
+  with pytest.raises(ValueError, match="top_p"):
+    tasks.NextTokenDiffusion(estimate="nucleus", top_p=1.5)
 
 
 def test_generation_needs_at_least_one_new_token(blockwise_parts):

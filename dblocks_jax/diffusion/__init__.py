@@ -35,6 +35,7 @@ from dblocks_jax.diffusion.samplers import (
   euler_step,
   heun_step,
   sample,
+  sample_routed,
 )
 
 __all__ = [
@@ -60,6 +61,7 @@ __all__ = [
   "route",
   "sample",
   "sample_log_uniform",
+  "sample_routed",
   "sample_truncated_lognormal",
   "sigma_grid",
   "training_ranges",

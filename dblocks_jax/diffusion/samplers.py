@@ -7,12 +7,19 @@ takes `denoise(z, i) -> (D, aux)` where i indexes the grid, so the caller routes
 grid point i to its block and may return extra outputs (e.g. logits).
 """
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 SAMPLERS = ("euler", "heun")
 
 DenoiseFn = Callable[[Any, int], tuple[Any, Any]]
+# denoise(z, sigma, block): sigma a traced scalar, block a Python int.
+RoutedDenoiseFn = Callable[[Any, jax.Array, int], tuple[Any, Any]]
 
 
 def euler_step(z, denoised, sigma: float, sigma_next: float):
@@ -65,3 +72,57 @@ def sample(
     else:
       z = z_euler
   return denoise(z, len(sigmas) - 1)
+
+
+def sample_routed(
+  denoise: RoutedDenoiseFn,
+  z,
+  sigmas: Sequence[float],
+  blocks: Sequence[int],
+  method: str = "euler",
+):
+  """`sample` with the grid's levels traced: one `lax.scan` per run of
+  consecutive steps in the same block, so K steps of one block compile its
+  denoiser once, not K times (a tied-weight block iterated K times).
+
+  Args:
+    denoise: `denoise(z, sigma, block) -> (D, aux)`; sigma is a float32
+      scalar (traced inside a run), block the grid point's block.
+    z: initial noisy state.
+    sigmas: [N] descending grid.
+    blocks: [N] the block of each grid point.
+    method: "euler" or "heun" (Heun's second evaluation is in the next grid
+      point's block; a run holds the steps whose two blocks agree).
+
+  Returns:
+    (D, aux) of the final evaluation at sigmas[-1].
+  """
+  if method not in SAMPLERS:
+    raise ValueError(f"method={method!r} is unknown; choose one of {SAMPLERS}.")
+  if len(sigmas) != len(blocks):
+    raise ValueError(
+      f"sigmas ({len(sigmas)}) and blocks ({len(blocks)}) must have one"
+      " entry per grid point."
+    )
+  levels = np.asarray(sigmas, np.float32)
+  blocks = [int(b) for b in blocks]
+
+  def run_key(i):
+    return (blocks[i], blocks[i + 1]) if method == "heun" else blocks[i]
+
+  for key, steps in itertools.groupby(range(len(levels) - 1), run_key):
+    steps = np.fromiter(steps, int)
+    block, block_next = key if method == "heun" else (key, key)
+    pairs = jnp.asarray(np.stack([levels[steps], levels[steps + 1]], -1))
+
+    def step(z, pair, block=block, block_next=block_next):
+      sigma, sigma_next = pair[0], pair[1]
+      d, _ = denoise(z, sigma, block)
+      z_euler = euler_step(z, d, sigma, sigma_next)
+      if method != "heun":
+        return z_euler, None
+      d_next, _ = denoise(z_euler, sigma_next, block_next)
+      return heun_step(z, d, z_euler, d_next, sigma, sigma_next), None
+
+    z, _ = jax.lax.scan(step, z, pairs)
+  return denoise(z, jnp.float32(levels[-1]), blocks[-1])

@@ -20,6 +20,7 @@ _BUILT_IN = {
   "dit": "dblocks_jax.families.dit",
   "mdm": "dblocks_jax.families.mdm",
   "ar": "dblocks_jax.families.ar",
+  "recurrent": "dblocks_jax.families.recurrent",
 }
 _REGISTRY: dict[str, Family] = {}
 

@@ -152,6 +152,26 @@ def _lm1b_ids(folder: str, split: str, tok) -> np.ndarray:
   return np.fromiter((i for ids in pieces for i in ids), np.int32)
 
 
+def diffusion_task(config) -> NextTokenDiffusion:
+  """The DiffusionBlocks next-token task of `config.diffusion` and
+  `config.sampler`."""
+  d, s = config.diffusion, config.sampler
+  fields = {
+    "sigma_per": "diffusion.sigma_per",
+    "estimate": "sampler.estimate",
+    "top_p": "sampler.top_p",
+  }
+  with errors.config_fields(fields):
+    return NextTokenDiffusion(
+      sigma_data=d.sigma_data,
+      max_weight=d.max_weight,
+      sigma_per=d.sigma_per,
+      estimate=s.estimate,
+      normalized_table=s.normalized_table,
+      top_p=s.top_p,
+    )
+
+
 class ARFamily:
   """Autoregressive language modelling: see the module docstring."""
 
@@ -188,20 +208,7 @@ class ARFamily:
       fixed=None if shared_mode else fixed,
       held_blocks=held_blocks,
     )
-    d, s = config.diffusion, config.sampler
-    fields = {
-      "sigma_per": "diffusion.sigma_per",
-      "estimate": "sampler.estimate",
-    }
-    with errors.config_fields(fields):
-      task = NextTokenDiffusion(
-        sigma_data=d.sigma_data,
-        max_weight=d.max_weight,
-        sigma_per=d.sigma_per,
-        estimate=s.estimate,
-        normalized_table=s.normalized_table,
-      )
-    return Experiment("dblocks", model, task, plan)
+    return Experiment("dblocks", model, diffusion_task(config), plan)
 
   def train_data(self, config, specs) -> dict:
     ids = corpus_from_config(config).splits["train"]
@@ -238,10 +245,15 @@ class ARFamily:
           )
         )
       result["split"] = config.data.eval_split
-      result["inference_steps"] = sampler.num_steps if sampler else 1
+      result["inference_steps"] = self.inference_steps(config, sampler)
       return result
 
     return run
+
+  def inference_steps(self, config, sampler) -> int:
+    """Network evaluations per token: the sampler's grid, 1 without."""
+    del config
+    return sampler.num_steps if sampler else 1
 
   def describe(self, result) -> str:
     line = (
@@ -281,7 +293,7 @@ class ARFamily:
     )
     out.update(
       step=trainer.step_count,
-      inference_steps=sampler.num_steps if sampler else 1,
+      inference_steps=self.inference_steps(config, sampler),
       seed=int(config.sample.seed),
     )
     return out

@@ -46,25 +46,27 @@ def noise_from_config(config) -> EDM:
 
 
 def plan_from_config(
-  config, *, single_block: bool = False, noise=None
+  config, *, single_block: bool = False, noise=None, num_layers=None
 ) -> BlockPlan:
-  """The plan of `config.blocks` over `model.num_layers` layers; with
-  `single_block`, the diffusion baseline's one block over the whole range.
-  `noise`: the noise process (default: EDM's, `noise_from_config`)."""
+  """The plan of `config.blocks` over `num_layers` layers (default
+  `model.num_layers`); with `single_block`, the diffusion baseline's one
+  block over the whole range. `noise`: the noise process (default: EDM's,
+  `noise_from_config`)."""
   b = config.blocks
+  num_layers = num_layers or config.model.num_layers
   with errors.config_fields():
     check_choice(b.sharing, ("shared", "independent"), "blocks.sharing")
     noise = noise or noise_from_config(config)
     if single_block:
       return BlockPlan.create(
         noise,
-        num_layers=config.model.num_layers,
+        num_layers=num_layers,
         num_blocks=1,
         gamma=b.gamma,
       )
     return BlockPlan.create(
       noise,
-      num_layers=config.model.num_layers,
+      num_layers=num_layers,
       num_blocks=b.num_blocks,
       gamma=b.gamma,
       partition=b.partition,

@@ -56,7 +56,7 @@ from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm
 from dblocks_jax.models.ar import causal_mask
 
-ESTIMATES = ("soft", "hard")
+ESTIMATES = ("soft", "hard", "nucleus")
 SIGMA_PER = ("token", "sequence")
 
 
@@ -82,10 +82,38 @@ def clean_inputs(parts, tokens: jax.Array, sigma_data: float) -> jax.Array:
   return parts["targets"](tokens) / sigma_data
 
 
+def context_features(parts, tokens, sigma_data: float):
+  """The prelude's output shifted one place right, [b, T, width]: row i
+  reads the tokens before i (zeros at row 0). None without a prelude."""
+  if "prelude" not in parts:
+    return None
+  length = tokens.shape[1]
+  e = parts["prelude"](
+    clean_inputs(parts, tokens, sigma_data),
+    positions=jnp.arange(length),
+    mask=causal_mask(length),
+  )
+  return _shift_right(e)
+
+
+def _shift_right(x: jax.Array) -> jax.Array:
+  return jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
+
+
+def inject(parts, x: jax.Array, e_before) -> jax.Array:
+  """x [b, t, width] -> adapter([x; e_before]) with a prelude (the
+  recurrent-depth input injection), x itself without."""
+  if e_before is None:
+    return x
+  return parts["adapter"](jnp.concatenate([x, e_before], -1))
+
+
 def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
   """The block's denoiser on the 2T layout.
 
-  Parts: targets, noise_embed, context, layers, readout (`models.ar`).
+  Parts: targets, noise_embed, context, layers, readout (`models.ar`);
+  optionally prelude and adapter (`models.recurrent`): then both streams
+  enter as adapter([input_i; prelude output at i - 1]).
 
   Args:
     tokens: [b, T] the clean sequence.
@@ -98,8 +126,10 @@ def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
   batch, length = tokens.shape
   noisy_cond = noise_condition(parts, sigma)
   cond = jnp.concatenate([noisy_cond, parts["context"](batch, length)], 1)
-  noisy = edm.c_in(sigma, sigma_data)[..., None] * z
-  h = jnp.concatenate([noisy, clean_inputs(parts, tokens, sigma_data)], 1)
+  e_before = context_features(parts, tokens, sigma_data)
+  noisy = inject(parts, edm.c_in(sigma, sigma_data)[..., None] * z, e_before)
+  clean = inject(parts, clean_inputs(parts, tokens, sigma_data), e_before)
+  h = jnp.concatenate([noisy, clean], 1)
   positions = jnp.tile(jnp.arange(length), 2)
   h = parts["layers"](
     h, cond, positions=positions, mask=two_stream_mask(length)
@@ -138,6 +168,16 @@ def next_token_accuracy(predict, batches: Iterable, key) -> dict:
   return {"accuracy": correct / max(total, 1), "num_tokens": total}
 
 
+def _chain(denoise, z, sampler) -> jax.Array:
+  """The routed chain from z; `denoise(z, sigma, block) -> (D, logits)`.
+  Returns the logits of the final evaluation. Consecutive steps in one
+  block run as one scanned body (`diffusion.sample_routed`)."""
+  _, logits = diffusion.sample_routed(
+    denoise, z, sampler.levels, sampler.blocks, sampler.method
+  )
+  return logits
+
+
 def _check_steps(num_tokens: int, prompt_length: int) -> None:
   if num_tokens < 1:
     raise ValueError(f"num_tokens={num_tokens} must be at least 1.")
@@ -145,34 +185,49 @@ def _check_steps(num_tokens: int, prompt_length: int) -> None:
     raise ValueError("the prompt must hold at least one token.")
 
 
+# A cache is any structure of per-layer (keys, values) pairs, each [...,
+# slots, heads, head_dim] (a recurrent core stacks its iterations in front).
+SLOTS = -3
+
+
+def _is_pair(x) -> bool:
+  return isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], jax.Array)
+
+
 def _empty_cache(kvs, total: int):
-  """Per-layer (keys, values) [b, t, h, d] of a prefill -> zero caches of
-  `total` slots with the prefill written at the front."""
+  """The (keys, values) of a prefill -> caches of `total` slots holding the
+  prefill at the front and zeros after."""
 
   def grow(x):
     pad = [(0, 0)] * x.ndim
-    pad[1] = (0, total - x.shape[1])
+    pad[SLOTS] = (0, total - x.shape[SLOTS])
     return jnp.pad(x, pad)
 
-  return [(grow(k), grow(v)) for k, v in kvs]
+  return jax.tree.map(grow, kvs)
 
 
 def _write(cache, kvs, position):
-  """Writes each layer's new (keys, values) [b, 1, h, d] at `position`."""
-  return [
-    (
-      jax.lax.dynamic_update_slice_in_dim(k, nk, position, 1),
-      jax.lax.dynamic_update_slice_in_dim(v, nv, position, 1),
-    )
-    for (k, v), (nk, nv) in zip(cache, kvs, strict=True)
-  ]
+  """Writes the new token's (keys, values) [..., 1, h, d] at `position`."""
+  return jax.tree.map(
+    lambda c, new: jax.lax.dynamic_update_slice_in_dim(
+      c, new, position, c.ndim + SLOTS
+    ),
+    cache,
+    kvs,
+  )
 
 
 def _prefixes(cache, position):
-  """The cache as attention prefixes: slots < position are valid."""
-  batch, slots = cache[0][0].shape[:2]
-  valid = jnp.broadcast_to(jnp.arange(slots) < position, (batch, slots))
-  return [(k, v, valid) for k, v in cache]
+  """The cache as attention prefixes (keys, values, valid): slots <
+  position are valid."""
+
+  def prefix(pair):
+    keys, values = pair
+    slots = keys.shape[SLOTS]
+    valid = jnp.broadcast_to(jnp.arange(slots) < position, keys.shape[:-2])
+    return keys, values, valid
+
+  return jax.tree.map(prefix, cache, is_leaf=_is_pair)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,6 +242,7 @@ class NextTokenDiffusion:
     sigma_per: "token" or "sequence" (see the module docstring).
     estimate: "soft" (softmax(logits) @ E) or "hard" (the argmax row).
     normalized_table: the estimate uses the normalised rows (the targets).
+    top_p: the nucleus mass of `estimate="nucleus"`.
   """
 
   sigma_data: float = 0.5
@@ -194,8 +250,10 @@ class NextTokenDiffusion:
   sigma_per: str = "token"
   estimate: str = "soft"
   normalized_table: bool = True
+  top_p: float = 0.95
 
   def __post_init__(self):
+    _check_top_p(self.top_p)
     if self.sigma_per not in SIGMA_PER:
       raise ValueError(
         f"sigma_per={self.sigma_per!r} is unknown; choose one of {SIGMA_PER}."
@@ -235,6 +293,8 @@ class NextTokenDiffusion:
     table = table.normalized() if self.normalized_table else table.table[...]
     if self.estimate == "hard":
       return table[jnp.argmax(logits, -1)]
+    if self.estimate == "nucleus":
+      logits = nucleus(logits, self.top_p)
     return jax.nn.softmax(logits, -1) @ table
 
   def predict(self, parts_for_block, batch, key, *, sampler):
@@ -251,14 +311,12 @@ class NextTokenDiffusion:
       key, tokens.shape + (width,)
     )
 
-    def denoise(z, i):
-      parts = parts_for_block(int(sampler.blocks[i]))
-      sigma = jnp.full(tokens.shape, float(sampler.levels[i]), jnp.float32)
-      logits, _ = self.denoise(parts, tokens, z, sigma)
+    def denoise(z, sigma, block):
+      parts = parts_for_block(block)
+      logits, _ = self.denoise(parts, tokens, z, jnp.full(tokens.shape, sigma))
       return self._estimate(parts, logits), logits
 
-    _, logits = diffusion.sample(denoise, z, sampler.levels, sampler.method)
-    return logits
+    return _chain(denoise, z, sampler)
 
   def evaluate(self, predict, batches: Iterable, key) -> dict:
     return next_token_accuracy(predict, batches, key)
@@ -294,27 +352,31 @@ class NextTokenDiffusion:
     if not use_cache:
 
       def next_token(position, tokens):
-        def denoise(z, i):
-          parts = parts_for_block(int(sampler.blocks[i]))
+        def denoise(z, sigma, block):
+          parts = parts_for_block(block)
           window = jnp.zeros((batch, total, width)).at[:, position].set(z[:, 0])
-          sigma = jnp.full((batch, total), float(sampler.levels[i]))
-          logits, _ = self.denoise(parts, tokens, window, sigma)
+          logits, _ = self.denoise(
+            parts, tokens, window, jnp.full((batch, total), sigma)
+          )
           logits = jax.lax.dynamic_slice_in_dim(logits, position, 1, 1)
           return self._estimate(parts, logits), logits
 
-        _, logits = diffusion.sample(
-          denoise, noise_at(position), sampler.levels, sampler.method
-        )
+        logits = _chain(denoise, noise_at(position), sampler)
         token = jnp.argmax(logits[:, 0], -1).astype(tokens.dtype)
         return tokens.at[:, position].set(token)
 
       return jax.lax.fori_loop(prompt_length, total, next_token, tokens)
 
+    # The prelude (when there is one) is shared: it runs once per token.
+    shared = parts_for_block(used[0])
+    prelude, before = _PreludeCache.prefill(
+      shared, prompt, total, self.sigma_data
+    )
     caches = {}
     for b in used:
       parts = parts_for_block(b)
       _, kvs = parts["layers"].prefill(
-        clean_inputs(parts, prompt, self.sigma_data),
+        inject(parts, clean_inputs(parts, prompt, self.sigma_data), before),
         parts["context"](batch, prompt_length),
         positions=jnp.arange(prompt_length),
         mask=causal_mask(prompt_length),
@@ -322,60 +384,110 @@ class NextTokenDiffusion:
       caches[b] = _empty_cache(kvs, total)
 
     def next_token(position, carry):
-      tokens, caches = carry
+      tokens, caches, prelude = carry
       positions = jnp.reshape(position, (1,))
 
-      def denoise(z, i):
-        b = int(sampler.blocks[i])
-        parts = parts_for_block(b)
-        sigma = jnp.full((batch, 1), float(sampler.levels[i]))
+      def denoise(z, sigma, block):
+        parts = parts_for_block(block)
+        sigma = jnp.full((batch, 1), sigma)
         cond = noise_condition(parts, sigma)
+        noisy = edm.c_in(sigma, self.sigma_data)[..., None] * z
         h, _ = parts["layers"].decode(
-          edm.c_in(sigma, self.sigma_data)[..., None] * z,
+          inject(parts, noisy, prelude.last),
           cond,
           positions=positions,
-          prefixes=_prefixes(caches[b], position),
+          prefixes=_prefixes(caches[block], position),
         )
         logits, _ = parts["readout"](
           h, z, sigma, cond, sigma_data=self.sigma_data
         )
         return self._estimate(parts, logits), logits
 
-      _, logits = diffusion.sample(
-        denoise, noise_at(position), sampler.levels, sampler.method
-      )
+      logits = _chain(denoise, noise_at(position), sampler)
       token = jnp.argmax(logits, -1).astype(tokens.dtype)  # [b, 1]
       new_caches = {}
       for b in used:
         parts = parts_for_block(b)
+        clean = clean_inputs(parts, token, self.sigma_data)
         _, kvs = parts["layers"].decode(
-          clean_inputs(parts, token, self.sigma_data),
+          inject(parts, clean, prelude.last),
           parts["context"](batch, 1),
           positions=positions,
           prefixes=_prefixes(caches[b], position),
         )
         new_caches[b] = _write(caches[b], kvs, position)
-      return tokens.at[:, position].set(token[:, 0]), new_caches
+      prelude = prelude.append(shared, token, position, self.sigma_data)
+      return tokens.at[:, position].set(token[:, 0]), new_caches, prelude
 
-    tokens, _ = jax.lax.fori_loop(
-      prompt_length, total, next_token, (tokens, caches)
+    tokens, _, _ = jax.lax.fori_loop(
+      prompt_length, total, next_token, (tokens, caches, prelude)
     )
     return tokens
 
 
-def top_p_sample(key, logits: jax.Array, top_p: float) -> jax.Array:
-  """A draw from the smallest set of tokens whose probability reaches
-  `top_p` (nucleus sampling; 1 = plain sampling). logits [b, vocab] ->
-  [b] int."""
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class _PreludeCache:
+  """The prelude's state during cached generation (all None without one).
+
+  Attributes:
+    cache: the prelude's (keys, values) per layer.
+    last: [b, 1, width] its output at the last token so far (the next
+      token's injection).
+  """
+
+  cache: list | None
+  last: jax.Array | None
+
+  @classmethod
+  def prefill(cls, parts, prompt, total: int, sigma_data: float):
+    """-> (the state after the prompt, the prompt's injection [b, P,
+    width]: the prelude's outputs shifted right)."""
+    if "prelude" not in parts:
+      return cls(None, None), None
+    length = prompt.shape[1]
+    e, kvs = parts["prelude"].prefill(
+      clean_inputs(parts, prompt, sigma_data),
+      positions=jnp.arange(length),
+      mask=causal_mask(length),
+    )
+    return cls(_empty_cache(kvs, total), e[:, -1:]), _shift_right(e)
+
+  def append(self, parts, token, position, sigma_data: float):
+    """Runs the prelude on token [b, 1] at `position`."""
+    if self.cache is None:
+      return self
+    e, kvs = parts["prelude"].decode(
+      clean_inputs(parts, token, sigma_data),
+      None,
+      positions=jnp.reshape(position, (1,)),
+      prefixes=_prefixes(self.cache, position),
+    )
+    return _PreludeCache(_write(self.cache, kvs, position), e)
+
+
+def _check_top_p(top_p: float) -> None:
   if not 0 < top_p <= 1:
     raise ValueError(f"top_p={top_p} must lie in (0, 1].")
-  order = jnp.argsort(-logits, axis=-1)
-  sorted_logits = jnp.take_along_axis(logits, order, -1)
-  probs = jax.nn.softmax(sorted_logits, -1)
+
+
+def nucleus(logits: jax.Array, top_p: float) -> jax.Array:
+  """logits [..., vocab] with every token outside the nucleus at -inf: the
+  nucleus is the smallest set of the most likely tokens whose probability
+  reaches `top_p` (1 keeps all)."""
+  _check_top_p(top_p)
+  descending = -jnp.sort(-logits, axis=-1)
+  probs = jax.nn.softmax(descending, -1)
   before = jnp.cumsum(probs, -1) - probs  # Mass of the more likely tokens.
-  kept = jnp.where(before < top_p, sorted_logits, -jnp.inf)
-  choice = jax.random.categorical(key, kept, axis=-1)
-  return jnp.take_along_axis(order, choice[:, None], -1)[:, 0]
+  kept = jnp.where(before < top_p, descending, jnp.inf)
+  threshold = jnp.min(kept, -1, keepdims=True)  # The least likely kept.
+  return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+
+def top_p_sample(key, logits: jax.Array, top_p: float) -> jax.Array:
+  """A draw from the nucleus of mass `top_p` (nucleus sampling; 1 = plain
+  sampling). logits [b, vocab] -> [b] int."""
+  return jax.random.categorical(key, nucleus(logits, top_p), axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -389,6 +501,9 @@ class CausalLM:
 
   top_p: float = 0.95
 
+  def __post_init__(self):
+    _check_top_p(self.top_p)
+
   def loss(self, parts, batch, level, key, *, train: bool = True):
     del level, key, train
     tokens = batch["tokens"]
@@ -398,8 +513,8 @@ class CausalLM:
 
   def predict(self, parts_for_block, batch, key, *, sampler=None):
     """logits [b, T, vocab], row i predicting token i (row 0 zeros)."""
-    del key, sampler
-    logits = parts_for_block(0)["model"](batch["tokens"])
+    del sampler
+    logits = self.forward(parts_for_block(0)["model"], batch["tokens"], key)
     return jnp.pad(logits[:, :-1], ((0, 0), (1, 0), (0, 0)))
 
   def evaluate(self, predict, batches: Iterable, key) -> dict:
@@ -416,36 +531,38 @@ class CausalLM:
     sampler=None,
   ) -> jax.Array:
     """Top-p continuation of `prompt` [b, P] -> [b, P + num_tokens]; token
-    p is drawn with fold_in(key, p)."""
+    p is drawn with fold_in(draw_key, p), where draw_key, model_key =
+    split(key) and model_key goes to the model (random states)."""
     del sampler
     model = parts_for_block(0)["model"]
     batch, prompt_length = prompt.shape
     _check_steps(num_tokens, prompt_length)
     total = prompt_length + num_tokens
     tokens = jnp.pad(prompt, ((0, 0), (0, num_tokens)))
+    draw_key, model_key = jax.random.split(key)
 
     def draw(position, logits):
-      key_p = jax.random.fold_in(key, position)
+      key_p = jax.random.fold_in(draw_key, position)
       return top_p_sample(key_p, logits, self.top_p).astype(tokens.dtype)
 
     if not use_cache:
 
       def next_token(position, tokens):
-        logits = model(tokens)
+        logits = self.forward(model, tokens, model_key)
         last = jax.lax.dynamic_index_in_dim(logits, position - 1, 1, False)
         return tokens.at[:, position].set(draw(position, last))
 
       return jax.lax.fori_loop(prompt_length, total, next_token, tokens)
 
-    logits, kvs = model.prefill(prompt)
+    logits, kvs = self.prefill(model, prompt, model_key)
     cache = _empty_cache(kvs, total)
     tokens = tokens.at[:, prompt_length].set(draw(prompt_length, logits[:, -1]))
 
     def next_token(position, carry):
       tokens, cache = carry
       previous = jax.lax.dynamic_slice_in_dim(tokens, position - 1, 1, 1)
-      logits, kvs = model.decode(
-        previous, position - 1, _prefixes(cache, position - 1)
+      logits, kvs = self.decode(
+        model, previous, position - 1, model_key, _prefixes(cache, position - 1)
       )
       cache = _write(cache, kvs, position - 1)
       return tokens.at[:, position].set(draw(position, logits[:, 0])), cache
@@ -454,3 +571,20 @@ class CausalLM:
       prompt_length + 1, total, next_token, (tokens, cache)
     )
     return tokens
+
+  # The model's passes; a subclass with another model overrides these.
+
+  def forward(self, model, tokens, key) -> jax.Array:
+    """tokens [b, t] -> logits [b, t, vocab], row i predicting token i + 1."""
+    del key
+    return model(tokens)
+
+  def prefill(self, model, tokens, key):
+    """-> (logits [b, t, vocab], the cache's (keys, values))."""
+    del key
+    return model.prefill(tokens)
+
+  def decode(self, model, token, position, key, prefixes):
+    """token [b, 1] -> (logits [b, 1, vocab], its (keys, values))."""
+    del key
+    return model.decode(token, position, prefixes)

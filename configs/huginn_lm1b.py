@@ -1,0 +1,61 @@
+"""Recurrent-depth LM on LM1B: the paper's layout (method_spec 2.5,
+Table 5).
+
+Huginn's default: 2 prelude, a 4-layer recurrent block and 2 coda layers,
+Pythia-70M-like width 512 with 8 heads. The paper states only the layout,
+the epochs (DiffusionBlocks 15, the baseline 5) and the baseline's depth
+(mean 32, truncated backpropagation over the last 8 iterations); the rest
+is our choice, taken from the autoregressive LM1B recipe (ar_lm1b) so that
+the two families compare: Llama-2's 32K tokenizer, SwiGLU 1,408 (8/3 x 512,
+rounded to 64), 256-token windows, batch 256, AdamW 3e-4 with 2,500 warm-up
+steps, cosine decay to a tenth, weight decay 0.1, clipping at 1. K = 32
+iterations at inference, greedy for DiffusionBlocks, top-p 0.95 for the
+baseline.
+
+  tfds build lm1b --data_dir=DIR
+  python -m dblocks_jax.main --config=configs/huginn_lm1b.py --workdir=runs/huginn_lm1b \
+    --config.data.dir=DIR --config.data.tokenizer=/path/to/tokenizer.model
+  python -m dblocks_jax.main --config=configs/huginn_lm1b.py:baseline --workdir=runs/huginn_lm1b_baseline \
+    --config.data.dir=DIR --config.data.tokenizer=/path/to/tokenizer.model
+
+Arguments: smoke (a tiny model on the Python docs, seconds), baseline
+(Huginn's training, 5 epochs; `e2e` is the same).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, smoke=False, baseline=False, e2e=False)
+  recipe = dict(
+    corpus="lm1b",
+    num_train_tokens=850_000_000,
+    vocab_size=32000,
+    prelude_layers=2,
+    recurrent_layers=4,
+    coda_layers=2,
+    width=512,
+    num_heads=8,
+    mlp_dim=1408,
+    seq_len=256,
+    epochs=5 if args.baseline or args.e2e else 15,
+    batch_size=256,
+    learning_rate=3e-4,
+    warmup_steps=2500,
+    mean_depth=32.0,
+    backprop_depth=8,
+    inference_depth=32,
+  )
+  c = common.recurrent_language(**recipe)
+  c.log_every_steps = 500
+  c.checkpoint_every_steps = 5000
+  c.eval_batch_size = 128
+  c.eval.max_sequences = 4096
+  c.eval.num_prompts = 1000
+  c.eval.prompt_length = 50
+  c.eval.continuation_length = 50
+  if args.smoke:
+    common.as_recurrent_smoke(c)
+  if args.baseline or args.e2e:
+    c = common.as_end_to_end(c)
+  return c

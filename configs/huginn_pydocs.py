@@ -1,0 +1,62 @@
+"""Recurrent-depth LM on the Python docs: the CPU-sized comparison.
+
+Huginn's layout at the autoregressive comparison's size (ar_pydocs): 2
+prelude, 4 recurrent and 2 coda Llama layers of width 128, 4 heads, SwiGLU
+352, over 64-token windows of the 2,048-piece BPE; batch 32, AdamW 1e-3
+after 200 warm-up steps. DiffusionBlocks trains the recurrent block and the
+coda in one pass per step as the next-token denoiser (B=1, the prelude
+shared); the baseline (`:baseline`) is Huginn's training at a CPU-sized
+depth: a log-normal Poisson depth of mean 8 per step (the paper's 32 would
+make the baseline 4 x dearer), gradients through the last 4 iterations (the
+paper's 8). Both infer with K = 8 iterations (`sampler.num_steps`; the
+paper's 32 is a flag away).
+
+  apt-get install python3.11-doc
+  python -m dblocks_jax.main --config=configs/huginn_pydocs.py --workdir=runs/huginn_pydocs
+  python -m dblocks_jax.main --config=configs/huginn_pydocs.py:baseline --workdir=runs/huginn_pydocs_baseline
+
+Evaluation is the autoregressive family's (ar_pydocs): next-token
+accuracy, continuations, and with `eval.judge_workdir` (an ar_pydocs:judge
+run) generative perplexity and MAUVE.
+
+Arguments: smoke (a tiny model, seconds), baseline (Huginn's training;
+`e2e` is the same), steps=N (training steps; default 1,000).
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(
+    arg, smoke=False, baseline=False, e2e=False, steps=1000
+  )
+  c = common.recurrent_language(
+    corpus="pydocs",
+    num_train_tokens=3_875_713,
+    vocab_size=2048,
+    prelude_layers=2,
+    recurrent_layers=4,
+    coda_layers=2,
+    width=128,
+    num_heads=4,
+    mlp_dim=352,
+    seq_len=64,
+    epochs=1,
+    batch_size=32,
+    learning_rate=1e-3,
+    warmup_steps=200,
+    mean_depth=8.0,
+    backprop_depth=4,
+    inference_depth=8,
+  )
+  c.total_steps = args.steps
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 500
+  c.eval.max_sequences = 1024
+  c.eval.num_prompts = 1000
+  c.eval_batch_size = 250
+  if args.smoke:
+    common.as_recurrent_smoke(c)
+  if args.baseline or args.e2e:
+    c = common.as_end_to_end(c)
+  return c

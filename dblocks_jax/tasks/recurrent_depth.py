@@ -1,0 +1,74 @@
+"""The recurrent-depth baseline (method_spec 2.5): Huginn's own training.
+
+Every step draws a recurrence depth r from Huginn's log-normal Poisson
+(mean `mean_depth` + 1, `models.recurrent.sample_depth`) and backpropagates
+through the last `backprop_depth` iterations only (truncated
+backpropagation through depth); the loss is next-token cross-entropy.
+Inference runs `inference_depth` iterations (K, one scanned body), and
+generation samples with top-p as the autoregressive baseline does, with a
+key/value cache per iteration.
+
+Shapes as `tasks.autoregressive`.
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from dblocks_jax.models import recurrent
+from dblocks_jax.tasks.autoregressive import CausalLM, _next_token_metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class RecurrentDepthLM(CausalLM):
+  """Huginn's training as a `Task`: part "model" is a
+  `models.recurrent.RecurrentLM`, trained without noise (`level` is None).
+
+  Attributes:
+    top_p: nucleus mass of `generate`.
+    mean_depth: the mean of the training depth's log-normal Poisson.
+    depth_sigma: its log-normal spread (Huginn's 0.5).
+    backprop_depth: iterations that carry gradients (the truncation).
+    inference_depth: K, the iterations of evaluation and generation.
+  """
+
+  mean_depth: float = 32.0
+  depth_sigma: float = 0.5
+  backprop_depth: int = 8
+  inference_depth: int = 32
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.inference_depth < 1:
+      raise ValueError(
+        f"inference_depth={self.inference_depth} must be at least 1."
+      )
+    if not 1 <= self.backprop_depth <= self.mean_depth:
+      raise ValueError(
+        f"backprop_depth={self.backprop_depth} must lie in [1, mean_depth="
+        f"{self.mean_depth:g}]: the truncation cannot exceed the mean depth."
+      )
+
+  def loss(self, parts, batch, level, key, *, train: bool = True):
+    del level, train
+    tokens = batch["tokens"]
+    depth_key, state_key = jax.random.split(key)
+    depth = recurrent.sample_depth(depth_key, self.mean_depth, self.depth_sigma)
+    logits = parts["model"](
+      tokens, state_key, depth=depth, backprop_depth=self.backprop_depth
+    )[:, :-1]
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    metrics = _next_token_metrics(logits, tokens[:, 1:], ce)
+    metrics["depth"] = depth.astype(jnp.float32)
+    return jnp.mean(ce), metrics
+
+  def forward(self, model, tokens, key):
+    return model(tokens, key, depth=self.inference_depth)
+
+  def prefill(self, model, tokens, key):
+    return model.prefill(tokens, key, depth=self.inference_depth)
+
+  def decode(self, model, token, position, key, prefixes):
+    return model.decode(token, position, key, prefixes)
