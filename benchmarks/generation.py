@@ -1,12 +1,14 @@
-"""Autoregressive generation throughput: DiffusionBlocks against the AR
+"""Autoregressive generation throughput: DiffusionBlocks against its
 baseline, with and without the KV cache.
 
-For an `ar_*` config, each model continues `--batch_size` random prompts of
-`--prompt_length` tokens by `--num_tokens` tokens:
+For an `ar_*` or `huginn_*` config, each model continues `--batch_size`
+random prompts of `--prompt_length` tokens by `--num_tokens` tokens:
   * DiffusionBlocks: `sampler.num_steps` routed Euler steps per token (B by
-    default, each through one block of L/B layers), greedy, then the new
+    default, each through one block of L/B layers; K steps of the recurrent
+    block and coda for huginn_*, after the prelude), greedy, then the new
     clean token through every block (its keys and values for the cache);
-  * the baseline: one pass of L layers per token, top-p.
+  * the baseline: one pass of L layers per token (huginn_*: the prelude, K
+    iterations of the recurrent block, the coda), top-p.
 With the cache the clean prefix's keys and values are kept; without, every
 evaluation reruns the whole window (O(length^2) per token). Weights are
 freshly initialised (throughput does not depend on their values). Prints
@@ -14,6 +16,8 @@ tokens per second of the four, measured in this process, and the ratios.
 
   python benchmarks/generation.py --config=configs/ar_pydocs.py \
     --batch_size=16 --prompt_length=32 --num_tokens=32 --repeats=3
+  python benchmarks/generation.py --config=configs/huginn_pydocs.py \
+    --config.sampler.num_steps=32
 """
 
 import copy
@@ -34,7 +38,7 @@ from dblocks_jax import families  # noqa: E402
 from dblocks_jax.families import ar as ar_family  # noqa: E402
 from dblocks_jax.families import common  # noqa: E402
 
-config_flags.DEFINE_config_file("config", None, "An ar_* config.")
+config_flags.DEFINE_config_file("config", None, "An ar_* or huginn_* config.")
 flags.DEFINE_integer("batch_size", 16, "Sequences per generate call.")
 flags.DEFINE_integer("prompt_length", 32, "Prompt tokens.")
 flags.DEFINE_integer("num_tokens", 32, "Generated tokens per sequence.")
@@ -50,7 +54,7 @@ def tokens_per_second(config, method: str, use_cache: bool) -> float:
     config.model.max_seq_len = max(
       config.model.max_seq_len, FLAGS.prompt_length + FLAGS.num_tokens
     )
-  experiment = families.get("ar").build(config)
+  experiment = families.get(config.model.name).build(config)
   trainer = common.make_trainer(config, experiment, None)
   sampler = common.sampler_from_config(config, experiment.plan)
   generate = ar_family.generate_fn(
@@ -68,11 +72,25 @@ def tokens_per_second(config, method: str, use_cache: bool) -> float:
   return FLAGS.repeats * FLAGS.batch_size * FLAGS.num_tokens / elapsed
 
 
+def layers_per_token(config, steps: int) -> tuple[int, int]:
+  """Layer evaluations per generated token of the cached programs:
+  (DiffusionBlocks, the baseline)."""
+  m = config.model
+  if m.name == "recurrent":  # steps = K.
+    block = m.recurrent_layers + m.coda_layers
+    return (
+      m.prelude_layers + (steps + 1) * block,
+      m.prelude_layers + steps * m.recurrent_layers + m.coda_layers,
+    )
+  per_block = m.num_layers // config.blocks.num_blocks
+  return steps * per_block + m.num_layers, m.num_layers
+
+
 def main(argv):
   del argv
   config = FLAGS.config
-  if config.model.name != "ar":
-    raise app.UsageError("--config must be an ar_* config.")
+  if config.model.name not in ("ar", "recurrent"):
+    raise app.UsageError("--config must be an ar_* or huginn_* config.")
   rates = {
     (method, cache): tokens_per_second(config, method, cache)
     for method in ("dblocks", "e2e")
@@ -80,6 +98,7 @@ def main(argv):
   }
   num_blocks = config.blocks.num_blocks
   steps = config.sampler.num_steps or num_blocks
+  blockwise_layers, end_to_end_layers = layers_per_token(config, steps)
   result = {
     "device": str(jax.devices()[0].device_kind),
     "num_layers": config.model.num_layers,
@@ -91,9 +110,8 @@ def main(argv):
     "prompt_length": FLAGS.prompt_length,
     "num_tokens": FLAGS.num_tokens,
     # Layer evaluations per generated token (the cached programs).
-    "layers_per_token_blockwise": steps * config.model.num_layers // num_blocks
-    + config.model.num_layers,
-    "layers_per_token_end_to_end": config.model.num_layers,
+    "layers_per_token_blockwise": blockwise_layers,
+    "layers_per_token_end_to_end": end_to_end_layers,
     "tokens_per_second_blockwise_cached": rates["dblocks", True],
     "tokens_per_second_blockwise_uncached": rates["dblocks", False],
     "tokens_per_second_end_to_end_cached": rates["e2e", True],

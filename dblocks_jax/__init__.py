@@ -54,6 +54,10 @@ _EXPORTS = {
     "NextTokenDiffusion",
   ),
   "CausalLM": ("dblocks_jax.tasks.autoregressive", "CausalLM"),
+  "RecurrentDepthLM": (
+    "dblocks_jax.tasks.recurrent_depth",
+    "RecurrentDepthLM",
+  ),
   # Training.
   "Trainer": ("dblocks_jax.trainer", "Trainer"),
   # Layers and the Linen adapter.

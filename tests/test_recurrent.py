@@ -1,6 +1,8 @@
 """The recurrent-depth (Huginn-style) LM: tied weights, truncated
 backpropagation, scanned iterations and cached decoding."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -283,3 +285,29 @@ def test_baseline_truncation_beyond_the_mean_depth_is_refused():
   config.recurrence.backprop_depth = 4
   with pytest.raises(ConfigError, match="recurrence.backprop_depth=4"):
     families.get("recurrent").build(config)
+
+
+# ----- Training FLOPs ---------------------------------------------------------
+
+
+def test_training_flops_come_from_the_compiled_step():
+  from dblocks_jax import flops
+
+  config = huginn_pydocs.get_config("smoke,baseline")
+  out = flops.training_flops(config)
+  assert out["mean_depth_drawn"] == pytest.approx(4.0, rel=0.02)
+  # Deeper draws cost more: one forward iteration more than k.
+  assert out["step_flops"] > out["flops_at_backprop_depth"] > 0
+  assert out["flops_per_forward_iteration"] > 0
+  assert out["train_flops"] == out["step_flops"] * config.total_steps
+  # The affine model holds further out: depth k + 6 compiled directly.
+  experiment = families.get("recurrent").build(config)
+  k = experiment.task.backprop_depth
+  deep = dataclasses.replace(experiment.task, fixed_depth=k + 6)
+  direct = flops.step_flops(config, dataclasses.replace(experiment, task=deep))
+  at_k_plus_1 = out["flops_at_k_plus_1"]
+  assert direct == pytest.approx(
+    at_k_plus_1 + 5 * out["flops_per_forward_iteration"], rel=1e-3
+  )
+  blockwise = flops.training_flops(huginn_pydocs.get_config("smoke"))
+  assert blockwise["block_flops"] == [blockwise["step_flops"]]

@@ -117,5 +117,28 @@ class RecurrentFamily(ar_family.ARFamily):
   def inference_steps(self, config, sampler) -> int:
     return inference_depth(config)
 
+  def evaluator(self, config, experiment, workdir):
+    """The autoregressive evaluation, plus the training FLOPs so far:
+    `train_flops` = step x the compiled step's FLOPs (`dblocks_jax.flops`,
+    counted once per run), for quality against compute."""
+    from dblocks_jax import flops
+
+    evaluate = super().evaluator(config, experiment, workdir)
+    counted = {}
+
+    def run(trainer) -> dict:
+      result = evaluate(trainer)
+      if not counted:
+        counted.update(flops.training_flops(config))
+      result["step_flops"] = counted["step_flops"]
+      result["train_flops"] = counted["step_flops"] * trainer.step_count
+      return result
+
+    return run
+
+  def describe(self, result) -> str:
+    line = super().describe(result)
+    return line + f"; {result['train_flops']:.3g} training FLOPs"
+
 
 FAMILY = RecurrentFamily()

@@ -140,7 +140,9 @@ class RecurrentLM(nnx.Module):
 
   # ----- Training and teacher-forced inference --------------------------------
 
-  def __call__(self, tokens, key, *, depth, backprop_depth: int = 0):
+  def __call__(
+    self, tokens, key, *, depth, backprop_depth: int = 0, unroll=False
+  ):
     """tokens [b, t] -> logits [b, t, vocab] (row i predicts token i + 1)
     after `depth` iterations (an int or a traced scalar) from a random
     state drawn with `key`.
@@ -148,7 +150,9 @@ class RecurrentLM(nnx.Module):
     With `backprop_depth` > 0, only the last min(depth, backprop_depth)
     iterations carry gradients (truncated backpropagation); the earlier ones
     run under stop_gradient. With 0, all `depth` iterations are one scanned,
-    differentiable body (`depth` must then be a Python int).
+    differentiable body (`depth` must then be a Python int). `unroll` (a
+    Python int `depth`) writes every iteration out instead of looping: the
+    same values, for XLA's cost analysis, which counts a loop body once.
     """
     length = tokens.shape[1]
     positions, mask = jnp.arange(length), ar.causal_mask(length)
@@ -159,24 +163,27 @@ class RecurrentLM(nnx.Module):
       return self.iterate(state, e, positions=positions, mask=mask), None
 
     if not backprop_depth:
-      state, _ = jax.lax.scan(step, state, length=int(depth))
+      state, _ = jax.lax.scan(step, state, length=int(depth), unroll=unroll)
       return self.readout(state, positions=positions, mask=mask)
 
     frozen = _stop_gradient(self)
     e_frozen = jax.lax.stop_gradient(e)
-    free = jnp.maximum(depth - backprop_depth, 0)
+    maximum = max if unroll else jnp.maximum
+    free = maximum(depth - backprop_depth, 0)
 
     def free_step(_, state):
       return frozen.iterate(state, e_frozen, positions=positions, mask=mask)
 
-    state = jax.lax.fori_loop(0, free, free_step, state)
-    skipped = jnp.maximum(backprop_depth - depth, 0)  # depth < backprop_depth
+    state = jax.lax.fori_loop(0, free, free_step, state, unroll=unroll)
+    skipped = maximum(backprop_depth - depth, 0)  # depth < backprop_depth
 
     def tracked_step(state, k):
       new_state, _ = step(state)
       return jnp.where(k < skipped, state, new_state), None
 
-    state, _ = jax.lax.scan(tracked_step, state, jnp.arange(backprop_depth))
+    state, _ = jax.lax.scan(
+      tracked_step, state, jnp.arange(backprop_depth), unroll=unroll
+    )
     return self.readout(state, positions=positions, mask=mask)
 
   # ----- Generation with caches -----------------------------------------------

@@ -10,6 +10,7 @@ from dblocks_jax.tasks.classification import (
 )
 from dblocks_jax.tasks.generation import DiffusionGeneration
 from dblocks_jax.tasks.masked_diffusion import MaskedDiffusion
+from dblocks_jax.tasks.recurrent_depth import RecurrentDepthLM
 
 __all__ = [
   "CausalLM",
@@ -19,6 +20,7 @@ __all__ = [
   "EndToEndClassification",
   "MaskedDiffusion",
   "NextTokenDiffusion",
+  "RecurrentDepthLM",
   "Sampler",
   "Task",
   "accuracy",

@@ -32,12 +32,16 @@ class RecurrentDepthLM(CausalLM):
     depth_sigma: its log-normal spread (Huginn's 0.5).
     backprop_depth: iterations that carry gradients (the truncation).
     inference_depth: K, the iterations of evaluation and generation.
+    fixed_depth: > 0: every step runs this depth, every iteration written
+      out (no loop), instead of a draw: for counting FLOPs with XLA's cost
+      analysis, which counts a loop body once (`dblocks_jax.flops`).
   """
 
   mean_depth: float = 32.0
   depth_sigma: float = 0.5
   backprop_depth: int = 8
   inference_depth: int = 32
+  fixed_depth: int = 0
 
   def __post_init__(self):
     super().__post_init__()
@@ -55,13 +59,23 @@ class RecurrentDepthLM(CausalLM):
     del level, train
     tokens = batch["tokens"]
     depth_key, state_key = jax.random.split(key)
-    depth = recurrent.sample_depth(depth_key, self.mean_depth, self.depth_sigma)
+    if self.fixed_depth:
+      depth, unroll = self.fixed_depth, True
+    else:
+      depth = recurrent.sample_depth(
+        depth_key, self.mean_depth, self.depth_sigma
+      )
+      unroll = False
     logits = parts["model"](
-      tokens, state_key, depth=depth, backprop_depth=self.backprop_depth
+      tokens,
+      state_key,
+      depth=depth,
+      backprop_depth=self.backprop_depth,
+      unroll=unroll,
     )[:, :-1]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     metrics = _next_token_metrics(logits, tokens[:, 1:], ce)
-    metrics["depth"] = depth.astype(jnp.float32)
+    metrics["depth"] = jnp.asarray(depth, jnp.float32)
     return jnp.mean(ce), metrics
 
   def forward(self, model, tokens, key):

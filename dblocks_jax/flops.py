@@ -1,0 +1,93 @@
+"""Training FLOPs from XLA's `cost_analysis()` of the compiled step.
+
+`step_flops` lowers and compiles a run's training step on abstract inputs
+(nothing runs) and reads XLA's FLOP count: forward, backward and the
+optimizer update, as compiled. XLA counts the body of a loop once whatever
+its trip count, so a step must be compiled without loops to be counted:
+the block-wise steps have none; the recurrent-depth baseline is compiled
+with a fixed, unrolled depth (`RecurrentDepthLM.fixed_depth`).
+
+The baseline's cost is affine in its drawn depth r beyond the
+backpropagated k iterations (those run forward only; any r <= k costs what
+r = k does). `training_flops` compiles it at r = k, k + 1, k + 2 and k + 3,
+checks that the last two increments agree, and averages the cost over
+200,000 draws of the depth.
+"""
+
+import copy
+import dataclasses
+
+import jax
+import numpy as np
+
+from dblocks_jax import families
+from dblocks_jax.families import common
+
+
+def step_flops(config, experiment=None, block: int = 0) -> float:
+  """FLOPs of one training step of `block` (XLA's count, compiled)."""
+  family = families.get(config.model.name)
+  experiment = experiment or family.build(config)
+  config = copy.deepcopy(config)  # One device group, every block.
+  with config.unlocked():
+    config.parallel.block_groups = 1
+    config.blocks.train = ()
+  trainer = common.make_trainer(config, experiment, None)
+  compiled = trainer.lower_step(family.batch_spec(config), block=block)
+  analysis = compiled.compile().cost_analysis()
+  if isinstance(analysis, list | tuple):  # Older JAX: one per device.
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
+def _recurrent_baseline(config, experiment) -> dict:
+  task = experiment.task
+  k = task.backprop_depth
+
+  def at_depth(depth):
+    fixed = dataclasses.replace(task, fixed_depth=depth)
+    return step_flops(config, dataclasses.replace(experiment, task=fixed))
+
+  tracked_only = at_depth(k)  # Every depth r <= k costs this.
+  counts = [at_depth(k + i) for i in (1, 2, 3)]
+  per_iteration = counts[1] - counts[0]
+  if not np.isclose(counts[2] - counts[1], per_iteration, rtol=1e-3):
+    raise RuntimeError(
+      f"the step's FLOPs are not affine in the depth: {counts}"
+    )
+  from dblocks_jax.models import recurrent
+
+  keys = jax.random.split(jax.random.key(0), 200_000)
+  depths = np.asarray(
+    jax.vmap(
+      lambda key: recurrent.sample_depth(key, task.mean_depth, task.depth_sigma)
+    )(keys)
+  )
+  per_depth = np.where(
+    depths <= k, tracked_only, counts[0] + (depths - k - 1) * per_iteration
+  )
+  return {
+    "step_flops": float(per_depth.mean()),
+    "flops_at_backprop_depth": tracked_only,
+    "flops_at_k_plus_1": counts[0],
+    "flops_per_forward_iteration": per_iteration,
+    "mean_depth_drawn": float(depths.mean()),
+  }
+
+
+def training_flops(config) -> dict:
+  """FLOPs per training step (the mean over blocks, or over the baseline's
+  depths) and over the run's `total_steps`."""
+  family = families.get(config.model.name)
+  experiment = family.build(config)
+  if getattr(experiment.task, "backprop_depth", 0):
+    out = _recurrent_baseline(config, experiment)
+  elif experiment.plan is not None:
+    blocks = range(experiment.plan.num_blocks)
+    per_block = [step_flops(config, experiment, b) for b in blocks]
+    out = {"step_flops": float(np.mean(per_block)), "block_flops": per_block}
+  else:
+    out = {"step_flops": step_flops(config, experiment)}
+  out["total_steps"] = int(config.total_steps)
+  out["train_flops"] = out["step_flops"] * int(config.total_steps)
+  return out
