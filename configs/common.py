@@ -600,6 +600,9 @@ def ar_language(
   c.sampler.estimate = "soft"  # soft: softmax(logits) @ E | hard: argmax row
   c.sampler.normalized_table = True  # The estimate uses the target rows.
   c.sampler.top_p = 0.95  # The baseline's nucleus sampling.
+  # Scales DiffusionBlocks' starting noise: 1 = the official chain (a
+  # sampler of the model's distribution); lower sharpens, 0 is deterministic.
+  c.sampler.temperature = 1.0
 
   _optimizer(
     c,

@@ -212,6 +212,25 @@ def test_teacher_forced_chain_gives_logits_for_every_position(blockwise_parts):
   np.testing.assert_array_equal(changed[:, :5], logits[:, :5])
 
 
+def test_temperature_scales_the_starting_noise(blockwise_parts):
+  tokens = _tokens((2, 6))
+
+  def predict(task, seed):
+    return task.predict(
+      blockwise_parts,
+      {"tokens": tokens},
+      jax.random.key(seed),
+      sampler=SAMPLER,
+    )
+
+  official = tasks.NextTokenDiffusion()
+  assert not np.allclose(predict(official, 0), predict(official, 1))
+  frozen = tasks.NextTokenDiffusion(temperature=0.0)  # No noise: no key.
+  np.testing.assert_array_equal(predict(frozen, 0), predict(frozen, 1))
+  with pytest.raises(ValueError, match="temperature=-1"):
+    tasks.NextTokenDiffusion(temperature=-1.0)
+
+
 def test_top_p_keeps_the_smallest_set_that_reaches_p():
   logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
   keys = jax.random.split(jax.random.key(0), 400)

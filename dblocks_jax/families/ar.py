@@ -160,6 +160,7 @@ def diffusion_task(config) -> NextTokenDiffusion:
     "sigma_per": "diffusion.sigma_per",
     "estimate": "sampler.estimate",
     "top_p": "sampler.top_p",
+    "temperature": "sampler.temperature",
   }
   with errors.config_fields(fields):
     return NextTokenDiffusion(
@@ -169,6 +170,7 @@ def diffusion_task(config) -> NextTokenDiffusion:
       estimate=s.estimate,
       normalized_table=s.normalized_table,
       top_p=s.top_p,
+      temperature=s.temperature,
     )
 
 

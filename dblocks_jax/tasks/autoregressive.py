@@ -31,11 +31,19 @@ Decisions the paper leaves open (method_spec 2.4), each documented:
 
 Inference (`predict`, `generate`): routed Euler from z ~ N(0, sigma_max^2 I)
 over the sampler's grid, the denoised estimate softmax(logits) @ E
-(`estimate="soft"`) or the row of the argmax (`"hard"`), the table's
-normalised rows by default (`normalized_table`); the final evaluation's
-argmax is the token. `predict` runs the chain for every position at once
-under teacher forcing (next-token accuracy); `generate` appends tokens one
-by one, with the clean prefix's keys and values cached per block.
+(`estimate="soft"`, the official one), the same over the nucleus of mass
+`top_p` (`"nucleus"`, our switch: the baseline's top-p truncation applied
+to the hand-off, since the soft chain is a sampler of the model's
+distribution, tail included), or the row of the argmax (`"hard"`), the
+table's normalised rows by default (`normalized_table`); the final
+evaluation's argmax is the token. `predict` runs the chain for every
+position at once under teacher forcing (next-token accuracy); `generate`
+appends tokens one by one, with the clean prefix's keys and values cached
+per block. Consecutive steps in one block run as one scanned body.
+
+With `prelude` and `adapter` parts (the recurrent-depth model,
+`models.recurrent`), a prelude reads the clean tokens once and both
+streams enter the block as adapter([input_i; prelude output at i - 1]).
 
 Baseline (`CausalLM`): plain next-token cross-entropy; generation samples
 with top-p (nucleus) sampling.
@@ -243,6 +251,11 @@ class NextTokenDiffusion:
     estimate: "soft" (softmax(logits) @ E) or "hard" (the argmax row).
     normalized_table: the estimate uses the normalised rows (the targets).
     top_p: the nucleus mass of `estimate="nucleus"`.
+    temperature: scales the chain's starting noise, z ~ N(0, (temperature
+      x sigma_max)^2): 1 is the official chain (a sampler of the model's
+      distribution, since the probability-flow ODE maps noise to samples);
+      lower values sharpen it (reduced-temperature sampling), 0 makes it
+      deterministic.
   """
 
   sigma_data: float = 0.5
@@ -251,9 +264,12 @@ class NextTokenDiffusion:
   estimate: str = "soft"
   normalized_table: bool = True
   top_p: float = 0.95
+  temperature: float = 1.0
 
   def __post_init__(self):
     _check_top_p(self.top_p)
+    if self.temperature < 0:
+      raise ValueError(f"temperature={self.temperature} must be >= 0.")
     if self.sigma_per not in SIGMA_PER:
       raise ValueError(
         f"sigma_per={self.sigma_per!r} is unknown; choose one of {SIGMA_PER}."
@@ -288,6 +304,10 @@ class NextTokenDiffusion:
     metrics = _next_token_metrics(logits[:, 1:], tokens[:, 1:], ce)
     return jnp.mean(weight * ce), metrics
 
+  def _start(self, sampler) -> float:
+    """The starting noise level: temperature x the grid's first level."""
+    return self.temperature * float(sampler.levels[0])
+
   def _estimate(self, parts, logits):
     table = parts["targets"]
     table = table.normalized() if self.normalized_table else table.table[...]
@@ -307,9 +327,7 @@ class NextTokenDiffusion:
       )
     tokens = batch["tokens"]
     width = parts_for_block(int(sampler.blocks[0]))["targets"].table.shape[-1]
-    z = float(sampler.levels[0]) * jax.random.normal(
-      key, tokens.shape + (width,)
-    )
+    z = self._start(sampler) * jax.random.normal(key, tokens.shape + (width,))
 
     def denoise(z, sigma, block):
       parts = parts_for_block(block)
@@ -347,7 +365,7 @@ class NextTokenDiffusion:
       draw = jax.random.normal(
         jax.random.fold_in(key, position), (batch, width)
       )
-      return float(sampler.levels[0]) * draw[:, None]
+      return self._start(sampler) * draw[:, None]
 
     if not use_cache:
 
