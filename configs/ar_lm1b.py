@@ -27,27 +27,15 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, e2e=False)
   c = common.ar_language(
-    corpus="lm1b",
-    num_train_tokens=850_000_000,
-    vocab_size=32000,
+    **common.LM1B_LM,
     num_layers=12,
     width=768,
     num_heads=12,
     mlp_dim=2048,
-    seq_len=256,
     num_blocks=4,
     epochs=10,
-    batch_size=256,
-    learning_rate=3e-4,
-    warmup_steps=2500,
   )
-  c.log_every_steps = 500
-  c.checkpoint_every_steps = 5000
-  c.eval_batch_size = 128
-  c.eval.max_sequences = 4096
-  c.eval.num_prompts = 1000
-  c.eval.prompt_length = 50
-  c.eval.continuation_length = 50
+  common.lm1b_lm_run(c)
   if args.smoke:
     common.as_ar_smoke(c)
   if args.e2e:

@@ -35,26 +35,15 @@ from configs import common
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, e2e=False, judge=False, steps=1000)
   c = common.ar_language(
-    corpus="pydocs",
-    num_train_tokens=3_875_713,
-    vocab_size=2048,
+    **common.PYDOCS_LM,
     num_layers=8,
     width=128,
     num_heads=4,
     mlp_dim=352,
-    seq_len=64,
     num_blocks=4,
-    epochs=1,
-    batch_size=32,
-    learning_rate=1e-3,
-    warmup_steps=200,
   )
   c.total_steps = args.steps * c.blocks.num_blocks
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 500
-  c.eval.max_sequences = 1024
-  c.eval.num_prompts = 1000  # SEDD's protocol: 1,000 prompts x 5.
-  c.eval_batch_size = 250
+  common.pydocs_lm_run(c)
   if args.judge:  # 1.5 x the width, trained end to end; judges the others.
     c.model.width = c.model.cond_dim = 192
     c.model.num_heads = 6

@@ -27,33 +27,20 @@ from configs import common
 
 def get_config(arg=None):
   args = common.parse_arg(arg, smoke=False, baseline=False, e2e=False)
-  recipe = dict(
-    corpus="lm1b",
-    num_train_tokens=850_000_000,
-    vocab_size=32000,
+  c = common.recurrent_language(
+    **common.LM1B_LM,
     prelude_layers=2,
     recurrent_layers=4,
     coda_layers=2,
     width=512,
     num_heads=8,
     mlp_dim=1408,
-    seq_len=256,
     epochs=5 if args.baseline or args.e2e else 15,
-    batch_size=256,
-    learning_rate=3e-4,
-    warmup_steps=2500,
     mean_depth=32.0,
     backprop_depth=8,
     inference_depth=32,
   )
-  c = common.recurrent_language(**recipe)
-  c.log_every_steps = 500
-  c.checkpoint_every_steps = 5000
-  c.eval_batch_size = 128
-  c.eval.max_sequences = 4096
-  c.eval.num_prompts = 1000
-  c.eval.prompt_length = 50
-  c.eval.continuation_length = 50
+  common.lm1b_lm_run(c)
   if args.smoke:
     common.as_recurrent_smoke(c)
   if args.baseline or args.e2e:

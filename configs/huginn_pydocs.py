@@ -31,30 +31,19 @@ def get_config(arg=None):
     arg, smoke=False, baseline=False, e2e=False, steps=1000
   )
   c = common.recurrent_language(
-    corpus="pydocs",
-    num_train_tokens=3_875_713,
-    vocab_size=2048,
+    **common.PYDOCS_LM,
     prelude_layers=2,
     recurrent_layers=4,
     coda_layers=2,
     width=128,
     num_heads=4,
     mlp_dim=352,
-    seq_len=64,
-    epochs=1,
-    batch_size=32,
-    learning_rate=1e-3,
-    warmup_steps=200,
     mean_depth=8.0,
     backprop_depth=4,
     inference_depth=8,
   )
   c.total_steps = args.steps
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 500
-  c.eval.max_sequences = 1024
-  c.eval.num_prompts = 1000
-  c.eval_batch_size = 250
+  common.pydocs_lm_run(c)
   if args.smoke:
     common.as_recurrent_smoke(c)
   if args.baseline or args.e2e:

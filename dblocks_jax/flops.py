@@ -14,7 +14,6 @@ checks that the last two increments agree, and averages the cost over
 200,000 draws of the depth.
 """
 
-import copy
 import dataclasses
 
 import jax
@@ -28,11 +27,7 @@ def step_flops(config, experiment=None, block: int = 0) -> float:
   """FLOPs of one training step of `block` (XLA's count, compiled)."""
   family = families.get(config.model.name)
   experiment = experiment or family.build(config)
-  config = copy.deepcopy(config)  # One device group, every block.
-  with config.unlocked():
-    config.parallel.block_groups = 1
-    config.blocks.train = ()
-  trainer = common.make_trainer(config, experiment, None)
+  trainer = common.make_trainer(common.one_group(config), experiment, None)
   compiled = trainer.lower_step(family.batch_spec(config), block=block)
   analysis = compiled.compile().cost_analysis()
   if isinstance(analysis, list | tuple):  # Older JAX: one per device.

@@ -49,9 +49,7 @@ def _trainer(config):
 
 def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
   """Compiles the training step of `config` (block 0 if block-wise)."""
-  family, trainer = _trainer(
-    _variant(config, **{"parallel.block_groups": 1, "blocks.train": ()})
-  )
+  family, trainer = _trainer(common.one_group(config))
   batch = family.batch_spec(config)
   stats = trainer.lower_step(batch, block=0).compile().memory_analysis()
   state = trainer.state

@@ -163,6 +163,18 @@ def topology(config, experiment: Experiment) -> dict:
   return out
 
 
+def one_group(config):
+  """A copy of `config` on one device group that trains every block: the
+  step that the compiled analyses (memory, FLOPs) look at."""
+  import copy
+
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    c.parallel.block_groups = 1
+    c.blocks.train = ()
+  return c
+
+
 def make_trainer(config, experiment: Experiment, workdir: str | None):
   """The `Trainer` of a config's run."""
   from dblocks_jax.trainer import Trainer

@@ -114,13 +114,17 @@ class RecurrentLM(nnx.Module):
 
     return self.spec.state_std * jnp.moveaxis(jax.vmap(draw)(positions), 0, 1)
 
-  def iterate(self, state, e, *, positions, mask, prefixes=None):
-    """One iteration: s -> norm(core(adapter([s; e]))). With `prefixes`
-    (one token against the cache) also returns the core's (keys, values)."""
+  def iterate(self, state, e, *, positions, mask, prefixes=None, keep_kv=False):
+    """One iteration: s -> norm(core(adapter([s; e]))). With `keep_kv` (a
+    prefill) or `prefixes` (one token against the cache) also returns the
+    core's (keys, values)."""
     x = self.adapter(jnp.concatenate([state, e], -1))
-    if prefixes is None:
+    if prefixes is not None:
+      x, kvs = self.core.decode(x, None, positions=positions, prefixes=prefixes)
+    elif keep_kv:
+      x, kvs = self.core.prefill(x, positions=positions, mask=mask)
+    else:
       return self.state_norm(self.core(x, positions=positions, mask=mask))
-    x, kvs = self.core.decode(x, None, positions=positions, prefixes=prefixes)
     return self.state_norm(x), kvs
 
   def readout(self, state, *, positions, mask) -> jax.Array:
@@ -199,9 +203,9 @@ class RecurrentLM(nnx.Module):
     state = self.initial_state(key, tokens.shape[0], positions)
 
     def step(state, _):
-      x = self.adapter(jnp.concatenate([state, e], -1))
-      x, kvs = self.core.prefill(x, positions=positions, mask=mask)
-      return self.state_norm(x), kvs
+      return self.iterate(
+        state, e, positions=positions, mask=mask, keep_kv=True
+      )
 
     state, core_kvs = jax.lax.scan(step, state, length=depth)
     h, coda_kvs = self.coda.prefill(state, positions=positions, mask=mask)

@@ -105,6 +105,7 @@ def context_features(parts, tokens, sigma_data: float):
 
 
 def _shift_right(x: jax.Array) -> jax.Array:
+  """[b, t, d] -> row i holds row i - 1 (zeros at row 0)."""
   return jnp.pad(x[:, :-1], ((0, 0), (1, 0), (0, 0)))
 
 
@@ -533,7 +534,7 @@ class CausalLM:
     """logits [b, T, vocab], row i predicting token i (row 0 zeros)."""
     del sampler
     logits = self.forward(parts_for_block(0)["model"], batch["tokens"], key)
-    return jnp.pad(logits[:, :-1], ((0, 0), (1, 0), (0, 0)))
+    return _shift_right(logits)
 
   def evaluate(self, predict, batches: Iterable, key) -> dict:
     return next_token_accuracy(predict, batches, key)
