@@ -69,6 +69,8 @@ _EXPORTS = {
   "register_family": ("dblocks_jax.families", "register"),
   "train_and_evaluate": ("dblocks_jax.train", "train_and_evaluate"),
   "errors": ("dblocks_jax.errors", None),
+  # What the notebooks under colab/ share.
+  "notebook": ("dblocks_jax.notebook", None),
 }
 
 __all__ = sorted(_EXPORTS)
