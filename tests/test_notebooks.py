@@ -201,7 +201,8 @@ def test_tpu_block_parallel(tmp_path, monkeypatch):
   assert results["max_parameter_difference"] < 0.5
   held = results["held_state_bytes_per_device"]
   mesh = held["block-wise, mesh of 2 groups"]
-  # A mesh device holds one of the two blocks (and its own shell).
-  assert mesh == held["block-wise, one device in turn"] / 2
+  # A mesh device holds one of the two blocks (with its own shell) and its
+  # step's counters: half of what a device training both in turn holds.
+  assert mesh == pytest.approx(held["block-wise, one device in turn"] / 2, 0.01)
   total = results["total_bytes_per_device"]
   assert total["block-wise, mesh of 2 groups"] < total["end to end, one device"]
