@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dblocks_jax import families  # noqa: E402
+from dblocks_jax import families, flops  # noqa: E402
 from dblocks_jax.families import common  # noqa: E402
 
 config_flags.DEFINE_config_file("config", None, "A block-wise config.")
@@ -100,9 +100,7 @@ def measure(config, kind: str, steps: int) -> dict:
   seconds = (time.perf_counter() - start) / steps
 
   compiled = trainer.lower_step(spec, block=0).compile()
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):  # Older JAX: one per device.
-    cost = cost[0]
+  step_flops = flops.compiled_flops(compiled)
   memory = compiled.memory_analysis()
   tokens = spec["tokens"].shape if "tokens" in spec else None
   return {
@@ -111,8 +109,8 @@ def measure(config, kind: str, steps: int) -> dict:
     "tokens_per_second": (
       float(np.prod(tokens)) / seconds if tokens is not None else None
     ),
-    "flops": float(cost["flops"]),
-    "flops_per_second": float(cost["flops"]) / seconds,
+    "flops": step_flops,
+    "flops_per_second": step_flops / seconds,
     # Linux reports ru_maxrss in KiB.
     "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     "argument_bytes": int(memory.argument_size_in_bytes),

@@ -23,16 +23,21 @@ from dblocks_jax import families
 from dblocks_jax.families import common
 
 
+def compiled_flops(compiled) -> float:
+  """XLA's FLOP count of a compiled program (`jax.stages.Compiled`)."""
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, list | tuple):  # Older JAX: one per device.
+    analysis = analysis[0]
+  return float(analysis["flops"])
+
+
 def step_flops(config, experiment=None, block: int = 0) -> float:
   """FLOPs of one training step of `block` (XLA's count, compiled)."""
   family = families.get(config.model.name)
   experiment = experiment or family.build(config)
   trainer = common.make_trainer(common.one_group(config), experiment, None)
-  compiled = trainer.lower_step(family.batch_spec(config), block=block)
-  analysis = compiled.compile().cost_analysis()
-  if isinstance(analysis, list | tuple):  # Older JAX: one per device.
-    analysis = analysis[0]
-  return float(analysis["flops"])
+  lowered = trainer.lower_step(family.batch_spec(config), block=block)
+  return compiled_flops(lowered.compile())
 
 
 def _recurrent_baseline(config, experiment) -> dict:
