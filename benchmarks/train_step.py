@@ -13,7 +13,13 @@ batches made in advance, compile excluded, and prints for each:
   the peaks do not mix);
 - XLA's argument and temporary bytes of the compiled step;
 
-and the block / end-to-end ratios. The block-wise run trains its blocks in
+and the block / end-to-end ratios. With `--profile=DIR`, it also traces the
+timed steps of each kind with `jax.profiler` (a Perfetto trace under DIR,
+which also opens in TensorBoard's profile plugin) and prints where the
+step's time goes: XLA's ops summed by kind (the fusion's name without its
+number: `ynn_fusion` are the matmuls on XLA:CPU; the op names in the
+compiled HLO, `jax.stages.Compiled.as_text()`, say what each fusion
+computes). The block-wise run trains its blocks in
 turn (`round_robin`) so that the warm-up compiles every block's step; blocks
 of equal shape cost the same. Integer inputs (labels, tokens) are drawn in
 {0, 1}: the cost of a step does not depend on their values.
@@ -21,11 +27,16 @@ of equal shape cost the same. Integer inputs (labels, tokens) are drawn in
   python benchmarks/train_step.py --config=configs/vit_cifar100.py --steps=10
   python benchmarks/train_step.py --config=configs/dit_imagenet.py \
     --config.batch_size=32 --steps=5
+  python benchmarks/train_step.py --config=configs/vit_cifar100.py --steps=3 \
+    --profile=runs/profile
 """
 
+import collections
 import copy
+import gzip
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -46,6 +57,10 @@ from dblocks_jax.families import common  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "A block-wise config.")
 flags.DEFINE_integer("steps", 10, "Timed steps per step kind.")
 flags.DEFINE_integer("gemm_size", 2048, "n of the n x n x n float32 GEMM.")
+flags.DEFINE_string(
+  "profile", None, "Also trace the timed steps into DIR and print op times."
+)
+flags.DEFINE_integer("top", 12, "--profile: op kinds printed per step kind.")
 flags.DEFINE_enum("kind", None, ["block", "e2e"], "Internal: one step kind.")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
@@ -76,8 +91,40 @@ def gemm_flops_per_second(n: int, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def measure(config, kind: str, steps: int) -> dict:
-  """Times `steps` training steps of one kind in this process."""
+def op_times(trace_dir: str, steps: int) -> dict[str, float]:
+  """Seconds per step of each kind of XLA op in a `jax.profiler` trace.
+
+  Sums the durations of the ops that XLA:CPU's executor threads ran, by the
+  name without its number (`ynn_fusion.12` ->
+  `ynn_fusion`); the executor's own spans (`ThunkExecutor::Execute`, which
+  contain the ops) are left out. Returns {kind: seconds per step}, largest
+  first.
+  """
+  paths = []
+  for root, _, files in os.walk(trace_dir):
+    paths += [os.path.join(root, f) for f in files if f.endswith(".json.gz")]
+  with gzip.open(max(paths, key=os.path.getmtime)) as f:
+    trace = json.load(f)
+  events = trace["traceEvents"] if isinstance(trace, dict) else trace
+  threads = {
+    (e["pid"], e["tid"]): e["args"]["name"]
+    for e in events
+    if e.get("ph") == "M" and e.get("name") == "thread_name"
+  }
+  totals = collections.Counter()
+  for e in events:
+    thread = threads.get((e.get("pid"), e.get("tid")), "")
+    if e.get("ph") != "X" or "XLAEigen" not in thread:
+      continue
+    if e["name"].startswith("ThunkExecutor"):
+      continue
+    totals[re.sub(r"[.\d]+$", "", e["name"])] += e["dur"] * 1e-6 / steps
+  return dict(totals.most_common())
+
+
+def measure(config, kind: str, steps: int, profile: str | None = None) -> dict:
+  """Times `steps` training steps of one kind in this process (and, with
+  `profile`, traces `steps` more into that folder)."""
   config = copy.deepcopy(config)
   if kind == "e2e":
     config = families.end_to_end_config(config)
@@ -98,6 +145,18 @@ def measure(config, kind: str, steps: int) -> dict:
     metrics = trainer.step(batch)
   jax.block_until_ready((trainer.state, metrics))
   seconds = (time.perf_counter() - start) / steps
+  # Linux reports ru_maxrss in KiB. Read before compiling again for XLA's
+  # analyses, whose compile would count in the peak.
+  peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+  profiled = None
+  if profile:
+    folder = os.path.join(profile, kind)
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      for batch in batches[warmup:]:
+        metrics = trainer.step(batch)
+      jax.block_until_ready((trainer.state, metrics))
+    profiled = op_times(folder, steps)
 
   compiled = trainer.lower_step(spec, block=0).compile()
   step_flops = flops.compiled_flops(compiled)
@@ -111,10 +170,10 @@ def measure(config, kind: str, steps: int) -> dict:
     ),
     "flops": step_flops,
     "flops_per_second": step_flops / seconds,
-    # Linux reports ru_maxrss in KiB.
-    "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_rss_bytes": peak_rss,
     "argument_bytes": int(memory.argument_size_in_bytes),
     "temp_bytes": int(memory.temp_size_in_bytes),
+    "op_seconds": profiled,
   }
 
 
@@ -163,7 +222,8 @@ def main(argv):
   del argv
   config = FLAGS.config
   if FLAGS.kind is not None:
-    print(RESULT + json.dumps(measure(config, FLAGS.kind, FLAGS.steps)))
+    result = measure(config, FLAGS.kind, FLAGS.steps, FLAGS.profile)
+    print(RESULT + json.dumps(result))
     return
   gemm = gemm_flops_per_second(FLAGS.gemm_size)
   results = {kind: run_kind(kind) for kind in ("block", "e2e")}
@@ -173,6 +233,24 @@ def main(argv):
     f" {FLAGS.steps} timed steps each, {jax.devices()[0].device_kind}"
   )
   print(table(results, gemm))
+  if FLAGS.profile:
+    for kind, result in results.items():
+      print(op_table(kind, result))
+
+
+def op_table(kind: str, result: dict) -> str:
+  """The `--top` op kinds of one step kind: ms per step and share of the
+  summed op time (the executor runs ops on several threads, so the sum can
+  differ from the step's wall time)."""
+  ops = result["op_seconds"]
+  total = sum(ops.values())
+  lines = [
+    f"{kind} step: XLA op time {total * 1e3:.0f} ms per step"
+    f" (wall {result['seconds_per_step'] * 1e3:.0f} ms)"
+  ]
+  for name, seconds in list(ops.items())[: FLAGS.top]:
+    lines.append(f"  {name:32s}{seconds * 1e3:>9.1f} ms{seconds / total:>8.1%}")
+  return "\n".join(lines)
 
 
 if __name__ == "__main__":

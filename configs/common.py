@@ -82,6 +82,9 @@ def _blocks(c, *, num_blocks):
   # trained (independent sharing; assemble the jobs with --mode=assemble).
   c.blocks.train = ()
   c.blocks.target_table_seed = 0  # The fixed table of the independent mode.
+  # Keep the blocks not being trained (parameters and optimizer states) in
+  # host memory, each moved to the device while it trains (trainer.py).
+  c.blocks.offload = False
 
   # Block-parallel training (docs/parallel.md): G device groups along a
   # `block` mesh axis, each training its own blocks; D devices per group
@@ -89,6 +92,43 @@ def _blocks(c, *, num_blocks):
   c.parallel = ml_collections.ConfigDict()
   c.parallel.block_groups = 1
   c.parallel.data_shards = 0
+
+
+def _precision_and_remat(m):
+  """model.remat, model.dtype and model.param_dtype (every model)."""
+  # What each layer keeps for the backward pass (dblocks_jax/nn/remat.py):
+  # "none"; "full" (every layer under jax.checkpoint, saving nothing); or a
+  # jax.checkpoint_policies name, e.g. "dots_saveable" (keep the matmuls'
+  # outputs). Old config.json files hold True/False: read as full/none.
+  m.remat = "none"
+  # Mixed precision (dblocks_jax/nn/precision.py): the Linears compute in
+  # `dtype` ("float32" | "bfloat16") on parameters stored in `param_dtype`;
+  # norms, softmax, the loss and the EDM preconditioning stay float32.
+  m.dtype = "float32"
+  m.param_dtype = "float32"
+
+
+def _memory_and_plan(c):
+  """--mode=memory and --mode=plan (dblocks_jax/memory.py, planner.py)."""
+  c.memory = ml_collections.ConfigDict()
+  # Besides "none", the model.remat policies --mode=memory compiles both
+  # steps with (() = none).
+  c.memory.remat_policies = ("full", "dots_saveable")
+  c.plan = ml_collections.ConfigDict()
+  # The memory of one device, e.g. "16GiB", "80GB", "512MiB".
+  c.plan.device_memory = "16GiB"
+  c.plan.num_blocks = (1, 2, 3, 4, 6)  # Candidate B (at most model layers).
+  # Candidate examples per device per step; () = batch_size / plan.devices
+  # and its first plan.batch_halvings halves.
+  c.plan.per_device_batch = ()
+  c.plan.batch_halvings = 3
+  c.plan.remat = ("none", "dots_saveable", "full")  # Candidate model.remat.
+  # FLOPs per example within this fraction of the fewest tie; the larger
+  # batch, then fewer blocks, break the tie.
+  c.plan.flops_tolerance = 0.01
+  # Data-parallel devices of the planned run (the recommended batch_size is
+  # per-device batch x devices); 0 = the devices JAX sees here.
+  c.plan.devices = 0
 
 
 def _sampler(c, *, num_steps, guidance_scale):
@@ -188,7 +228,7 @@ def vit_classification(
   # Where F is read: "label" (the official code: the noisy-label token) or
   # "cls" (the paper's text: a separate CLS token before it).
   c.model.readout_token = "label"
-  c.model.remat = False  # jax.checkpoint every layer.
+  _precision_and_remat(c.model)
   c.model.image_dropout = 0.0  # Zero the image in training, for guidance.
 
   _blocks_and_diffusion(c, num_blocks=num_blocks)
@@ -214,8 +254,7 @@ def vit_classification(
     num_classes=num_classes,
     normalisation="dataset",
   )
-  c.memory = ml_collections.ConfigDict()
-  c.memory.include_remat = True  # Also report both steps with jax.checkpoint.
+  _memory_and_plan(c)
   return c
 
 
@@ -264,7 +303,7 @@ def dit_generation(
   # EDM uses C; keeps the reference's parameter count and checkpoints.
   c.model.learn_sigma = True
   c.model.label_dropout = 0.1  # Null-class training, for guidance.
-  c.model.remat = False  # jax.checkpoint every layer.
+  _precision_and_remat(c.model)
 
   _blocks_and_diffusion(c, num_blocks=num_blocks)
   _sampler(c, num_steps=50, guidance_scale=2.0)
@@ -309,8 +348,7 @@ def dit_generation(
   c.sample.columns = 0  # 0 = one column per class.
   c.sample.seed = 0
 
-  c.memory = ml_collections.ConfigDict()
-  c.memory.include_remat = True
+  _memory_and_plan(c)
   return c
 
 
@@ -471,7 +509,7 @@ def mdm_language(
   c.model.mlp_ratio = 4
   c.model.frequency_dim = 256
   c.model.max_seq_len = seq_len  # Rows of the learned position table.
-  c.model.remat = False  # jax.checkpoint every layer.
+  _precision_and_remat(c.model)
 
   _blocks(c, num_blocks=num_blocks)
   # For partition="explicit": B+1 times in block order (block 0 is the most
@@ -516,8 +554,7 @@ def mdm_language(
   c.sample.num_samples = 8
   c.sample.seed = 0
 
-  c.memory = ml_collections.ConfigDict()
-  c.memory.include_remat = True
+  _memory_and_plan(c)
   return c
 
 
@@ -587,7 +624,7 @@ def ar_language(
   c.model.frequency_dim = 256
   c.model.norm_eps = 1e-5  # RMSNorm epsilon (Llama-2).
   c.model.rope_theta = 10000.0
-  c.model.remat = False  # jax.checkpoint every layer.
+  _precision_and_remat(c.model)
 
   _blocks_and_diffusion(c, num_blocks=num_blocks)
   c.blocks.gamma = 0.1
@@ -640,8 +677,7 @@ def ar_language(
   c.sample = ml_collections.ConfigDict()  # --mode=sample
   c.sample.seed = 0
 
-  c.memory = ml_collections.ConfigDict()
-  c.memory.include_remat = True
+  _memory_and_plan(c)
   return c
 
 

@@ -58,6 +58,7 @@ CONFIG_FIELDS = {
   "sharing": "blocks.sharing",
   "schedule": "blocks.schedule",
   "train_blocks": "blocks.train",
+  "offload": "blocks.offload",
   "sampling": "blocks.sigma_sampling",
   "sigma_min": "diffusion.sigma_min",
   "sigma_max": "diffusion.sigma_max",

@@ -1,5 +1,5 @@
 """Command line: python -m dblocks_jax.main --config=configs/NAME.py[:args]
---workdir=DIR [--mode=train|eval|compare|sample|memory|encode|assemble]
+--workdir=DIR [--mode=train|eval|compare|sample|memory|plan|encode|assemble]
 [--sources=DIR,...] [--distributed [--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I]].
 
@@ -33,11 +33,21 @@ flags.DEFINE_string("workdir", None, "Directory of the run (resumed if any).")
 flags.DEFINE_enum(
   "mode",
   "train",
-  ["train", "eval", "compare", "sample", "memory", "encode", "assemble"],
+  [
+    "train",
+    "eval",
+    "compare",
+    "sample",
+    "memory",
+    "plan",
+    "encode",
+    "assemble",
+  ],
   "train (and evaluate), eval (newest checkpoint), compare (DiffusionBlocks"
   " and its end-to-end baseline in one command: accuracy or FID, compiled"
   " step memory, wall time), sample (a generator's"
   " newest checkpoint: PNG grid and .npz), memory (compiled step memory),"
+  " plan (the B, per-device batch and remat that fit plan.device_memory),"
   " encode (an image dataset -> latents in data.dir, with the SD VAE),"
   " assemble (per-block jobs' checkpoints in --sources -> one model in"
   " --workdir).",
@@ -100,7 +110,7 @@ def _quiet_unraisable(unraisable) -> None:
   sys.__unraisablehook__(unraisable)
 
 
-def run(config, workdir: str, mode: str, sources=()) -> dict:
+def run(config, workdir: str, mode: str, sources=(), argv=()) -> dict:
   """Runs `mode`, holding the workdir's lock (one writer per workdir)."""
   import jax
 
@@ -118,10 +128,10 @@ def run(config, workdir: str, mode: str, sources=()) -> dict:
   with WorkdirLock(
     workdir, process_index=jax.process_index(), create=not needs_run
   ):
-    return _run(config, workdir, mode, sources)
+    return _run(config, workdir, mode, sources, argv)
 
 
-def _run(config, workdir: str, mode: str, sources) -> dict:
+def _run(config, workdir: str, mode: str, sources, argv=()) -> dict:
   from dblocks_jax import families
 
   if mode == "train":
@@ -153,6 +163,11 @@ def _run(config, workdir: str, mode: str, sources) -> dict:
       f" {len(set(result['sources'].values()))} job(s) into {workdir} (step"
       f" {result['step']}); evaluate with --mode=eval or --mode=sample"
     )
+  elif mode == "plan":
+    from dblocks_jax import planner
+
+    result = planner.plan(config, workdir, argv)
+    print(planner.table(result))
   elif mode == "encode":
     from dblocks_jax import encode
 
@@ -213,7 +228,7 @@ def main(argv):
       process_id=FLAGS.process_id,
     )
   try:
-    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.sources)
+    run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.sources, sys.argv[1:])
   except errors.Preempted:
     sys.exit(errors.EXIT_PREEMPTED)  # The trainer logged why, and where.
   except tuple(ONE_LINE_ERRORS) as e:

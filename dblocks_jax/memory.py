@@ -5,14 +5,20 @@ Both steps are lowered and compiled ahead of time on abstract inputs of the
 config's batch (the family's `batch_spec`); the report gives XLA's argument,
 output and temporary bytes, and the split of the step's inputs into
 parameters, optimizer state and batch. XLA temporaries hold the activations
-kept for the backward pass, the gradients and scratch space. With
-`memory.include_remat`, both steps are also compiled with every layer under
-`jax.checkpoint`.
+kept for the backward pass, the gradients and scratch space. Both steps are
+also compiled with each `model.remat` policy of `memory.remat_policies`
+("full": every layer under `jax.checkpoint`, saving nothing; or a
+`jax.checkpoint_policies` name), reported as `block_step_remat_<policy>`
+and `e2e_step_remat_<policy>` beside `block_step` and `e2e_step` (none).
 
 With `parallel.block_groups` = G > 1 the report adds the block-parallel mesh
 step (`mesh_step`), compiled for G groups of the devices JAX sees: its
 per-device bytes against one device that trains the blocks in turn and so
 holds all of them (`sequential_device`).
+
+`offload` gives the device bytes of the block-wise run without and with
+`blocks.offload` (the blocks not being trained in host memory), from the
+state's sizes and the compiled block step (`offload_memory`).
 """
 
 import copy
@@ -20,8 +26,9 @@ import copy
 import jax
 import ml_collections
 
-from dblocks_jax import families
+from dblocks_jax import errors, families
 from dblocks_jax.families import common
+from dblocks_jax.nn import remat as remat_lib
 
 
 def _bytes(tree) -> int:
@@ -79,6 +86,10 @@ def compiled_step_memory(config: ml_collections.ConfigDict) -> dict:
     "batch_bytes": _bytes(batch),
     "step_param_count": _count(params),
     "param_count": _count(all_params),
+    # Each group's parameters, optimizer state and rest (`offload_memory`).
+    "shared_state_bytes": _bytes(state["shared"]),
+    "block_state_bytes": [_bytes(b) for b in state["blocks"] if b],
+    "data_shards": trainer.layout.data_shards,
   }
 
 
@@ -142,28 +153,82 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
   }
 
 
+def offload_memory(config: ml_collections.ConfigDict, step: dict) -> dict:
+  """Bytes per device of a block-wise run without and with `blocks.offload`.
+
+  `step` is `compiled_step_memory` of the block step. The state a device
+  holds (replicated), from the arrays' sizes: without offload every block's
+  parameters, optimizer state and rest, plus the shared and fixed parts;
+  with offload one block's (the largest), plus the shared and fixed parts,
+  the other blocks in host memory (`host_state_bytes`). Each total adds the
+  device's share of the batch and XLA's temporaries (`memory_analysis()` of
+  block 0's step), the same in both: a step reads only its own block. On
+  the CPU backend the host memory is the device's RAM (`host_is_device`):
+  nothing is saved there.
+  """
+  from dblocks_jax import trainer as trainer_lib
+
+  blocks = step["block_state_bytes"]
+  parts = step["shared_state_bytes"] + step["fixed_bytes"]
+  batch_bytes = step["batch_bytes"] // step["data_shards"]
+  per_step = batch_bytes + step["temp_bytes"]
+  held = {"without": parts + sum(blocks), "with": parts + max(blocks)}
+  out = {
+    "enabled": bool(config.blocks.offload),
+    "host_memory_kind": trainer_lib.host_memory_kind(jax.devices()[0]),
+    "host_is_device": jax.default_backend() == "cpu",
+  }
+  for name, bytes_ in held.items():
+    out[name] = {
+      "held_state_bytes": bytes_,
+      "batch_bytes": batch_bytes,
+      "temp_bytes": step["temp_bytes"],
+      "total_bytes": bytes_ + per_step,
+    }
+  out["with"]["host_state_bytes"] = sum(blocks) - max(blocks)
+  out["held_ratio_with_over_without"] = held["with"] / held["without"]
+  out["total_ratio_with_over_without"] = (
+    out["with"]["total_bytes"] / out["without"]["total_bytes"]
+  )
+  return out
+
+
+def remat_policies(config: ml_collections.ConfigDict) -> list[str]:
+  """The policies the report compiles: "none", then each of
+  `memory.remat_policies` (checked)."""
+  policies = ["none"]
+  for policy in config.memory.remat_policies:
+    with errors.config_fields({"remat": "memory.remat_policies"}):
+      name = remat_lib.remat_name(policy)
+    if name not in policies:
+      policies.append(name)
+  return policies
+
+
 def memory_report(config: ml_collections.ConfigDict) -> dict:
-  """The block step against the end-to-end step (and both with remat)."""
+  """The block step against the end-to-end step, without remat and with
+  each policy of `memory.remat_policies`."""
   variants = {"block_step": "dblocks", "e2e_step": "e2e"}
   report = {
     "batch_size": config.batch_size,
     "backend": jax.default_backend(),
   }
-  for remat in (False, True) if config.memory.include_remat else (False,):
+  policies = remat_policies(config)
+  for policy in policies:
+    suffix = "" if policy == "none" else f"_remat_{policy}"
     for name, method in variants.items():
-      c = _variant(config, method=method, **{"model.remat": remat})
-      report[name + ("_remat" if remat else "")] = compiled_step_memory(c)
+      c = _variant(config, method=method, **{"model.remat": policy})
+      report[name + suffix] = compiled_step_memory(c)
   block, e2e = report["block_step"], report["e2e_step"]
   report["temp_ratio_block_over_e2e"] = block["temp_bytes"] / e2e["temp_bytes"]
   report["param_count"] = block["param_count"]
   report["num_blocks"] = config.blocks.num_blocks
+  report["offload"] = offload_memory(config, block)
   if config.parallel.block_groups > 1:
     report["parallel"] = compiled_mesh_memory(config)
-  if config.memory.include_remat:
-    report["temp_ratio_block_remat_over_e2e"] = (
-      report["block_step_remat"]["temp_bytes"] / e2e["temp_bytes"]
-    )
-    report["temp_ratio_e2e_remat_over_e2e"] = (
-      report["e2e_step_remat"]["temp_bytes"] / e2e["temp_bytes"]
-    )
+  for policy in policies[1:]:
+    for name, short in (("block_step", "block"), ("e2e_step", "e2e")):
+      report[f"temp_ratio_{short}_remat_{policy}_over_e2e"] = (
+        report[f"{name}_remat_{policy}"]["temp_bytes"] / e2e["temp_bytes"]
+      )
   return report

@@ -44,7 +44,27 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
       f"{path} does not exist: {workdir} is not a trained run's workdir."
     )
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f)["config"])
+    return _upgrade(ml_collections.ConfigDict(json.load(f)["config"]))
+
+
+def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Fields that config.json files written before them lack, as those runs
+  had them: float32 compute and parameters; a boolean model.remat becomes
+  its policy name ("full" or "none"); no host offload."""
+  blocks = config.get("blocks")
+  if blocks is not None and "offload" not in blocks:
+    blocks["offload"] = False
+  model = config.get("model")
+  if model is None:
+    return config
+  for field in ("dtype", "param_dtype"):
+    if field not in model:
+      model[field] = "float32"
+  if isinstance(model.get("remat"), bool):
+    remat = "full" if model.remat else "none"
+    del model["remat"]  # A ConfigDict field keeps its type: set anew.
+    model["remat"] = remat
+  return config
 
 
 def recorded_topology(workdir: str) -> dict:

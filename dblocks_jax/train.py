@@ -7,6 +7,7 @@ The config layer's side of the one trainer: family -> experiment -> Trainer
 only readers of a config.
 """
 
+import dataclasses
 import os
 
 import ml_collections
@@ -27,6 +28,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   family = families.get(config.model.name)
   experiment = family.build(config)
   trainer = common.make_trainer(config, experiment, workdir)
+  # The trainer holds its own copy of the state; the model's initial arrays
+  # (every block's, on the default device) would sit there all run.
+  experiment = dataclasses.replace(experiment, model=None)
   runs.write_config(workdir, config, trainer.topology)
   logging.info("Topology: %s", trainer.topology)
   logging.info(

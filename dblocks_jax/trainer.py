@@ -13,6 +13,21 @@ Layout. The devices form a `block` x `data` mesh of G groups of D devices
 device, with the batch split along `data` and gradients reduced across
 devices and processes; G > 1 trains G blocks at once, one per group.
 
+Offload (`offload=True`). The parameters and optimizer states of the held
+blocks that are not being trained live in host memory (the memory kind
+`pinned_host`, or `unpinned_host` on a backend without it): before the step
+of block b, b's state is copied to device memory; it stays there while the
+schedule keeps drawing b and goes back to host memory when another block is
+drawn (a repeated block moves no bytes). The device holds one block's
+state, the shared parts and the fixed parts instead of every block's. The
+moves change no value: a run with offload is bit-identical to one without,
+and checkpoints read and write the arrays wherever they are. Inference
+(`arrays`) copies every block's parameters (not its optimizer state) to the
+device for its duration. On the CPU backend the host memory kinds and
+`device` are the same RAM: the placement runs as on an accelerator and saves
+nothing. With G > 1 a group's blocks are stacked in one array that its step
+reads whole, so offload needs one block per group (and then moves nothing).
+
 Update rules. A run of every block on one group follows the official
 sequential rule: global step s trains the block the schedule draws for s,
 with the key fold_in(seed, s), the learning rate of step s and the next batch
@@ -67,6 +82,9 @@ from dblocks_jax.tasks.base import Sampler, Task
 from dblocks_jax.topology import JOB_FIELDS, check_topology
 
 SCHEDULE_STEPS = ("global", "own")
+# Where offload keeps the blocks not being trained, in order of preference
+# (pinned memory is what accelerators copy from asynchronously).
+HOST_MEMORY_KINDS = ("pinned_host", "unpinned_host")
 
 
 class Trainer:
@@ -101,6 +119,8 @@ class Trainer:
     keep_checkpoints: how many of the newest checkpoints are kept.
     tensorboard: also write TensorBoard summaries (needs TensorFlow).
     topology: extra fields a resumed run must agree on (e.g. the method).
+    offload: keep the held blocks that are not being trained in host
+      memory (see "Offload" in the module docstring).
   """
 
   def __init__(
@@ -126,6 +146,7 @@ class Trainer:
     keep_checkpoints: int = 2,
     tensorboard: bool = False,
     topology: Mapping | None = None,
+    offload: bool = False,
   ):
     # ----- Arguments ------------------------------------------------------
     if not isinstance(model, BlockwiseModel):
@@ -202,6 +223,14 @@ class Trainer:
     self._topology = dict(topology or {})
     self._topology.update(self._layout_topology(sharing))
 
+    # ----- Offload ----------------------------------------------------------
+    self._host_kind = self._host_memory_kind() if offload else None
+    # With G > 1 (one block per group) every held block trains at each step.
+    self.offload = bool(offload) and not self.layout.stacked
+    if offload and not self.offload:
+      logging.info("offload: one block per group, nothing to move.")
+    self._resident: int | None = None  # The block in device memory.
+
     # ----- State ------------------------------------------------------------
     self.graphdefs, shared, blocks, fixed = parts_lib.split(model)
     held = set(self.layout.blocks)
@@ -209,11 +238,18 @@ class Trainer:
     def group(arrays):
       return dict(arrays, opt_state=self.optimizer.init(arrays["params"]))
 
+    def block_group(arrays):
+      # Offload: each block's state leaves the device as soon as it is
+      # made, so the device never holds every block's optimizer state.
+      return jax.device_get(group(arrays)) if self.offload else group(arrays)
+
     self._state = {
       "step": np.zeros((), np.int32),
       "updates": np.zeros((max(model.num_blocks, 1),), np.int32),
       "shared": group(shared) if jax.tree.leaves(shared["params"]) else {},
-      "blocks": [group(b) if i in held else {} for i, b in enumerate(blocks)],
+      "blocks": [
+        block_group(b) if i in held else {} for i, b in enumerate(blocks)
+      ],
       "fixed": fixed,
     }
     self._place(self._state)
@@ -261,7 +297,8 @@ class Trainer:
 
   def _place(self, state) -> None:
     """Puts the state on the mesh: shared, fixed and (G = 1) blocks
-    replicated; G > 1 blocks stacked along `block`."""
+    replicated; G > 1 blocks stacked along `block`. With offload, every
+    block but the resident one goes to host memory."""
     mesh = self.mesh
     state["shared"] = layout_lib.put_replicated(state["shared"], mesh)
     state["fixed"] = layout_lib.put_replicated(state["fixed"], mesh)
@@ -271,8 +308,60 @@ class Trainer:
       state["blocks"] = [{} for _ in state["blocks"]]
     else:
       state["blocks"] = [
-        layout_lib.put_replicated(b, mesh) if b else {} for b in state["blocks"]
+        layout_lib.put_replicated(b, mesh, self.memory_kind(i)) if b else {}
+        for i, b in enumerate(state["blocks"])
       ]
+
+  # ----- Offload --------------------------------------------------------------
+
+  def _host_memory_kind(self) -> str:
+    """The host memory kind offload uses, or a one-line error saying why
+    offload cannot apply to this run."""
+    layout = self.layout
+    if self._plan is None:
+      raise ValueError(
+        "offload=True keeps the blocks not being trained in host memory;"
+        " an end-to-end network has no blocks. Set offload=False."
+      )
+    if layout.stacked and layout.blocks_per_group > 1:
+      raise ValueError(
+        f"offload=True cannot apply to block_groups={layout.num_groups}:"
+        f" each group's {layout.blocks_per_group} blocks are stacked in one"
+        " array that its step reads whole; use one block per group"
+        f" (block_groups={len(layout.blocks)}), one job per block"
+        " (train_blocks=(b,)), or offload=False."
+      )
+    device = self.mesh.devices.flat[0]
+    kind = host_memory_kind(device)
+    if kind is None:
+      kinds = [m.kind for m in device.addressable_memories()]
+      raise ValueError(
+        f"offload=True needs host memory ({' or '.join(HOST_MEMORY_KINDS)}),"
+        f" but the {device.platform} device exposes only {kinds}; set"
+        " offload=False."
+      )
+    return kind
+
+  def memory_kind(self, block: int) -> str | None:
+    """The memory kind where a held block's state is placed: the host kind
+    (offload, every block but the resident one) or None (device memory)."""
+    if not self.offload or block == self._resident:
+      return None
+    return self._host_kind
+
+  def _activate(self, block: int) -> None:
+    """Offload: moves the resident block back to host memory and `block`
+    into device memory (nothing when `block` is already resident)."""
+    if block == self._resident:
+      return
+    blocks, mesh = self._state["blocks"], self.mesh
+    previous, self._resident = self._resident, block
+    if previous is not None:
+      # Out first, then in: the old block's device buffers are released
+      # (freed once copied) before the new block's are requested.
+      host = layout_lib.replicated(mesh, self._host_kind)
+      blocks[previous] = jax.device_put(blocks[previous], host)
+    blocks[block] = jax.device_put(blocks[block], layout_lib.replicated(mesh))
 
   @property
   def writer(self) -> metrics_lib.MetricWriter:
@@ -304,6 +393,8 @@ class Trainer:
     "updates" [B], "shared", "blocks": [{"params", "opt_state", "rest"} or
     {} (not held)], "fixed"}.
 
+    With offload, the blocks not being trained are in host memory (their
+    arrays' `sharding.memory_kind`; `memory_kind(b)` says where each goes).
     With G > 1 groups, each block is an array on its own group's devices;
     in a multi-process run (where a group's arrays are not global arrays
     that every process can save) the blocks are gathered to host memory.
@@ -328,6 +419,7 @@ class Trainer:
       "blocks": list(state["blocks"]),
       "fixed": state["fixed"],
     }
+    self._resident = None
     self._place(self._state)
     self._blocks_ahead = [np.zeros(0, np.int64) for _ in self.schedules]
 
@@ -463,6 +555,8 @@ class Trainer:
       batch = batch[block]
     key, s = self._rule(block)
     state = self._state
+    if self.offload:
+      self._activate(block)
     held = state["blocks"][block] if self._plan else {}
     new_block, new_shared, metrics = self._step_fn(block)(
       held,
@@ -741,10 +835,13 @@ class Trainer:
 
   def arrays(self) -> dict:
     """What inference reads: {"shared", "blocks", "fixed"} of {"params",
-    "rest"} (blocks of a G > 1 run are gathered to this process)."""
+    "rest"} (blocks of a G > 1 run are gathered to this process; with
+    offload, every block is copied to device memory)."""
     arrays = inference.inference_arrays(self.state)
     if self.layout.stacked:
       arrays = jax.device_get(arrays)
+    elif self.offload:  # Device copies of the host blocks' parameters.
+      arrays = jax.device_put(arrays, layout_lib.replicated(self.mesh))
     return arrays
 
   def sampler(
@@ -933,6 +1030,14 @@ class Trainer:
       if self._lock is not None:
         workdir_lock.release(self._lock)
         self._lock = None
+
+
+def host_memory_kind(device) -> str | None:
+  """The memory kind offload keeps blocks in on `device`: the first of
+  `HOST_MEMORY_KINDS` it exposes (None: none). XLA:CPU exposes `device`,
+  `pinned_host` and `unpinned_host`, all the same RAM."""
+  kinds = {m.kind for m in device.addressable_memories()}
+  return next((k for k in HOST_MEMORY_KINDS if k in kinds), None)
 
 
 class _StopSignals:

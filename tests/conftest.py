@@ -1,5 +1,8 @@
 """Shared fixtures: tiny configs that run in seconds, and the test tier.
 
+Tests marked `slow` (minutes each on 2 CPU cores: the notebooks) are
+skipped unless pytest is given `--slow`.
+
 Tests compile many small programs, so XLA's optimisations are switched off
 (`jax_disable_most_optimizations`): compiling dominates, and the programs'
 results do not depend on it beyond float rounding. Subprocesses (the command
@@ -19,6 +22,29 @@ from configs import quickstart  # noqa: E402
 
 # Eight fake CPU devices for the mesh tests (before JAX starts a backend).
 jax.config.update("jax_num_cpu_devices", 8)
+
+
+def pytest_addoption(parser):
+  parser.addoption(
+    "--slow",
+    action="store_true",
+    help="also run the tests marked slow (the notebooks: minutes each).",
+  )
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+    "markers", "slow: minutes on 2 CPU cores; runs with --slow."
+  )
+
+
+def pytest_collection_modifyitems(config, items):
+  if config.getoption("--slow"):
+    return
+  skip = pytest.mark.skip(reason="slow: run with --slow")
+  for item in items:
+    if "slow" in item.keywords:
+      item.add_marker(skip)
 
 
 @pytest.fixture

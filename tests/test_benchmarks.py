@@ -42,6 +42,17 @@ def test_block_step_against_end_to_end_step(train_step):
   assert block["temp_bytes"] < e2e["temp_bytes"]
 
 
+def test_profile_sums_the_step_time_by_op_kind(train_step, tmp_path):
+  config = quickstart.get_config("smoke")
+  result = train_step.measure(config, "block", steps=2, profile=str(tmp_path))
+  ops = result["op_seconds"]
+  assert ops and all(seconds > 0 for seconds in ops.values())
+  assert list(ops.values()) == sorted(ops.values(), reverse=True)
+  assert not any(name[-1].isdigit() for name in ops)  # Numbers stripped.
+  assert not any(name.startswith("ThunkExecutor") for name in ops)
+  assert "op_seconds" in train_step.measure(config, "e2e", steps=1)
+
+
 def test_random_batch_follows_the_spec(train_step):
   import jax
   import jax.numpy as jnp

@@ -118,3 +118,41 @@ def test_dit_sample_command_and_its_errors(tmp_path):
     *encode, f"--config.encode.vae_weights={tmp_path}/no.st", workdir=tmp_path
   )
   _assert_one_line_error(proc, "huggingface-cli download")
+
+
+def test_plan_prints_the_table_and_the_command_to_run(tmp_path):
+  candidates = [
+    "--config.plan.num_blocks=(1,3)",
+    "--config.plan.per_device_batch=(8,)",
+    "--config.plan.remat=('none',)",
+  ]
+  proc = _main(
+    SMOKE,
+    "--mode=plan",
+    "--config.plan.device_memory=1GiB",
+    "--config.model.dtype=bfloat16",
+    *candidates,
+    workdir=tmp_path,
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  lines = proc.stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["B"])
+  rows = [line.split() for line in lines[header + 1 : header + 3]]
+  assert [r[0] for r in rows] == ["1", "3"] and rows[1][1] == "1,1,1"
+  assert all(r[-1] == "yes" for r in rows)
+  assert any(line.startswith("recommended: B=1, 8 examples") for line in lines)
+  # The command keeps the config and its overrides, not the plan's fields.
+  assert (
+    "python -m dblocks_jax.main --config=configs/quickstart.py:smoke,official"
+    " --config.model.dtype=bfloat16 --config.blocks.num_blocks=1"
+    " --config.batch_size=8 --config.model.remat=none"
+    f" --workdir={tmp_path}/train"
+  ) in lines
+  assert (tmp_path / "plan.json").exists()
+  proc = _main(
+    SMOKE,
+    "--mode=plan",
+    "--config.plan.device_memory=16 gigs",
+    workdir=tmp_path,
+  )
+  _assert_one_line_error(proc, "plan.device_memory='16 gigs'", "16GiB")

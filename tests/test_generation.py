@@ -275,7 +275,7 @@ def test_sample_mode_refuses_a_classifier(trained_smoke):
 
 
 def test_memory_report_of_a_dit(dit_config):
-  dit_config.memory.include_remat = False
+  dit_config.memory.remat_policies = ()
   report = memory.memory_report(dit_config)
   block, e2e = report["block_step"], report["e2e_step"]
   assert block["param_count"] == e2e["param_count"]

@@ -218,3 +218,50 @@ def test_config_defaults_and_the_weights_flag(tmp_path, network):
     config.eval.inception_weights = str(tmp_path / "missing.pth")
   with pytest.raises(ConfigError, match="releases/download/fid_weights"):
     features.from_config(config)
+
+
+def test_making_the_network_reads_no_tensor(weights_file, monkeypatch):
+  def refuse(path):
+    raise AssertionError(f"read {path}")
+
+  monkeypatch.setattr(inception_weights, "read_weights", refuse)
+  network = features.InceptionFeatures(weights_file)
+  assert network._network is None and network.params.loads == 0
+  assert network.description["inception_weights"] == "random.npz"
+
+
+@pytest.mark.parametrize(
+  "name", ["tiny_state_dict_zip.pth", "tiny_state_dict_legacy.pth", "npz"]
+)
+def test_damaged_files_fail_when_the_network_is_made(tmp_path, name):
+  """The check at the start of a run: well-formed files pass, a file cut
+  short (by its last bytes: the tensors, not the header) fails."""
+  if name == "npz":
+    path = str(tmp_path / "w.npz")
+    np.savez(path, **inception_random.tiny_state_dict())
+  else:
+    path = str(tmp_path / name)
+    shutil.copy(os.path.join(DATA, name), path)
+  inception_weights.check_file(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  cut = str(tmp_path / ("cut" + os.path.splitext(path)[1]))
+  with open(cut, "wb") as f:
+    f.write(data[:-40] if name != "npz" else data[: len(data) // 2])
+  with pytest.raises(DataError, match="is not a readable state dict"):
+    features.InceptionFeatures(cut)
+
+
+def test_safetensors_length_is_checked(tmp_path):
+  path = str(tmp_path / "w.safetensors")
+  save_file({"a": np.zeros((3, 4), np.float32)}, path)
+  inception_weights.check_file(path)
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  for changed in (data[:-1], data + b"\0"):  # Cut short, or too long.
+    with open(path, "wb") as f:
+      f.write(changed)
+    expected = f"holds {len(changed)} bytes, not the {size} its header"
+    with pytest.raises(DataError, match=expected):
+      inception_weights.check_file(path)

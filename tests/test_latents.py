@@ -2,6 +2,7 @@
 synthetic images, then block-wise DiT training, sampling and FID (decoded
 samples against the cropped source images) on its latents."""
 
+import collections
 import copy
 import json
 import os
@@ -20,7 +21,7 @@ from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import fid, generation, reference
 from dblocks_jax.families import common
 from dblocks_jax.families import dit as dit_family
-from dblocks_jax.models import vae, vae_weights
+from dblocks_jax.models import inception_weights, vae, vae_weights
 
 
 @pytest.fixture(scope="module")
@@ -285,3 +286,76 @@ def test_missing_reference_images_say_how_to_get_them(encoded, tmp_path):
   os.makedirs(cache)
   np.savez(path, mean=np.zeros(6), cov=np.eye(6))
   generation.check_reference(network, config, cache)
+
+
+class _TinyInception(nnx.Module):
+  """A stand-in for the FID Inception: per-channel means and deviations
+  [b, 6] of its (299 x 299) input."""
+
+  def __init__(self):
+    self.scale = nnx.Param(jnp.ones(3))
+
+  def pool_features(self, x):
+    return jnp.concatenate([x.mean((1, 2)) * self.scale, x.std((1, 2))], -1)
+
+
+def test_fid_evaluator_loads_its_networks_at_the_first_evaluation(
+  encoded, tmp_path, monkeypatch
+):
+  """Making the evaluator checks the weight files and loads nothing; the
+  first evaluation loads Inception and the VAE, and each evaluation ends
+  with both off the device (the next one reuses a host copy)."""
+  config, _ = encoded
+  config = copy.deepcopy(config)
+  config.eval.num_samples = 8
+  config.sampler.num_steps = 3
+  config.eval.feature_network = "inception"
+  config.eval.inception_weights = str(tmp_path / "inception.npz")
+  np.savez(config.eval.inception_weights, w=np.zeros(4, np.float32))
+  loads = collections.Counter()
+  load_vae = vae_weights.load_vae
+
+  def counted_vae(*args):
+    loads["vae"] += 1
+    return load_vae(*args)
+
+  def tiny_inception(path):
+    assert path == config.eval.inception_weights
+    loads["inception"] += 1
+    return _TinyInception()
+
+  monkeypatch.setattr(vae_weights, "load_vae", counted_vae)
+  monkeypatch.setattr(inception_weights, "load_inception", tiny_inception)
+  family = families.get("dit")
+  exp = family.build(config)
+  trainer = common.make_trainer(config, exp, None)
+  evaluator = family.evaluator(config, exp, str(tmp_path))
+  features, decoder = evaluator.feature_network, evaluator.sample_pixels.decoder
+  assert not loads and features._network is None and decoder._decode is None
+  result = evaluator(trainer)
+  assert loads == {"vae": 1, "inception": 1} and np.isfinite(result["fid"])
+  assert not features.params.on_device and not decoder.params.on_device
+  again = evaluator(trainer)
+  assert loads == {"vae": 1, "inception": 1} and again["fid"] == result["fid"]
+
+
+def test_missing_weight_files_fail_before_training(encoded, tmp_path):
+  config, _ = encoded
+  config = copy.deepcopy(config)
+  config.eval.feature_network = "inception"
+  config.eval.inception_weights = str(tmp_path / "missing.pth")
+  with pytest.raises(ConfigError) as info:
+    train.train_and_evaluate(config, str(tmp_path / "a"))
+  message = str(info.value)
+  assert "--config.eval.inception_weights=PATH" in message
+  assert "releases/download/fid_weights" in message and "\n" not in message
+  assert not (tmp_path / "a" / "checkpoints").exists()  # Before any step.
+  config.eval.inception_weights = str(tmp_path / "inception.npz")
+  np.savez(config.eval.inception_weights, w=np.zeros(4, np.float32))
+  config.encode.vae_weights = str(tmp_path / "missing.safetensors")
+  with pytest.raises(ConfigError) as info:
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+  message = str(info.value)
+  assert "--config.encode.vae_weights=" in message
+  assert "huggingface-cli download" in message and "\n" not in message
+  assert not (tmp_path / "b" / "checkpoints").exists()

@@ -217,7 +217,7 @@ def test_sample_mode_writes_reproducible_text(trained):
 
 
 def test_memory_report_block_step_holds_a_third(config):
-  config.memory.include_remat = False
+  config.memory.remat_policies = ()
   report = memory.memory_report(config)
   block, e2e = report["block_step"], report["e2e_step"]
   assert block["param_count"] == e2e["param_count"]

@@ -4,6 +4,10 @@ Each notebook is executed by nbclient in its CPU size with its output
 folder in a temporary directory, then the test reads what it wrote
 (`results.json` and its figures) and checks the results, not only that it
 ran. Committed notebooks carry no outputs.
+
+Running the notebooks takes minutes each on 2 CPU cores, so they are marked
+`slow` and run with `python -m pytest -q -n 2 --slow tests/test_notebooks.py`
+(conftest.py); the checks of the committed files always run.
 """
 
 import json
@@ -67,6 +71,7 @@ def test_readme_opens_every_notebook_in_colab():
     ), name
 
 
+@pytest.mark.slow
 def test_quickstart(tmp_path, monkeypatch):
   results = execute("01_quickstart.ipynb", str(tmp_path), monkeypatch)
   assert sorted(figures_written(str(tmp_path), results)) == [
@@ -87,6 +92,7 @@ def test_quickstart(tmp_path, monkeypatch):
   assert flops["DiffusionBlocks"] < flops["end to end"]
 
 
+@pytest.mark.slow
 def test_bring_your_own_model(tmp_path, monkeypatch):
   results = execute("02_bring_your_own_model.ipynb", str(tmp_path), monkeypatch)
   assert sorted(figures_written(str(tmp_path), results)) == [
@@ -103,6 +109,7 @@ def test_bring_your_own_model(tmp_path, monkeypatch):
   assert by_steps["4"] > 0.6 and by_steps["12"] > 0.6
 
 
+@pytest.mark.slow
 def test_language_models(tmp_path, monkeypatch):
   results = execute("05_language_models.ipynb", str(tmp_path), monkeypatch)
   assert sorted(figures_written(str(tmp_path), results)) == [
@@ -160,6 +167,7 @@ def test_language_models(tmp_path, monkeypatch):
   assert ar["steps"]["DiffusionBlocks"] == 3 * ar["steps"]["end to end"]
 
 
+@pytest.mark.slow
 def test_dit_generation(tmp_path, monkeypatch):
   results = execute("03_dit_generation.ipynb", str(tmp_path), monkeypatch)
   assert sorted(figures_written(str(tmp_path), results)) == [
@@ -186,6 +194,7 @@ def test_dit_generation(tmp_path, monkeypatch):
   assert speed["DiffusionBlocks"] > 0 and speed["end to end"] > 0
 
 
+@pytest.mark.slow
 def test_tpu_block_parallel(tmp_path, monkeypatch):
   results = execute("04_tpu_block_parallel.ipynb", str(tmp_path), monkeypatch)
   assert sorted(figures_written(str(tmp_path), results)) == [

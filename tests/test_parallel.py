@@ -9,12 +9,14 @@ import sys
 
 import jax
 import numpy as np
+import optax
 import pytest
 from conftest import snapshot
 from flax import nnx
 
 from configs import quickstart
 from dblocks_jax import assemble, evaluation, families, runs, train
+from dblocks_jax import trainer as trainer_lib
 from dblocks_jax.blockwise import steps
 from dblocks_jax.blockwise.collectives import collectives_across_groups
 from dblocks_jax.blockwise.layout import Layout
@@ -380,3 +382,37 @@ def test_block_groups_need_a_blockwise_run():
     c.method = "e2e"
   with pytest.raises(ConfigError, match="parallel.block_groups=2"):
     families.get("vit").build(c)
+
+
+def test_offload_applies_to_the_blocks_a_group_holds(monkeypatch):
+  """A per-block job keeps its idle blocks in host memory; a mesh of one
+  block per group has none to move; stacked blocks refuse, in one line."""
+  job = _set(_config(), {"blocks.train": (1, 3), "blocks.offload": True})
+  trainer = _trainer(job)
+  kinds = [
+    {x.sharding.memory_kind for x in jax.tree.leaves(b)}
+    for b in trainer.state["blocks"]
+  ]
+  assert kinds == [set(), {"pinned_host"}, set(), {"pinned_host"}]
+  one_each = _set(_config(block_groups=4), {"blocks.offload": True})
+  assert not _trainer(one_each).offload  # Every held block trains each step.
+  stacked = _set(_config(block_groups=2), {"blocks.offload": True})
+  with pytest.raises(ConfigError) as info:
+    _trainer(stacked)
+  message = str(info.value)
+  assert message.startswith(
+    "blocks.offload=True cannot apply to parallel.block_groups=2"
+  )
+  assert "parallel.block_groups=4" in message and "\n" not in message
+  monkeypatch.setattr(trainer_lib, "host_memory_kind", lambda device: None)
+  with pytest.raises(ConfigError, match=r"blocks.offload=True needs host"):
+    _trainer(_set(_config(), {"blocks.offload": True}))
+
+
+def test_offload_needs_a_blockwise_model():
+  c = _set(_config(sharing="shared"), {"method": "e2e"})
+  exp = families.get("vit").build(c)
+  with pytest.raises(ValueError, match="end-to-end network has no blocks"):
+    trainer_lib.Trainer(
+      exp.model, exp.task, None, optax.adam(1e-3), offload=True
+    )

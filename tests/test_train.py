@@ -9,9 +9,18 @@ import numpy as np
 import pytest
 from conftest import assert_trees_equal
 
-from dblocks_jax import checkpoint, evaluation, memory, metrics, runs, train
+from dblocks_jax import (
+  checkpoint,
+  evaluation,
+  families,
+  memory,
+  metrics,
+  runs,
+  train,
+)
 from dblocks_jax.blockwise import steps
 from dblocks_jax.errors import ConfigError, NonFiniteLossError, TopologyError
+from dblocks_jax.families import common
 
 
 def _synthetic(config, *, classes=4, steps_=12):
@@ -83,6 +92,92 @@ def test_resume_continues_exactly(smoke_config, tmp_path):
   assert [r["step"] for r in rows if "loss" in r] == [4, 6, 8, 12]
 
 
+def _offload_run(config, offload: bool, num_steps: int):
+  """(trainer, [(block trained, memory kinds of each block's arrays)])
+  after each of `num_steps` steps."""
+  config = copy.deepcopy(config)
+  config.blocks.offload = offload
+  family = families.get(config.model.name)
+  trainer = common.make_trainer(config, family.build(config), None)
+  data = family.train_data(config, trainer.stream_specs(config.batch_size))
+  placements = []
+  for _ in range(num_steps):
+    (block,) = trainer.next_blocks()
+    trainer.step(next(data[None]))
+    kinds = [
+      {x.sharding.memory_kind for x in jax.tree.leaves(b)}
+      for b in trainer.state["blocks"]
+    ]
+    placements.append((block, kinds))
+  return trainer, placements
+
+
+def test_offload_keeps_idle_blocks_on_the_host_and_changes_nothing(
+  smoke_config,
+):
+  """XLA:CPU exposes `device`, `pinned_host` and `unpinned_host` memories
+  (the same RAM): the placement is observable on CPU, the saving is not."""
+  kinds = {m.kind for m in jax.devices()[0].addressable_memories()}
+  assert {"device", "pinned_host"} <= kinds
+  plain, placed = _offload_run(smoke_config, False, 8)
+  offloaded, moved = _offload_run(smoke_config, True, 8)
+  assert [b for b, _ in placed] == [b for b, _ in moved]  # Same schedule.
+  drawn = [b for b, _ in moved]
+  assert len(set(drawn)) == 3 and any(
+    a == b for a, b in zip(drawn, drawn[1:], strict=False)
+  )  # Switches and a repeat.
+  for block, kinds in moved:  # After each step: only its block on device.
+    assert kinds == [
+      {"device"} if b == block else {"pinned_host"} for b in range(3)
+    ]
+  assert all(kinds == [{"device"}] * 3 for _, kinds in placed)
+  assert offloaded.memory_kind(drawn[-1]) is None
+  assert offloaded.memory_kind((drawn[-1] + 1) % 3) == "pinned_host"
+  # Bit-identical parameters and optimizer states, and inference.
+  assert_trees_equal(
+    jax.device_get(plain.state), jax.device_get(offloaded.state)
+  )
+  inference = offloaded.arrays()
+  assert all(
+    x.sharding.memory_kind == "device" for x in jax.tree.leaves(inference)
+  )
+  assert_trees_equal(jax.device_get(plain.arrays()), jax.device_get(inference))
+  # Inference made copies; the state stays where it was.
+  assert [
+    {x.sharding.memory_kind for x in jax.tree.leaves(b)}
+    for b in offloaded.state["blocks"]
+  ] == moved[-1][1]
+
+
+def test_offload_checkpoints_resume_with_or_without_it(smoke_config, tmp_path):
+  """6 steps with offload + 6 without == 12 steps with offload; a restored
+  run puts every block in host memory until one trains."""
+  config = smoke_config
+  config.optimizer.schedule = "constant"
+  config.blocks.offload = True
+  config.total_steps = 12
+  once = train.train_and_evaluate(config, str(tmp_path / "once"))
+  config.total_steps = 6
+  train.train_and_evaluate(config, str(tmp_path / "twice"))
+  config.total_steps = 12
+  config.blocks.offload = False
+  twice = train.train_and_evaluate(config, str(tmp_path / "twice"))
+  assert once["accuracy"] == twice["accuracy"]
+  config.blocks.offload = True
+  _, _, restored = runs.restore_run(config, str(tmp_path / "once"))
+  kinds = {
+    x.sharding.memory_kind
+    for b in restored.state["blocks"]
+    for x in jax.tree.leaves(b)
+  }
+  assert kinds == {"pinned_host"}
+  config.blocks.offload = False
+  _, _, plain = runs.restore_run(config, str(tmp_path / "twice"))
+  assert_trees_equal(
+    jax.device_get(restored.state), jax.device_get(plain.state)
+  )
+
+
 def test_changed_topology_is_refused(smoke_config, tmp_path):
   smoke_config.total_steps = 6
   train.train_and_evaluate(smoke_config, str(tmp_path))
@@ -138,7 +233,7 @@ def test_eval_mode_takes_any_number_of_steps(trained_smoke, tmp_path):
 
 
 def test_memory_report_splits_the_step(smoke_config):
-  smoke_config.memory.include_remat = False
+  smoke_config.memory.remat_policies = ()
   report = memory.memory_report(smoke_config)
   block, e2e = report["block_step"], report["e2e_step"]
   for entry in (block, e2e):
@@ -150,6 +245,28 @@ def test_memory_report_splits_the_step(smoke_config):
     block["temp_bytes"] / e2e["temp_bytes"]
   )
   assert jax.default_backend() == report["backend"]
+  # Offload: the device holds one block's state instead of all three.
+  offload = report["offload"]
+  blocks = block["block_state_bytes"]
+  assert len(blocks) == 3 and not offload["enabled"]
+  parts = block["shared_state_bytes"] + block["fixed_bytes"]
+  assert offload["without"]["held_state_bytes"] == parts + sum(blocks)
+  assert offload["with"]["held_state_bytes"] == parts + max(blocks)
+  assert offload["with"]["host_state_bytes"] == sum(blocks) - max(blocks)
+  # The compiled step reads exactly that state and the device's share of
+  # the batch (and a key): 8 fake devices, each with 2 of the 16 rows.
+  batch = block["batch_bytes"] // 8
+  assert block["data_shards"] == 8 and offload["with"]["batch_bytes"] == batch
+  read = offload["with"]["held_state_bytes"] + batch
+  assert 0 <= block["argument_bytes"] - read <= 64
+  for name in ("without", "with"):
+    entry = offload[name]
+    assert entry["total_bytes"] == (
+      entry["held_state_bytes"] + batch + block["temp_bytes"]
+    )
+  assert offload["total_ratio_with_over_without"] < 1
+  assert offload["host_memory_kind"] == "pinned_host"
+  assert offload["host_is_device"]  # CPU: the host memory is the RAM.
 
 
 def test_compare_trains_both_and_reports_them(tmp_path):

@@ -151,8 +151,10 @@ def make_mesh(layout: Layout) -> jax.sharding.Mesh:
   )
 
 
-def replicated(mesh) -> NamedSharding:
-  return NamedSharding(mesh, P())
+def replicated(mesh, memory_kind: str | None = None) -> NamedSharding:
+  """Every device of `mesh` holds the whole array, in `memory_kind` (a
+  kind of `device.addressable_memories()`; None = the default, device)."""
+  return NamedSharding(mesh, P(), memory_kind=memory_kind)
 
 
 def by_block(mesh) -> NamedSharding:
@@ -168,9 +170,10 @@ def batch_sharding(mesh, stacked: bool) -> NamedSharding:
   )
 
 
-def put_replicated(tree, mesh):
-  """Host or device arrays -> global arrays replicated on `mesh`."""
-  sharding = replicated(mesh)
+def put_replicated(tree, mesh, memory_kind: str | None = None):
+  """Host or device arrays -> global arrays replicated on `mesh`, in
+  `memory_kind` (None = device memory; "pinned_host" for host offload)."""
+  sharding = replicated(mesh, memory_kind)
   return jax.tree.map(lambda x: _global(np.asarray(x), sharding), tree)
 
 

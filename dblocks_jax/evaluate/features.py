@@ -9,7 +9,8 @@ different feature spaces are not comparable.
     features of the FID Inception-v3 (pytorch-fid's port of the TensorFlow
     FID graph and weights, `models.inception`), for RGB or grey images of
     any size (resized to 299x299). The weight file is downloaded once by the
-    user (`inception_weights.FID_WEIGHTS_URL`; eval.inception_weights).
+    user (`inception_weights.FID_WEIGHTS_URL`; eval.inception_weights); it
+    is checked when the network is made and loaded at its first call.
   "classifier": `ClassifierFeatures`, a ViT classifier trained by this
     project (the end-to-end baseline of a `vit_*` config) on the same
     dataset: its final-LayerNorm CLS token, the classifier head's input. It
@@ -28,7 +29,7 @@ from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.evaluate.pixels import call_padded, pixel_shape
+from dblocks_jax.evaluate.pixels import LazyParams, call_padded, pixel_shape
 from dblocks_jax.models import inception, inception_weights
 
 FEATURE_NETWORKS = ("inception", "classifier", "none")
@@ -90,18 +91,34 @@ class ClassifierFeatures:
 
 class InceptionFeatures:
   """Pool features [batch, 2048] of the FID Inception-v3 with the weights
-  of `weights_path` (pytorch-fid's pt_inception-2015-12-05-6726825d.pth)."""
+  of `weights_path` (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).
+
+  Making one checks the file (`inception_weights.check_file`: it exists, is
+  well formed, unsafe pickles refused; its sha256 for `description`) and
+  builds nothing: the network is loaded at the first call (`params`) and
+  leaves the device at `release` (a host copy serves the next call).
+  """
 
   def __init__(self, weights_path: str):
     self.weights_path = os.path.abspath(weights_path)
-    model, self.sha256 = inception_weights.load_with_sha256(self.weights_path)
-    graphdef, self._params = nnx.split(model)
+    self.sha256 = inception_weights.check_file(self.weights_path)
+    self.params = LazyParams(self._load)
     self._batch = 0  # The first batch size; smaller batches are padded.
     # Two programs: the resize (per input size), then the network at 299.
     self._preprocess = jax.jit(inception.preprocess)
+    self._network = None  # Jitted at the first call.
+
+  def _load(self):
+    model = inception_weights.load_inception(self.weights_path)
+    graphdef, params = nnx.split(model)
     self._network = jax.jit(
       lambda params, x: nnx.merge(graphdef, params).pool_features(x)
     )
+    return params
+
+  def release(self) -> None:
+    """Frees the network's device memory until the next call."""
+    self.params.release()
 
   @property
   def description(self) -> dict:
@@ -128,9 +145,10 @@ class InceptionFeatures:
     its size, so that one compiled network serves every batch.
     """
     pixels = np.asarray(pixels, np.float32)
+    params = self.params.get()
     self._batch = self._batch or len(pixels)
     return call_padded(
-      lambda x: self._network(self._params, self._preprocess(x)),
+      lambda x: self._network(params, self._preprocess(x)),
       pixels,
       self._batch,
     )

@@ -159,3 +159,62 @@ def evaluate_samples(
       frechet_evaluation(batches, feature_network, config, cache_dir)
     )
   return result
+
+
+class SampleEvaluator:
+  """`evaluator(trainer) -> eval.json fields` of a generator: samples and,
+  with a feature network, their FID (`evaluate_samples`).
+
+  Making one is the check at the start of training, and loads no network:
+  the feature network's weight file (`features.from_config`) and, for
+  latents, the VAE's (`pixels.SamplePixels`) exist and are well formed, and
+  the reference statistics are cached or their images present. Inception
+  and the VAE decoder are loaded at the first evaluation and leave the
+  device after each one (a host copy serves the next), so they never sit on
+  the device while training runs.
+
+  Args:
+    config: the run's config (`eval.*`, `data.*`, `encode.*`, `sampler.*`).
+    sample_fn: `sample_fn(trainer)` -> `sample(labels [b], key)` ->
+      [b, H, W, C] samples in the data space.
+    inference_steps: the sampler's steps (for eval.json).
+    cache_dir: where reference statistics are cached.
+
+  Attributes:
+    feature_network: from `features.from_config` (None for "none").
+    sample_pixels: the samples' path to pixels (None without a feature
+      network).
+  """
+
+  def __init__(self, config, sample_fn, *, inference_steps: int, cache_dir):
+    from dblocks_jax.evaluate import features
+
+    self.config = config
+    self.sample_fn = sample_fn
+    self.inference_steps = int(inference_steps)
+    self.cache_dir = cache_dir
+    self.feature_network = features.from_config(config)
+    self.sample_pixels = None
+    if self.feature_network is not None:
+      # Fails now, not after training: VAE weights, reference images.
+      self.sample_pixels = pixels.SamplePixels(config)
+      check_reference(self.feature_network, config, cache_dir)
+
+  def __call__(self, trainer) -> dict:
+    try:
+      return evaluate_samples(
+        self.sample_fn(trainer),
+        self.feature_network,
+        self.config,
+        inference_steps=self.inference_steps,
+        cache_dir=self.cache_dir,
+        sample_pixels=self.sample_pixels,
+      )
+    finally:
+      self.release()
+
+  def release(self) -> None:
+    """Frees the networks' device memory until the next evaluation."""
+    for network in (self.feature_network, self.sample_pixels):
+      if hasattr(network, "release"):
+        network.release()

@@ -55,37 +55,87 @@ def pixel_shape(config) -> tuple[int, int, int]:
   return h * f, w * f, 3
 
 
+class LazyParams:
+  """A network's parameters, loaded by `load()` at their first use and held
+  on the device until `release()`, which keeps a host copy that the next
+  use copies back: the file is read, and the network compiled, once.
+
+  Attributes:
+    loads: how many times `load` ran (0 before the first use).
+  """
+
+  def __init__(self, load):
+    self._load = load
+    self.loads = 0
+    self._device = self._host = None
+
+  @property
+  def on_device(self) -> bool:
+    return self._device is not None
+
+  def get(self):
+    """The parameters on the device (loaded at the first call)."""
+    if self._device is None:
+      if self._host is None:
+        self._device = self._load()
+        self.loads += 1
+      else:
+        self._device = jax.device_put(self._host)
+    return self._device
+
+  def release(self) -> None:
+    """Drops the device copy (taking the host copy the first time)."""
+    if self._device is not None and self._host is None:
+      self._host = jax.device_get(self._device)
+    self._device = None
+
+
 class LatentDecoder:
   """Scaled latents [b, h, w, c] -> images [b, h f, w f, 3] in [-1, 1].
 
-  Built once (the weights of `encode.vae_weights`, or those recorded in the
-  latent dataset's meta.json when that is empty) and jitted once: a batch
-  smaller than the first one is padded to its size.
+  The weights (`encode.vae_weights`, or those recorded in the latent
+  dataset's meta.json when that is empty) are checked when this is made
+  (`vae_weights.check_file`) and loaded at the first call (`params`), so
+  the VAE is not on the device before it, nor after `release`. Jitted once:
+  a batch smaller than the first one is padded to its size.
   """
 
   def __init__(self, config):
     meta = latents_lib.read_meta(config.data.dir)
     self.weights = config.encode.vae_weights or meta["vae"]["weights"]
-    model = vae_weights.load_vae(self.weights, vae_config(config))
-    graphdef, self._params = nnx.split(model)
-    scale = float(meta["scaling_factor"])
+    vae_weights.check_file(self.weights)
+    self._vae = vae_config(config)
+    self._scale = float(meta["scaling_factor"])
+    self._decode = None  # Jitted at the first call.
+    self.params = LazyParams(self._load)
+    self._batch = 0
+
+  def _load(self):
+    graphdef, params = nnx.split(vae_weights.load_vae(self.weights, self._vae))
+    scale = self._scale
     self._decode = jax.jit(
       lambda params, z: nnx.merge(graphdef, params).decode(z / scale)
     )
-    self._batch = 0
+    return params
+
+  def release(self) -> None:
+    """Frees the VAE's device memory until the next call."""
+    self.params.release()
 
   def __call__(self, latents: np.ndarray) -> np.ndarray:
     latents = np.asarray(latents, np.float32)
+    params = self.params.get()
     self._batch = self._batch or len(latents)
     images = call_padded(
-      lambda z: self._decode(self._params, z), latents, self._batch
+      lambda z: self._decode(params, z), latents, self._batch
     )
     return images.astype(np.float32)
 
 
 class SamplePixels:
   """Data-space samples [n, ...] -> uint8 pixels [n, H, W, C] (`pixel_shape`),
-  in batches; latents go through a `LatentDecoder` built here, once."""
+  in batches; latents go through a `LatentDecoder` made here (its weight
+  file checked now, the VAE loaded at the first call)."""
 
   def __init__(self, config):
     self.shape = pixel_shape(config)
@@ -105,3 +155,8 @@ class SamplePixels:
 
   def __call__(self, images: np.ndarray, batch_size: int) -> np.ndarray:
     return np.concatenate(list(self.batches(images, batch_size)))
+
+  def release(self) -> None:
+    """Frees the VAE's device memory until the next call (latents)."""
+    if self.decoder is not None:
+      self.decoder.release()

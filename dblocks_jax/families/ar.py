@@ -62,7 +62,8 @@ def model_config(config) -> ar.ARConfig:
     frequency_dim=m.frequency_dim,
     norm_eps=m.norm_eps,
     rope_theta=m.rope_theta,
-    remat=m.remat,
+    remat=common.model_remat(config),
+    **common.model_dtypes(config),
   )
 
 

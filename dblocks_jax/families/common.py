@@ -12,6 +12,8 @@ from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.diffusion.process import EDM
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.families.base import METHODS, Experiment
+from dblocks_jax.nn import precision
+from dblocks_jax.nn import remat as remat_lib
 from dblocks_jax.tasks.base import Sampler
 
 OPTIMIZERS = ("adamw",)
@@ -28,6 +30,22 @@ def check_choice(value, choices, field: str, hint: str = "") -> None:
 def check_method(config) -> str:
   check_choice(config.method, METHODS, "method")
   return config.method
+
+
+def model_dtypes(config) -> dict:
+  """{"dtype", "param_dtype"}: `model.dtype` (the compute dtype) and
+  `model.param_dtype`, checked (`nn.precision`)."""
+  m = config.model
+  for field in ("dtype", "param_dtype"):
+    check_choice(m[field], tuple(precision.DTYPES), f"model.{field}")
+  return {"dtype": m.dtype, "param_dtype": m.param_dtype}
+
+
+def model_remat(config) -> str:
+  """`model.remat` as a policy name (`nn.remat`); the booleans of old
+  config.json files read as "full" (True) and "none" (False)."""
+  with errors.config_fields({"remat": "model.remat"}):
+    return remat_lib.remat_name(config.model.remat)
 
 
 def noise_from_config(config) -> EDM:
@@ -193,6 +211,7 @@ def make_trainer(config, experiment: Experiment, workdir: str | None):
       clip_norm=config.optimizer.clip_norm,
       schedule=config.blocks.schedule if blockwise else "uniform",
       train_blocks=tuple(config.blocks.train) if blockwise else (),
+      offload=blockwise and bool(config.blocks.offload),
       block_groups=config.parallel.block_groups if blockwise else 1,
       data_shards=config.parallel.data_shards,
       accumulation_steps=config.accumulation_steps,

@@ -29,7 +29,8 @@ def model_config(config) -> dit.DiTConfig:
     frequency_dim=m.frequency_dim,
     learn_sigma=m.learn_sigma,
     null_class=m.label_dropout > 0,
-    remat=m.remat,
+    remat=common.model_remat(config),
+    **common.model_dtypes(config),
   )
 
 
@@ -73,33 +74,22 @@ class DiTFamily:
     return common.image_batch_spec(config)
 
   def evaluator(self, config, experiment, workdir):
-    """Samples and (with a feature network) their FID."""
-    from dblocks_jax import evaluate
-    from dblocks_jax.evaluate import features
+    """Samples and (with a feature network) their FID: a
+    `generation.SampleEvaluator`, which checks the weight files and the
+    reference now and loads Inception and the VAE at the first evaluation."""
+    from dblocks_jax.evaluate import generation
 
     common.check_image_data(config)
     sampler = common.sampler_from_config(config, experiment.plan)
-    feature_network = features.from_config(config)
     cache_dir = config.eval.reference_cache_dir or os.path.join(
       workdir, "fid_reference"
     )
-    sample_pixels = None
-    if feature_network is not None:
-      # Fails now, not after training: VAE weights, reference images.
-      sample_pixels = evaluate.SamplePixels(config)
-      evaluate.generation.check_reference(feature_network, config, cache_dir)
-
-    def run(trainer) -> dict:
-      return evaluate.evaluate_samples(
-        sample_fn(trainer, sampler),
-        feature_network,
-        config,
-        inference_steps=sampler.num_steps,
-        cache_dir=cache_dir,
-        sample_pixels=sample_pixels,
-      )
-
-    return run
+    return generation.SampleEvaluator(
+      config,
+      lambda trainer: sample_fn(trainer, sampler),
+      inference_steps=sampler.num_steps,
+      cache_dir=cache_dir,
+    )
 
   def write_samples(self, config, experiment, trainer, workdir) -> dict:
     """`--mode=sample`: `samples/step_<N>.png` (a grid, one column per

@@ -49,7 +49,8 @@ def model_config(config) -> mdm.MDMConfig:
     num_heads=m.num_heads,
     mlp_ratio=m.mlp_ratio,
     frequency_dim=m.frequency_dim,
-    remat=m.remat,
+    remat=common.model_remat(config),
+    **common.model_dtypes(config),
   )
 
 

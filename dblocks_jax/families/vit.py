@@ -35,7 +35,8 @@ def model_config(config) -> vit.ViTConfig:
       layer_norm_eps=m.layer_norm_eps,
       modulation=m.modulation,
       readout_token=m.readout_token,
-      remat=m.remat,
+      remat=common.model_remat(config),
+      **common.model_dtypes(config),
     )
 
 

@@ -19,6 +19,11 @@ next-token cross-entropy under a causal mask.
 
 Shapes: tokens [batch, length] int, z [batch, length, width], sigma
 [batch, length], logits [batch, length, vocab].
+
+Precision (`nn.precision`): the Linears compute in `ARConfig.dtype`, the
+parameters are stored in `param_dtype`; the RMSNorms, the residual stream,
+the softmax, the logits, F, D = c_skip z + c_out F and the targets are
+float32.
 """
 
 import dataclasses
@@ -28,7 +33,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.diffusion import edm
-from dblocks_jax.nn import embed, init, llama
+from dblocks_jax.nn import embed, init, llama, precision
+from dblocks_jax.nn import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +53,10 @@ class ARConfig:
     frequency_dim: sinusoid size of the noise-level embedder.
     norm_eps: RMSNorm epsilon.
     rope_theta: RoPE base.
-    remat: rematerialise every layer in backward.
+    remat: what each layer keeps for backward (`nn.remat`): "none",
+      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
+    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
+    param_dtype: the dtype the parameters are stored in.
   """
 
   vocab_size: int = 32000
@@ -60,7 +69,17 @@ class ARConfig:
   frequency_dim: int = 256
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
-  remat: bool = False
+  remat: str = "none"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
+    self.dtypes()  # Checks the names.
+
+  def dtypes(self) -> dict:
+    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
+    return precision.dtypes(self.dtype, self.param_dtype)
 
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
@@ -75,16 +94,20 @@ def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
     norm_eps=spec.norm_eps,
     rope_theta=spec.rope_theta,
     remat=spec.remat,
+    **spec.dtypes(),
     rngs=rngs,
   )
 
 
 class ContextCondition(nnx.Module):
   """The condition of the clean context tokens: one learned vector,
-  N(0, 0.02), broadcast to [batch, tokens, cond_dim]."""
+  N(0, 0.02) (stored in `param_dtype`), broadcast to [batch, tokens,
+  cond_dim]."""
 
-  def __init__(self, cond_dim: int, *, rngs):
-    self.vector = nnx.Param(init.NORMAL_002(rngs.params(), (cond_dim,)))
+  def __init__(self, cond_dim: int, *, param_dtype=jnp.float32, rngs):
+    self.vector = nnx.Param(
+      init.NORMAL_002(rngs.params(), (cond_dim,), param_dtype)
+    )
 
   def __call__(self, batch: int, tokens: int) -> jax.Array:
     vector = self.vector[...]
@@ -93,33 +116,53 @@ class ContextCondition(nnx.Module):
 
 class DenoiserReadout(nnx.Module):
   """(h [b, t, width], z, sigma [b, t], cond [b, t, c]) -> (logits
-  [b, t, vocab], D [b, t, width])."""
+  [b, t, vocab], D [b, t, width]), both float32."""
 
   def __init__(
-    self, width: int, cond_dim: int, vocab_size: int, *, norm_eps, rngs
+    self,
+    width: int,
+    cond_dim: int,
+    vocab_size: int,
+    *,
+    norm_eps,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
   ):
-    self.norm = nnx.RMSNorm(width, epsilon=norm_eps, rngs=rngs)
-    self.adaln = init.linear(cond_dim, 2 * width, zero=True, rngs=rngs)
-    self.head = init.linear(width, vocab_size, zero=True, rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = nnx.RMSNorm(
+      width,
+      epsilon=norm_eps,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
+    self.adaln = init.linear(cond_dim, 2 * width, zero=True, **kw)
+    self.head = init.linear(width, vocab_size, zero=True, **kw)
 
   def __call__(self, h, z, sigma, cond, *, sigma_data: float):
     denoised = edm.denoised(z, self.norm(h), sigma, sigma_data)
     shift, scale = jnp.split(self.adaln(jax.nn.silu(cond)), 2, -1)
-    return self.head(denoised * (1 + scale) + shift), denoised
+    logits = self.head(denoised * (1 + scale) + shift)
+    return precision.float32(logits), denoised
 
 
 def make_shell(spec: ARConfig, rngs) -> dict[str, nnx.Module]:
   """The DiffusionBlocks parts outside the layers, minus the token table."""
+  kw = spec.dtypes()
   return {
     "noise_embed": embed.NoiseLevelEmbedder(
-      spec.cond_dim, frequency_dim=spec.frequency_dim, rngs=rngs
+      spec.cond_dim, frequency_dim=spec.frequency_dim, **kw, rngs=rngs
     ),
-    "context": ContextCondition(spec.cond_dim, rngs=rngs),
+    "context": ContextCondition(
+      spec.cond_dim, param_dtype=kw["param_dtype"], rngs=rngs
+    ),
     "readout": DenoiserReadout(
       spec.width,
       spec.cond_dim,
       spec.vocab_size,
       norm_eps=spec.norm_eps,
+      **kw,
       rngs=rngs,
     ),
   }
@@ -127,7 +170,11 @@ def make_shell(spec: ARConfig, rngs) -> dict[str, nnx.Module]:
 
 def make_targets(spec: ARConfig, *, trainable: bool, rngs):
   return embed.TargetTable(
-    spec.vocab_size, spec.width, trainable=trainable, rngs=rngs
+    spec.vocab_size,
+    spec.width,
+    trainable=trainable,
+    param_dtype=spec.dtypes()["param_dtype"],
+    rngs=rngs,
   )
 
 
@@ -137,16 +184,26 @@ class LlamaLM(nnx.Module):
 
   def __init__(self, spec: ARConfig, *, rngs: nnx.Rngs):
     self.spec = spec
+    kw = spec.dtypes()
     self.embed = nnx.Param(
-      init.NORMAL_002(rngs.params(), (spec.vocab_size, spec.width))
+      init.NORMAL_002(
+        rngs.params(), (spec.vocab_size, spec.width), kw["param_dtype"]
+      )
     )
     self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
-    self.norm = nnx.RMSNorm(spec.width, epsilon=spec.norm_eps, rngs=rngs)
+    self.norm = nnx.RMSNorm(
+      spec.width,
+      epsilon=spec.norm_eps,
+      dtype=jnp.float32,
+      param_dtype=kw["param_dtype"],
+      rngs=rngs,
+    )
     self.head = init.linear(
       spec.width,
       spec.vocab_size,
       use_bias=False,
       kernel_init=init.NORMAL_002,
+      **kw,
       rngs=rngs,
     )
 
@@ -161,7 +218,7 @@ class LlamaLM(nnx.Module):
     return self.norm(h)
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
-    return self.head(self.features(tokens))
+    return precision.float32(self.head(self.features(tokens)))
 
   def prefill(self, tokens: jax.Array):
     """tokens [b, t] -> (logits [b, t, vocab], [(keys, values)] per layer)."""
@@ -171,7 +228,7 @@ class LlamaLM(nnx.Module):
       positions=jnp.arange(length),
       mask=causal_mask(length),
     )
-    return self.head(self.norm(h)), kvs
+    return precision.float32(self.head(self.norm(h))), kvs
 
   def decode(self, token: jax.Array, position, prefixes):
     """token [b, 1] at `position` against the cache -> (logits [b, 1,
@@ -182,7 +239,7 @@ class LlamaLM(nnx.Module):
       positions=jnp.reshape(position, (1,)),
       prefixes=prefixes,
     )
-    return self.head(self.norm(h)), kvs
+    return precision.float32(self.head(self.norm(h))), kvs
 
 
 def causal_mask(length: int) -> jax.Array:

@@ -32,14 +32,21 @@ Parts (how the block-wise engine splits the model):
 In the `shared` sharing mode the block-wise model has exactly the reference
 DiT's parameters; `independent` adds (B - 1) copies of the parts outside the
 layers.
+
+Precision (`nn.precision`): the Linears compute in `DiTConfig.dtype`, the
+parameters are stored in `param_dtype`; the LayerNorms, the position
+embedding, the residual stream, the softmax and the readout's output F (so
+the EDM preconditioning and the loss) are float32.
 """
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import adaln, embed, init, layers
+from dblocks_jax.nn import adaln, embed, init, layers, precision
+from dblocks_jax.nn import remat as remat_lib
 
 # name -> (layers, width, heads), the reference registry (patch sizes 2, 4, 8).
 VARIANTS = {
@@ -68,9 +75,19 @@ def parse_variant(name: str) -> tuple[int, int, int, int]:
 
 
 class DiTStem(nnx.Module):
-  """[batch, H, W, C] -> [batch, (H/p)(W/p), width] + fixed sin-cos posemb."""
+  """[batch, H, W, C] -> [batch, (H/p)(W/p), width] + fixed sin-cos posemb,
+  float32 (the residual stream)."""
 
-  def __init__(self, image_shape, patch_size: int, width: int, *, rngs):
+  def __init__(
+    self,
+    image_shape,
+    patch_size: int,
+    width: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     h, w, c = image_shape
     if h != w or h % patch_size:
       raise ValueError(
@@ -80,20 +97,36 @@ class DiTStem(nnx.Module):
     self.grid_size = h // patch_size
     self.width = width
     self.patch_embed = embed.PatchEmbed(
-      patch_size, c, width, kernel_init=init.XAVIER_UNIFORM, rngs=rngs
+      patch_size,
+      c,
+      width,
+      kernel_init=init.XAVIER_UNIFORM,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
     )
 
   def __call__(self, images: jax.Array) -> jax.Array:
     position = embed.sincos_position_embedding_2d(self.grid_size, self.width)
-    return self.patch_embed(images) + position[None]
+    return precision.residual(self.patch_embed(images)) + position[None]
 
 
 class DiTReadout(nnx.Module):
-  """DiT's final layer: tokens, cond -> [batch, H, W, out_channels]."""
+  """DiT's final layer: tokens, cond -> [batch, H, W, out_channels], float32
+  (F, which the EDM preconditioning reads)."""
 
   def __init__(
-    self, image_shape, patch_size: int, width: int, out_channels: int, *, rngs
+    self,
+    image_shape,
+    patch_size: int,
+    width: int,
+    out_channels: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
   ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.image_shape = tuple(image_shape)
     self.patch_size = patch_size
     self.norm = nnx.LayerNorm(
@@ -101,16 +134,19 @@ class DiTReadout(nnx.Module):
       epsilon=LAYER_NORM_EPS,
       use_bias=False,
       use_scale=False,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
       rngs=rngs,
     )
-    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", rngs=rngs)
+    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", **kw)
     self.linear = init.linear(
-      width, patch_size * patch_size * out_channels, zero=True, rngs=rngs
+      width, patch_size * patch_size * out_channels, zero=True, **kw
     )
 
   def __call__(self, tokens: jax.Array, cond: jax.Array) -> jax.Array:
     shift, scale = self.adaln(cond)
     out = self.linear(adaln.modulate(self.norm(tokens), shift, scale))
+    out = precision.float32(out)
     h, w, _ = self.image_shape
     return embed.unpatchify(out, self.patch_size, h, w)
 
@@ -129,9 +165,12 @@ class DiTConfig:
     frequency_dim: sinusoid size of the timestep embedder.
     learn_sigma: keep the reference's 2 C output channels (EDM uses C).
     null_class: the label table has the extra null-class row (guidance).
-    remat: put every layer under jax.checkpoint.
+    remat: what each layer keeps for backward (`nn.remat`): "none",
+      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
     attention: "einsum" (written out) or "dot_product"
       (`jax.nn.dot_product_attention`); the same function.
+    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
+    param_dtype: the dtype the parameters are stored in.
   """
 
   num_layers: int = 12
@@ -142,8 +181,18 @@ class DiTConfig:
   frequency_dim: int = 256
   learn_sigma: bool = True
   null_class: bool = True
-  remat: bool = False
+  remat: str = "none"
   attention: str = "einsum"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
+    self.dtypes()  # Checks the names.
+
+  def dtypes(self) -> dict:
+    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
+    return precision.dtypes(self.dtype, self.param_dtype)
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":
@@ -175,6 +224,7 @@ def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
     kernel_init=init.XAVIER_UNIFORM,
     attention_kind=spec.attention,
     remat=spec.remat,
+    **spec.dtypes(),
     rngs=rngs,
   )
 
@@ -185,19 +235,25 @@ def make_shell(
   """The parts outside the layers: stem, embedders, readout (the parts of
   `tasks.generation.standard_denoise`)."""
   channels = image_shape[-1]
+  kw = spec.dtypes()
   return {
-    "stem": DiTStem(image_shape, spec.patch_size, spec.width, rngs=rngs),
+    "stem": DiTStem(image_shape, spec.patch_size, spec.width, **kw, rngs=rngs),
     "noise_embed": embed.NoiseLevelEmbedder(
-      spec.width, frequency_dim=spec.frequency_dim, rngs=rngs
+      spec.width, frequency_dim=spec.frequency_dim, **kw, rngs=rngs
     ),
     "label_embed": embed.LabelEmbedder(
-      num_classes, spec.width, null_class=spec.null_class, rngs=rngs
+      num_classes,
+      spec.width,
+      null_class=spec.null_class,
+      param_dtype=kw["param_dtype"],
+      rngs=rngs,
     ),
     "readout": DiTReadout(
       image_shape,
       spec.patch_size,
       spec.width,
       channels * (2 if spec.learn_sigma else 1),
+      **kw,
       rngs=rngs,
     ),
   }

@@ -21,7 +21,7 @@ from flax import nnx
 
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import inception as inception_lib
-from dblocks_jax.models import torch_files
+from dblocks_jax.models import torch_files, weight_files
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (
@@ -73,11 +73,7 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
     DataError: the file is unreadable or damaged, or a .pth asks to import
       more than tensors need (`torch_files.UnsafeFileError`; never run).
   """
-  if not os.path.isfile(path):
-    raise ConfigError(
-      f"Inception weight file {path} does not exist. Download pytorch-fid's"
-      f" FID weights once from {FID_WEIGHTS_URL} and pass {FLAG}."
-    )
+  _check_exists(path)
   try:
     if path.endswith(".npz"):
       with np.load(path, allow_pickle=False) as tensors:
@@ -94,6 +90,37 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
       f"Inception weight file {path} is not a readable state dict ({e});"
       f" download it again from {FID_WEIGHTS_URL}."
     ) from e
+
+
+def _check_exists(path: str) -> None:
+  if not os.path.isfile(path):
+    raise ConfigError(
+      f"Inception weight file {path} does not exist. Download pytorch-fid's"
+      f" FID weights once from {FID_WEIGHTS_URL} and pass {FLAG}."
+    )
+
+
+def check_file(path: str) -> str:
+  """The check at the start of a run, which builds nothing: the file exists,
+  is a well-formed .pth, .npz or .safetensors of the right length
+  (`weight_files.check`, no tensor read) and, for the official file, has
+  its sha256. Returns the file's sha256.
+
+  Raises:
+    ConfigError: the file is missing (the message gives the download URL).
+    DataError: the file is damaged, of another format or unsafe.
+  """
+  _check_exists(path)
+  try:
+    weight_files.check(path)
+  except torch_files.UnsafeFileError:
+    raise  # Names the file and what it asked for; downloading won't help.
+  except (torch_files.FormatError, OSError) as e:
+    raise DataError(
+      f"Inception weight file {path} is not a readable state dict ({e});"
+      f" download it again from {FID_WEIGHTS_URL}."
+    ) from e
+  return _check_download(path)
 
 
 def _check_download(path: str) -> str:

@@ -18,15 +18,21 @@ never predicts a mask. In the `shared` sharing mode all blocks read one stem
 and readout.
 
 Shapes: tokens [batch, length] int, t [batch], logits [batch, length, vocab].
+
+Precision (`nn.precision`): the Linears compute in `MDMConfig.dtype`, the
+parameters are stored in `param_dtype`; the LayerNorms, the residual
+stream, the softmax and the logits (so the loss) are float32.
 """
 
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models import dit
-from dblocks_jax.nn import adaln, embed, init
+from dblocks_jax.nn import adaln, embed, init, precision
+from dblocks_jax.nn import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +47,10 @@ class MDMConfig:
     num_heads: attention heads.
     mlp_ratio: MLP hidden size / width.
     frequency_dim: sinusoid size of the timestep embedder.
-    remat: put every layer under jax.checkpoint.
+    remat: what each layer keeps for backward (`nn.remat`): "none",
+      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
+    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
+    param_dtype: the dtype the parameters are stored in.
   """
 
   vocab_size: int = 27
@@ -51,7 +60,17 @@ class MDMConfig:
   num_heads: int = 12
   mlp_ratio: int = 4
   frequency_dim: int = 256
-  remat: bool = False
+  remat: str = "none"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
+    self.dtypes()  # Checks the names.
+
+  def dtypes(self) -> dict:
+    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
+    return precision.dtypes(self.dtype, self.param_dtype)
 
   @property
   def mask_id(self) -> int:
@@ -67,17 +86,30 @@ class MDMConfig:
       frequency_dim=self.frequency_dim,
       remat=self.remat,
       attention="dot_product",
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
     )
 
 
 class TokenStem(nnx.Module):
-  """tokens [batch, length] -> [batch, length, width]."""
+  """tokens [batch, length] -> [batch, length, width]; the tables are
+  stored in `param_dtype`."""
 
-  def __init__(self, num_tokens: int, max_seq_len: int, width: int, *, rngs):
+  def __init__(
+    self,
+    num_tokens: int,
+    max_seq_len: int,
+    width: int,
+    *,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     self.max_seq_len = max_seq_len
-    self.tokens = nnx.Param(init.NORMAL_002(rngs.params(), (num_tokens, width)))
+    self.tokens = nnx.Param(
+      init.NORMAL_002(rngs.params(), (num_tokens, width), param_dtype)
+    )
     self.positions = nnx.Param(
-      init.NORMAL_002(rngs.params(), (max_seq_len, width))
+      init.NORMAL_002(rngs.params(), (max_seq_len, width), param_dtype)
     )
 
   def __call__(self, tokens: jax.Array) -> jax.Array:
@@ -92,22 +124,34 @@ class TokenStem(nnx.Module):
 
 class TokenReadout(nnx.Module):
   """(h [batch, length, width], cond [batch, width]) -> logits [batch,
-  length, vocab]: DiT's final layer with a vocabulary head."""
+  length, vocab], float32: DiT's final layer with a vocabulary head."""
 
-  def __init__(self, width: int, vocab_size: int, *, rngs):
+  def __init__(
+    self,
+    width: int,
+    vocab_size: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.norm = nnx.LayerNorm(
       width,
       epsilon=dit.LAYER_NORM_EPS,
       use_bias=False,
       use_scale=False,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
       rngs=rngs,
     )
-    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", rngs=rngs)
-    self.linear = init.linear(width, vocab_size, zero=True, rngs=rngs)
+    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", **kw)
+    self.linear = init.linear(width, vocab_size, zero=True, **kw)
 
   def __call__(self, h: jax.Array, cond: jax.Array) -> jax.Array:
     shift, scale = self.adaln(cond)
-    return self.linear(adaln.modulate(self.norm(h), shift, scale))
+    logits = self.linear(adaln.modulate(self.norm(h), shift, scale))
+    return precision.float32(logits)
 
 
 def make_layers(spec: MDMConfig, num_layers: int, rngs):
@@ -118,14 +162,19 @@ def make_layers(spec: MDMConfig, num_layers: int, rngs):
 def make_shell(spec: MDMConfig, rngs) -> dict[str, nnx.Module]:
   """The parts outside the layers (those of
   `tasks.masked_diffusion.token_denoise`)."""
+  kw = spec.dtypes()
   return {
     "stem": TokenStem(
-      spec.vocab_size + 1, spec.max_seq_len, spec.width, rngs=rngs
+      spec.vocab_size + 1,
+      spec.max_seq_len,
+      spec.width,
+      param_dtype=kw["param_dtype"],
+      rngs=rngs,
     ),
     "noise_embed": embed.NoiseLevelEmbedder(
-      spec.width, frequency_dim=spec.frequency_dim, rngs=rngs
+      spec.width, frequency_dim=spec.frequency_dim, **kw, rngs=rngs
     ),
-    "readout": TokenReadout(spec.width, spec.vocab_size, rngs=rngs),
+    "readout": TokenReadout(spec.width, spec.vocab_size, **kw, rngs=rngs),
   }
 
 

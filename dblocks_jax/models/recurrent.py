@@ -28,6 +28,9 @@ keys of the tokens before it, as in training) and for the coda.
 Shapes: tokens [batch, length] int; states and e [batch, length, width];
 logits [batch, length, vocab]; caches: per layer (keys, values) [batch,
 slots, heads, head_dim], the core's with a leading [K].
+
+Precision (`nn.precision`): the layers' settings (`ar.ARConfig`'s dtype and
+param_dtype); the state, the norms and the logits are float32.
 """
 
 import dataclasses
@@ -37,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models import ar
-from dblocks_jax.nn import init
+from dblocks_jax.nn import init, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,22 +83,30 @@ class RecurrentLM(nnx.Module):
   def __init__(self, spec: RecurrentConfig, *, rngs: nnx.Rngs):
     self.spec = spec
     s = spec.layers
+    kw = s.dtypes()
     self.embed = nnx.Param(
-      init.NORMAL_002(rngs.params(), (s.vocab_size, s.width))
+      init.NORMAL_002(rngs.params(), (s.vocab_size, s.width), kw["param_dtype"])
     )
     front = make_prelude(spec, rngs)
     self.prelude, self.adapter = front["prelude"], front["adapter"]
     self.core = ar.make_layers(
       s, spec.recurrent_layers, rngs, conditioned=False
     )
-    self.state_norm = nnx.RMSNorm(s.width, epsilon=s.norm_eps, rngs=rngs)
+    norm = dict(
+      epsilon=s.norm_eps,
+      dtype=jnp.float32,
+      param_dtype=kw["param_dtype"],
+      rngs=rngs,
+    )
+    self.state_norm = nnx.RMSNorm(s.width, **norm)
     self.coda = ar.make_layers(s, spec.coda_layers, rngs, conditioned=False)
-    self.norm = nnx.RMSNorm(s.width, epsilon=s.norm_eps, rngs=rngs)
+    self.norm = nnx.RMSNorm(s.width, **norm)
     self.head = init.linear(
       s.width,
       s.vocab_size,
       use_bias=False,
       kernel_init=init.NORMAL_002,
+      **kw,
       rngs=rngs,
     )
 
@@ -128,10 +139,10 @@ class RecurrentLM(nnx.Module):
     return self.state_norm(x), kvs
 
   def readout(self, state, *, positions, mask) -> jax.Array:
-    """s_r -> logits [b, t, vocab] (the coda, a final norm, the head)."""
-    return self.head(
-      self.norm(self.coda(state, positions=positions, mask=mask))
-    )
+    """s_r -> logits [b, t, vocab], float32 (the coda, a final norm, the
+    head)."""
+    h = self.norm(self.coda(state, positions=positions, mask=mask))
+    return precision.float32(self.head(h))
 
   def encode(self, tokens) -> jax.Array:
     """tokens [b, t] -> the prelude's e [b, t, width]."""
@@ -209,7 +220,8 @@ class RecurrentLM(nnx.Module):
 
     state, core_kvs = jax.lax.scan(step, state, length=depth)
     h, coda_kvs = self.coda.prefill(state, positions=positions, mask=mask)
-    return self.head(self.norm(h)), (prelude_kvs, core_kvs, coda_kvs)
+    logits = precision.float32(self.head(self.norm(h)))
+    return logits, (prelude_kvs, core_kvs, coda_kvs)
 
   def decode(self, token, position, key, prefixes):
     """token [b, 1] at `position` against the caches' prefixes (prelude,
@@ -234,7 +246,8 @@ class RecurrentLM(nnx.Module):
     h, coda_kvs = self.coda.decode(
       state, None, positions=positions, prefixes=coda_prefix
     )
-    return self.head(self.norm(h)), (prelude_kvs, core_kvs, coda_kvs)
+    logits = precision.float32(self.head(self.norm(h)))
+    return logits, (prelude_kvs, core_kvs, coda_kvs)
 
 
 def make_prelude(spec: RecurrentConfig, rngs) -> dict[str, nnx.Module]:
@@ -248,6 +261,7 @@ def make_prelude(spec: RecurrentConfig, rngs) -> dict[str, nnx.Module]:
       s.width,
       use_bias=False,
       kernel_init=init.NORMAL_002,
+      **s.dtypes(),
       rngs=rngs,
     ),
   }

@@ -28,6 +28,7 @@ reaches only a stand-in's `__setstate__` (state dropped or refused), and
 """
 
 import io
+import os
 import pickle
 import pickletools
 import struct
@@ -136,10 +137,13 @@ class _Storage(_Placeholder):
   def __init__(self, dtype, numel: int):
     self.dtype, self.numel, self.data = dtype, int(numel), None
 
-  def fill(self, raw: bytes, byteorder: str = "little") -> None:
+  def check_size(self, size: int) -> None:
     expected = self.numel * self.dtype.itemsize
-    if len(raw) != expected:
-      raise FormatError(f"a storage holds {len(raw)} bytes, not {expected}")
+    if size != expected:
+      raise FormatError(f"a storage holds {size} bytes, not {expected}")
+
+  def fill(self, raw: bytes, byteorder: str = "little") -> None:
+    self.check_size(len(raw))
     dtype = self.dtype.newbyteorder("<" if byteorder == "little" else ">")
     self.data = np.frombuffer(raw, dtype).astype(self.dtype)
 
@@ -272,7 +276,9 @@ def _materialise(obj):
   return obj
 
 
-def _read_zip(path: str):
+def _read_zip(path: str, fill: bool = True):
+  """The pickled object, its storages filled (or, without `fill`, only
+  their sizes checked against the archive's directory)."""
   with zipfile.ZipFile(path) as archive:
     names = archive.namelist()
     pickles = [n for n in names if n.endswith("/data.pkl")]
@@ -290,11 +296,17 @@ def _read_zip(path: str):
       name = f"{prefix}data/{key}"
       if name not in names:
         raise FormatError(f"the archive lacks the storage {name}")
-      storage.fill(archive.read(name), byteorder)
+      if fill:
+        storage.fill(archive.read(name), byteorder)
+      else:
+        storage.check_size(archive.getinfo(name).file_size)
   return obj
 
 
-def _read_legacy(path: str):
+def _read_legacy(path: str, fill: bool = True):
+  """As `_read_zip`; without `fill`, storages are skipped over, their
+  sizes checked against the file's length."""
+  size = os.path.getsize(path)
   with open(path, "rb") as f:
     if _load(f) != LEGACY_MAGIC:
       raise FormatError("it is neither a zip archive nor a legacy torch file")
@@ -317,16 +329,36 @@ def _read_legacy(path: str):
         raise FormatError(
           f"storage {key} has {numel} elements, not {storage.numel}"
         )
-      storage.fill(f.read(numel * storage.dtype.itemsize))
+      nbytes = numel * storage.dtype.itemsize
+      if fill:
+        storage.fill(f.read(nbytes))
+      else:
+        storage.check_size(min(nbytes, size - f.tell()))
+        f.seek(nbytes, os.SEEK_CUR)
   return obj
 
 
-def _read(path: str) -> dict[str, np.ndarray]:
-  obj = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
+def _read(path: str, fill: bool = True) -> dict[str, np.ndarray] | None:
+  read = _read_zip if zipfile.is_zipfile(path) else _read_legacy
+  obj = read(path, fill)
   if not isinstance(obj, dict):
     raise FormatError(f"it holds a {type(obj).__name__}, not a state dict")
+  if not fill:
+    return None
   state = _materialise(obj)
   return {str(k): v for k, v in state.items() if isinstance(v, np.ndarray)}
+
+
+def check_state_dict(path: str) -> None:
+  """`load_state_dict`'s checks without reading the tensors: the pickle
+  (scanned and unpickled into stand-ins, so an unsafe file is refused the
+  same way) and every storage's size against the file. Cheap: a state
+  dict's pickle is small.
+
+  Raises:
+    as `load_state_dict`.
+  """
+  _guarded(path, fill=False)
 
 
 def load_state_dict(path: str) -> dict[str, np.ndarray]:
@@ -340,8 +372,13 @@ def load_state_dict(path: str) -> dict[str, np.ndarray]:
     FormatError: the file is not such a state dict or is damaged (the
       message says why, as "it ...").
   """
+  return _guarded(path, fill=True)
+
+
+def _guarded(path: str, fill: bool):
+  """`_read`, its errors as `load_state_dict` documents them."""
   try:
-    return _read(path)
+    return _read(path, fill)
   except _Refused as e:
     raise UnsafeFileError(path, e.what) from None
   except (FormatError, FileNotFoundError):

@@ -18,6 +18,7 @@ from flax import nnx
 
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import vae as vae_lib
+from dblocks_jax.models import weight_files
 
 _LEGACY_ATTENTION = {
   "to_q": "query",
@@ -65,18 +66,42 @@ def _find(tensors: dict, name: str):
   return None
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """All tensors of a safetensors file, or a clear error."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
+def _check_exists(path: str) -> None:
   if not os.path.exists(path):
     raise ConfigError(
       f"VAE weight file {path} does not exist. Download it once on a machine"
       " with network access, e.g. `huggingface-cli download"
       " stabilityai/sd-vae-ft-ema diffusion_pytorch_model.safetensors"
-      " --local-dir DIR`, and pass DIR/diffusion_pytorch_model.safetensors."
+      " --local-dir DIR`, and pass"
+      " --config.encode.vae_weights=DIR/diffusion_pytorch_model.safetensors."
     )
+
+
+def check_file(path: str) -> None:
+  """The check at the start of a run, which builds nothing: the file exists
+  and is a safetensors file of the length its header lists (no tensor is
+  read).
+
+  Raises:
+    ConfigError: the file is missing (the message says how to get it).
+    DataError: the file is damaged or not safetensors.
+  """
+  _check_exists(path)
+  try:
+    weight_files.check_safetensors(path)
+  except (ValueError, OSError) as e:
+    raise DataError(
+      f"VAE weight file {path} is not a readable safetensors file ({e});"
+      " download it again."
+    ) from e
+
+
+def read_safetensors(path: str) -> dict[str, np.ndarray]:
+  """All tensors of a safetensors file, or a clear error."""
+  from safetensors import SafetensorError
+  from safetensors.numpy import load_file
+
+  _check_exists(path)
   try:
     return load_file(path)
   except (SafetensorError, OSError, ValueError) as e:

@@ -21,6 +21,10 @@ Parts (how the block-wise engine splits the model):
 
 Baseline (HF ViTForImageClassification): CLS token, the same stem and layers
 without conditioning, final LayerNorm, linear head on the CLS token.
+
+Precision (`nn.precision`): the Linears compute in `ViTConfig.dtype`, the
+parameters are stored in `param_dtype`; the LayerNorms, the residual
+stream, the softmax, the logits, F and D = c_skip z + c_out F are float32.
 """
 
 import dataclasses
@@ -31,7 +35,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.diffusion import edm
-from dblocks_jax.nn import adaln, embed, init, layers
+from dblocks_jax.nn import adaln, embed, init, layers, precision
+from dblocks_jax.nn import remat as remat_lib
 
 
 class ViTStem(nnx.Module):
@@ -51,27 +56,35 @@ class ViTStem(nnx.Module):
     cls_token: bool,
     num_leading: int,
     dropout,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs,
   ):
     h, w, c = image_shape
     num_patches = (h // patch_size) * (w // patch_size)
-    self.patch_embed = embed.PatchEmbed(patch_size, c, width, rngs=rngs)
+    self.patch_embed = embed.PatchEmbed(
+      patch_size, c, width, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
     self.cls = (
-      nnx.Param(init.TRUNC_NORMAL_002(rngs.params(), (1, 1, width)))
+      nnx.Param(
+        init.TRUNC_NORMAL_002(rngs.params(), (1, 1, width), param_dtype)
+      )
       if cls_token
       else None
     )
     num_tokens = num_patches + num_leading + int(cls_token)
     self.position = nnx.Param(
-      init.TRUNC_NORMAL_002(rngs.params(), (1, num_tokens, width))
+      init.TRUNC_NORMAL_002(rngs.params(), (1, num_tokens, width), param_dtype)
     )
     self.dropout = nnx.Dropout(dropout)
 
   def __call__(
     self, images: jax.Array, leading: jax.Array | None = None, *, rngs=None
   ):
-    """images: [batch, H, W, C]; leading: [batch, n, width] or None."""
-    tokens = self.patch_embed(images)
+    """images: [batch, H, W, C]; leading: [batch, n, width] or None.
+
+    Returns [batch, tokens, width], float32 (the residual stream)."""
+    tokens = precision.residual(self.patch_embed(images))
     if leading is not None:
       tokens = jnp.concatenate([leading, tokens], axis=1)
     if self.cls is not None:
@@ -90,24 +103,41 @@ class DiffusionReadout(nnx.Module):
   """
 
   def __init__(
-    self, width, cond_dim, num_classes, *, layer_norm_eps, modulation, rngs
+    self,
+    width,
+    cond_dim,
+    num_classes,
+    *,
+    layer_norm_eps,
+    modulation,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
   ):
-    self.norm = nnx.LayerNorm(width, epsilon=layer_norm_eps, rngs=rngs)
-    self.adaln = adaln.AdaLNModulation(
-      cond_dim, width, 2, mode=modulation, rngs=rngs
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = nnx.LayerNorm(
+      width,
+      epsilon=layer_norm_eps,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
+      rngs=rngs,
     )
-    self.head = init.linear(width, num_classes, zero=True, rngs=rngs)
+    self.adaln = adaln.AdaLNModulation(
+      cond_dim, width, 2, mode=modulation, **kw
+    )
+    self.head = init.linear(width, num_classes, zero=True, **kw)
 
   def __call__(self, tokens, z, sigma, cond, *, sigma_data: float):
     """tokens: [batch, T, width], z: [batch, width], sigma: [batch].
 
     Returns:
-      logits: [batch, num_classes], denoised: [batch, width].
+      logits: [batch, num_classes], denoised: [batch, width], float32.
     """
-    out = self.norm(tokens)[:, 0]
+    out = self.norm(tokens)[:, 0]  # F, float32.
     denoised = edm.denoised(z, out, sigma, sigma_data)
     shift, scale = self.adaln(cond)
-    return self.head(adaln.modulate(denoised, shift, scale)), denoised
+    logits = self.head(adaln.modulate(denoised, shift, scale))
+    return precision.float32(logits), denoised
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +159,10 @@ class ViTConfig:
     modulation: "official" (SiLU after the adaLN Linear) or "dit".
     readout_token: "label" (the official code: F read at the noisy-label
       token) or "cls" (the paper: a separate CLS token).
-    remat: put every layer under jax.checkpoint.
+    remat: what each layer keeps for backward (`nn.remat`): "none",
+      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
+    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
+    param_dtype: the dtype the parameters are stored in.
   """
 
   num_layers: int = 12
@@ -144,9 +177,13 @@ class ViTConfig:
   layer_norm_eps: float = 1e-12
   modulation: str = "official"
   readout_token: str = "label"
-  remat: bool = False
+  remat: str = "none"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   def __post_init__(self):
+    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
+    self.dtypes()  # Checks the names.
     if self.readout_token not in READOUT_TOKENS:
       raise ValueError(
         f"readout_token={self.readout_token!r} is unknown; choose one of"
@@ -157,6 +194,10 @@ class ViTConfig:
         f"modulation={self.modulation!r} is unknown; choose one of"
         f" {adaln.MODULATIONS}."
       )
+
+  def dtypes(self) -> dict:
+    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
+    return precision.dtypes(self.dtype, self.param_dtype)
 
 
 READOUT_TOKENS = ("label", "cls")
@@ -172,10 +213,15 @@ class BaselineViT(nnx.Module):
       spec, image_shape, rngs, cls_token=True, num_leading=0
     )
     self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
+    kw = spec.dtypes()
     self.norm = nnx.LayerNorm(
-      spec.width, epsilon=spec.layer_norm_eps, rngs=rngs
+      spec.width,
+      epsilon=spec.layer_norm_eps,
+      dtype=jnp.float32,
+      param_dtype=kw["param_dtype"],
+      rngs=rngs,
     )
-    self.head = init.linear(spec.width, num_classes, rngs=rngs)
+    self.head = init.linear(spec.width, num_classes, **kw, rngs=rngs)
 
   def features(self, images: jax.Array, *, rngs=None) -> jax.Array:
     """images: [batch, H, W, C] -> [batch, width], the head's input."""
@@ -183,8 +229,8 @@ class BaselineViT(nnx.Module):
     return self.norm(h)[:, 0]
 
   def __call__(self, images: jax.Array, *, rngs=None) -> jax.Array:
-    """images: [batch, H, W, C] -> logits [batch, num_classes]."""
-    return self.head(self.features(images, rngs=rngs))
+    """images: [batch, H, W, C] -> logits [batch, num_classes], float32."""
+    return precision.float32(self.head(self.features(images, rngs=rngs)))
 
 
 def make_stem(
@@ -197,6 +243,7 @@ def make_stem(
     cls_token=cls_token,
     num_leading=num_leading,
     dropout=spec.dropout,
+    **spec.dtypes(),
     rngs=rngs,
   )
 
@@ -214,6 +261,7 @@ def make_layers(spec: ViTConfig, num_layers: int, rngs, *, conditioned=True):
     layer_norm_eps=spec.layer_norm_eps,
     modulation=spec.modulation,
     remat=spec.remat,
+    **spec.dtypes(),
     rngs=rngs,
   )
 
@@ -231,7 +279,10 @@ def make_shell(
       num_leading=1,
     ),
     "noise_embed": embed.NoiseLevelEmbedder(
-      spec.cond_dim, frequency_dim=spec.frequency_dim, rngs=rngs
+      spec.cond_dim,
+      frequency_dim=spec.frequency_dim,
+      **spec.dtypes(),
+      rngs=rngs,
     ),
     "readout": DiffusionReadout(
       spec.width,
@@ -239,6 +290,7 @@ def make_shell(
       num_classes,
       layer_norm_eps=spec.layer_norm_eps,
       modulation=spec.modulation,
+      **spec.dtypes(),
       rngs=rngs,
     ),
   }
@@ -248,7 +300,11 @@ def make_targets(
   spec: ViTConfig, num_classes: int, *, trainable: bool, rngs
 ) -> embed.TargetTable:
   return embed.TargetTable(
-    num_classes, spec.width, trainable=trainable, rngs=rngs
+    num_classes,
+    spec.width,
+    trainable=trainable,
+    param_dtype=spec.dtypes()["param_dtype"],
+    rngs=rngs,
   )
 
 

@@ -1,6 +1,7 @@
 """AdaLN-Zero modulation from a noise-level embedding."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.nn import init
@@ -24,6 +25,7 @@ class AdaLNModulation(nnx.Module):
   mode also applies SiLU after it, as the official ViT code does (its
   conditioning vector is SiLU(MLP(...)) and each adaLN is SiLU(Linear(.))):
   modulations are then bounded below by -0.28. "dit" drops that second SiLU.
+  The Linear computes in `dtype`; its weights are stored in `param_dtype`.
   """
 
   def __init__(
@@ -33,6 +35,8 @@ class AdaLNModulation(nnx.Module):
     num_chunks: int,
     *,
     mode: str = "official",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     if mode not in MODULATIONS:
@@ -40,7 +44,12 @@ class AdaLNModulation(nnx.Module):
     self.num_chunks = num_chunks
     self.silu_after = mode == "official"
     self.linear = init.linear(
-      cond_dim, num_chunks * width, zero=True, rngs=rngs
+      cond_dim,
+      num_chunks * width,
+      zero=True,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
     )
 
   def __call__(self, cond: jax.Array) -> list[jax.Array]:

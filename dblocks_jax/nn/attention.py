@@ -5,6 +5,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.nn import init
+from dblocks_jax.nn.activations import gelu
 
 ATTENTION_KINDS = ("einsum", "dot_product")
 
@@ -16,6 +17,8 @@ class SelfAttention(nnx.Module):
   attention dropout to the probabilities, as the official ViT does);
   `kind="dot_product"` calls `jax.nn.dot_product_attention`, which XLA and
   cuDNN fuse, and has no attention dropout. Both compute the same function.
+  The projections compute in `dtype`; both kinds take the softmax in
+  float32 (`nn.precision`).
 
   x: [batch, tokens, width] -> [batch, tokens, width].
   """
@@ -29,6 +32,8 @@ class SelfAttention(nnx.Module):
     dropout: float,
     kernel_init=init.TRUNC_NORMAL_002,
     kind: str = "einsum",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     if width % num_heads:
@@ -44,7 +49,9 @@ class SelfAttention(nnx.Module):
       )
     self.num_heads = num_heads
     self.kind = kind
-    kw = dict(kernel_init=kernel_init, rngs=rngs)
+    kw = dict(
+      kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
     self.qkv = init.linear(width, 3 * width, **kw)
     self.out = init.linear(width, width, **kw)
     self.attention_dropout = nnx.Dropout(attention_dropout)
@@ -62,11 +69,14 @@ class SelfAttention(nnx.Module):
       y = jax.nn.dot_product_attention(q, k, v, mask=mask)
       y = y.reshape(batch, tokens, width)
       return self.dropout(self.out(y), rngs=rngs, deterministic=rngs is None)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(head_dim)
+    logits = jnp.einsum(
+      "bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32
+    ) / jnp.sqrt(head_dim)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1)
+    probs = jax.nn.softmax(logits, axis=-1)  # float32
     probs = self.attention_dropout(probs, rngs=rngs, deterministic=rngs is None)
+    probs = probs.astype(v.dtype)
     y = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(batch, tokens, width)
     return self.dropout(self.out(y), rngs=rngs, deterministic=rngs is None)
 
@@ -74,7 +84,8 @@ class SelfAttention(nnx.Module):
 class Mlp(nnx.Module):
   """Linear -> GELU -> Linear -> dropout. [..., width] -> same.
 
-  GELU is exact (ViT) or the tanh approximation (DiT) with `gelu_approximate`.
+  GELU is exact (ViT) or the tanh approximation (DiT) with `gelu_approximate`
+  (`activations.gelu`: its backward pass keeps only its input).
   """
 
   def __init__(
@@ -85,13 +96,18 @@ class Mlp(nnx.Module):
     dropout: float,
     gelu_approximate: bool = False,
     kernel_init=init.TRUNC_NORMAL_002,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs,
   ):
-    self.fc1 = init.linear(width, hidden, kernel_init=kernel_init, rngs=rngs)
-    self.fc2 = init.linear(hidden, width, kernel_init=kernel_init, rngs=rngs)
+    kw = dict(
+      kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs
+    )
+    self.fc1 = init.linear(width, hidden, **kw)
+    self.fc2 = init.linear(hidden, width, **kw)
     self.dropout = nnx.Dropout(dropout)
     self.gelu_approximate = gelu_approximate
 
   def __call__(self, x: jax.Array, *, rngs=None) -> jax.Array:
-    h = jax.nn.gelu(self.fc1(x), approximate=self.gelu_approximate)
+    h = gelu(self.fc1(x), self.gelu_approximate)
     return self.dropout(self.fc2(h), rngs=rngs, deterministic=rngs is None)

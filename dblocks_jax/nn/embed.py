@@ -57,8 +57,8 @@ def sincos_position_embedding_2d(grid_size: int, width: int) -> jax.Array:
 class PatchEmbed(nnx.Module):
   """Non-overlapping patches -> linear projection (= Conv2d kernel=stride=p).
 
-  images: [batch, H, W, C] -> [batch, num_patches, width]. The kernel is
-  [p*p*C, width], so Xavier init gets the reference conv's fans.
+  images: [batch, H, W, C] -> [batch, num_patches, width] in `dtype`. The
+  kernel is [p*p*C, width], so Xavier init gets the reference conv's fans.
   """
 
   def __init__(
@@ -68,6 +68,8 @@ class PatchEmbed(nnx.Module):
     width: int,
     *,
     kernel_init=init.TRUNC_NORMAL_002,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs,
   ):
     self.patch_size = patch_size
@@ -75,6 +77,8 @@ class PatchEmbed(nnx.Module):
       patch_size * patch_size * channels,
       width,
       kernel_init=kernel_init,
+      dtype=dtype,
+      param_dtype=param_dtype,
       rngs=rngs,
     )
 
@@ -97,11 +101,26 @@ class NoiseLevelEmbedder(nnx.Module):
   """c_noise: [batch] -> [batch, cond_dim], sinusoid(256) -> MLP (SiLU).
 
   Weights N(0, 0.02), biases zero, as in the official and DiT embedders.
+  The sinusoid is float32; the MLP computes in `dtype`.
   """
 
-  def __init__(self, cond_dim: int, *, frequency_dim: int = 256, rngs):
+  def __init__(
+    self,
+    cond_dim: int,
+    *,
+    frequency_dim: int = 256,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     self.frequency_dim = frequency_dim
-    kw = dict(kernel_init=init.NORMAL_002, bias_init=init.ZEROS, rngs=rngs)
+    kw = dict(
+      kernel_init=init.NORMAL_002,
+      bias_init=init.ZEROS,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.fc1 = nnx.Linear(frequency_dim, cond_dim, **kw)
     self.fc2 = nnx.Linear(cond_dim, cond_dim, **kw)
 
@@ -115,13 +134,23 @@ class LabelEmbedder(nnx.Module):
 
   With `null_class` the table has one extra row, index `num_classes`, the
   "no label" input of classifier-free guidance; the objective swaps labels
-  for it (label dropout).
+  for it (label dropout). The table is stored in `param_dtype`.
   """
 
-  def __init__(self, num_classes: int, width: int, *, null_class: bool, rngs):
+  def __init__(
+    self,
+    num_classes: int,
+    width: int,
+    *,
+    null_class: bool,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     self.num_classes = num_classes
     rows = num_classes + int(null_class)
-    self.table = nnx.Param(init.NORMAL_002(rngs.params(), (rows, width)))
+    self.table = nnx.Param(
+      init.NORMAL_002(rngs.params(), (rows, width), param_dtype)
+    )
 
   def __call__(self, labels: jax.Array) -> jax.Array:
     """labels: [batch] int in [0, num_classes] -> [batch, width]."""
@@ -138,16 +167,27 @@ class TargetTable(nnx.Module):
   Targets are L2-normalised rows (Dieleman et al. 2022). In the `shared` mode
   the table is a trained nnx.Param, N(0, 0.02) as in the official code; in the
   `independent` mode it is a FixedTable drawn from its own seed, so that every
-  block, trained anywhere, diffuses in the same space.
+  block, trained anywhere, diffuses in the same space. A trained table is
+  stored in `param_dtype` (a fixed one in float32); the targets are float32.
   """
 
-  def __init__(self, num_classes: int, width: int, *, trainable: bool, rngs):
+  def __init__(
+    self,
+    num_classes: int,
+    width: int,
+    *,
+    trainable: bool,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     value = init.NORMAL_002(rngs.params(), (num_classes, width), jnp.float32)
-    self.table = nnx.Param(value) if trainable else FixedTable(value)
+    self.table = (
+      nnx.Param(value.astype(param_dtype)) if trainable else FixedTable(value)
+    )
 
   def normalized(self) -> jax.Array:
-    """[num_classes, width] rows of unit L2 norm."""
-    table = self.table[...]
+    """[num_classes, width] rows of unit L2 norm, float32."""
+    table = self.table[...].astype(jnp.float32)
     return table / jnp.maximum(
       jnp.linalg.norm(table, axis=-1, keepdims=True), 1e-12
     )

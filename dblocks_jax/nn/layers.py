@@ -1,9 +1,11 @@
 """The residual transformer layer, with or without AdaLN-Zero conditioning."""
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import adaln, attention, init
+from dblocks_jax.nn import adaln, attention, init, precision
+from dblocks_jax.nn import remat as remat_lib
 
 
 class TransformerLayer(nnx.Module):
@@ -16,6 +18,8 @@ class TransformerLayer(nnx.Module):
   Unconditioned (the plain ViT baseline): the same without modulation.
   Layer norms are affine, as in the official (HF ViT) layer; DiT's are not
   (`norm_affine=False`), and DiT uses tanh-GELU and Xavier-uniform weights.
+  The Linears compute in `dtype`; the layer norms are float32 (statistics
+  and output), so the residual x stays float32 (`nn.precision`).
 
   x: [batch, tokens, width], cond: [batch, cond_dim] -> [batch, tokens, width].
   """
@@ -35,14 +39,19 @@ class TransformerLayer(nnx.Module):
     gelu_approximate: bool = False,
     kernel_init=init.TRUNC_NORMAL_002,
     attention_kind: str = "einsum",
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
     norm = dict(
       epsilon=layer_norm_eps,
       use_bias=norm_affine,
       use_scale=norm_affine,
+      dtype=jnp.float32,
+      param_dtype=param_dtype,
       rngs=rngs,
     )
+    precision_kw = dict(dtype=dtype, param_dtype=param_dtype)
     self.norm1 = nnx.LayerNorm(width, **norm)
     self.attention = attention.SelfAttention(
       width,
@@ -51,6 +60,7 @@ class TransformerLayer(nnx.Module):
       dropout=dropout,
       kernel_init=kernel_init,
       kind=attention_kind,
+      **precision_kw,
       rngs=rngs,
     )
     self.norm2 = nnx.LayerNorm(width, **norm)
@@ -60,10 +70,13 @@ class TransformerLayer(nnx.Module):
       dropout=dropout,
       gelu_approximate=gelu_approximate,
       kernel_init=kernel_init,
+      **precision_kw,
       rngs=rngs,
     )
     self.adaln = (
-      adaln.AdaLNModulation(cond_dim, width, 6, mode=modulation, rngs=rngs)
+      adaln.AdaLNModulation(
+        cond_dim, width, 6, mode=modulation, **precision_kw, rngs=rngs
+      )
       if cond_dim is not None
       else None
     )
@@ -89,32 +102,33 @@ class TransformerLayer(nnx.Module):
 class LayerStack(nnx.Module):
   """A contiguous group of layers: one DiffusionBlocks block.
 
-  x: [batch, tokens, width] -> [batch, tokens, width].
-  With `remat`, each layer is rematerialised (jax.checkpoint) in backward.
+  x: [batch, tokens, width] -> [batch, tokens, width], float32 (at least):
+  the residual stream (`nn.precision.residual`).
+  `remat` names what each layer keeps for backward (`nn.remat`: "none",
+  "full" or a `jax.checkpoint_policies` name; True/False = "full"/"none").
   """
 
-  def __init__(self, num_layers: int, *, remat: bool = False, rngs, **layer_kw):
+  def __init__(
+    self, num_layers: int, *, remat: str | bool = "none", rngs, **layer_kw
+  ):
     self.layers = nnx.List(
       [TransformerLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
     )
-    self.remat = remat
+    self.remat = remat_lib.remat_name(remat)
 
   def __len__(self) -> int:
     return len(self.layers)
 
   def __call__(self, x, cond=None, *, mask=None, rngs=None):
+    x = precision.residual(x)
+    # The same dropout stream with any policy: `nnx.remat` carries the Rngs.
+    call = remat_lib.checkpointed(_call_layer, self.remat)
     for layer in self.layers:
-      if self.remat:
-        # Stateful Rngs cannot cross jax.checkpoint: pass a plain key.
-        key = rngs.dropout() if rngs is not None else None
-        x = nnx.remat(_layer_with_key)(layer, x, cond, mask, key)
-      else:
-        x = layer(x, cond, mask=mask, rngs=rngs)
+      x = call(layer, x, cond, mask, rngs)
     return x
 
 
-def _layer_with_key(layer, x, cond, mask, key):
-  rngs = nnx.Rngs(dropout=key) if key is not None else None
+def _call_layer(layer, x, cond, mask, rngs):
   return layer(x, cond, mask=mask, rngs=rngs)
 
 
@@ -122,22 +136,24 @@ class Stack(nnx.Module):
   """Layers applied in order: `h = layer(h, *args, **kwargs)` for each.
 
   The container of a block built from your own layer (`BlockwiseModel.build(
-  layer=...)`); `remat` puts each layer under `nnx.remat` (jax.checkpoint).
+  layer=...)`); `remat` puts each layer under `nnx.remat` (jax.checkpoint)
+  with the policy it names ("none", "full" or a `jax.checkpoint_policies`
+  name; `nn.remat`).
 
   h: [batch, ...] -> the same shape.
   """
 
-  def __init__(self, layers, *, remat: bool = False):
+  def __init__(self, layers, *, remat: str | bool = "none"):
     self.layers = nnx.List(list(layers))
-    self.remat = remat
+    self.remat = remat_lib.remat_name(remat)
 
   def __len__(self) -> int:
     return len(self.layers)
 
   def __call__(self, h, *args, **kwargs):
+    call = remat_lib.checkpointed(
+      lambda layer, h: layer(h, *args, **kwargs), self.remat
+    )
     for layer in self.layers:
-      if self.remat:
-        h = nnx.remat(lambda layer, h: layer(h, *args, **kwargs))(layer, h)
-      else:
-        h = layer(h, *args, **kwargs)
+      h = call(layer, h)
     return h

@@ -13,13 +13,19 @@ Conditioned (DiT's AdaLN-Zero, with a modulation per token):
   x = x + gate1 * Attn(RMSNorm(x) * (1 + scale1) + shift1)
   x = x + gate2 * SwiGLU(RMSNorm(x) * (1 + scale2) + shift2)
 Unconditioned: the same without modulation and gates (Llama-2's layer).
+
+The Linears compute in `dtype` (their weights stored in `param_dtype`); the
+RMSNorms, the softmax (`jax.nn.dot_product_attention` takes it in float32)
+and the residual stream are float32 (`nn.precision`). Keys and values are
+in `dtype`.
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import init
+from dblocks_jax.nn import init, precision
+from dblocks_jax.nn import remat as remat_lib
 
 KeyValue = tuple[jax.Array, jax.Array]
 # (keys [b, slots, heads, head_dim], values, valid [b, slots] bool).
@@ -54,11 +60,26 @@ class Attention(nnx.Module):
   width], (keys, values) of x).
   """
 
-  def __init__(self, width: int, num_heads: int, *, theta: float, rngs):
+  def __init__(
+    self,
+    width: int,
+    num_heads: int,
+    *,
+    theta: float,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by {num_heads} heads")
     self.num_heads, self.theta = num_heads, theta
-    kw = dict(use_bias=False, kernel_init=init.NORMAL_002, rngs=rngs)
+    kw = dict(
+      use_bias=False,
+      kernel_init=init.NORMAL_002,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.qkv = init.linear(width, 3 * width, **kw)
     self.out = init.linear(width, width, **kw)
 
@@ -86,8 +107,22 @@ class Attention(nnx.Module):
 class SwiGLU(nnx.Module):
   """x -> down(silu(gate(x)) * up(x)), no biases. [..., width] -> same."""
 
-  def __init__(self, width: int, hidden: int, *, rngs):
-    kw = dict(use_bias=False, kernel_init=init.NORMAL_002, rngs=rngs)
+  def __init__(
+    self,
+    width: int,
+    hidden: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
+    kw = dict(
+      use_bias=False,
+      kernel_init=init.NORMAL_002,
+      dtype=dtype,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
     self.gate = init.linear(width, hidden, **kw)
     self.up = init.linear(width, hidden, **kw)
     self.down = init.linear(hidden, width, **kw)
@@ -109,14 +144,20 @@ class LlamaLayer(nnx.Module):
     cond_dim: int | None = None,
     norm_eps: float = 1e-6,
     rope_theta: float = 10000.0,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
     rngs: nnx.Rngs,
   ):
-    self.norm1 = nnx.RMSNorm(width, epsilon=norm_eps, rngs=rngs)
-    self.attention = Attention(width, num_heads, theta=rope_theta, rngs=rngs)
-    self.norm2 = nnx.RMSNorm(width, epsilon=norm_eps, rngs=rngs)
-    self.mlp = SwiGLU(width, mlp_dim, rngs=rngs)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    norm = dict(
+      epsilon=norm_eps, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs
+    )
+    self.norm1 = nnx.RMSNorm(width, **norm)
+    self.attention = Attention(width, num_heads, theta=rope_theta, **kw)
+    self.norm2 = nnx.RMSNorm(width, **norm)
+    self.mlp = SwiGLU(width, mlp_dim, **kw)
     self.adaln = (
-      init.linear(cond_dim, 6 * width, zero=True, rngs=rngs)
+      init.linear(cond_dim, 6 * width, zero=True, **kw)
       if cond_dim is not None
       else None
     )
@@ -142,31 +183,35 @@ class LlamaStack(nnx.Module):
 
   `__call__` is the training pass; `prefill` also returns every layer's keys
   and values; `decode` runs new tokens against a cache (one `Prefix` per
-  layer). With `remat`, `__call__` rematerialises each layer in backward.
+  layer). `remat` names what `__call__` keeps of each layer for backward
+  (`nn.remat`: "none", "full" or a `jax.checkpoint_policies` name). Each
+  pass casts x up to the float32 residual stream first.
   """
 
-  def __init__(self, num_layers: int, *, remat: bool = False, rngs, **layer_kw):
+  def __init__(
+    self, num_layers: int, *, remat: str | bool = "none", rngs, **layer_kw
+  ):
     self.layers = nnx.List(
       [LlamaLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
     )
-    self.remat = remat
+    self.remat = remat_lib.remat_name(remat)
 
   def __len__(self) -> int:
     return len(self.layers)
 
   def __call__(self, x, cond=None, *, positions, mask):
     """x: [b, t, width] -> [b, t, width]."""
+    x = precision.residual(x)
+    call = remat_lib.checkpointed(
+      lambda layer, x: layer(x, cond, positions, mask)[0], self.remat
+    )
     for layer in self.layers:
-      if self.remat:
-        x, _ = nnx.remat(lambda layer, x: layer(x, cond, positions, mask))(
-          layer, x
-        )
-      else:
-        x, _ = layer(x, cond, positions, mask)
+      x = call(layer, x)
     return x
 
   def prefill(self, x, cond=None, *, positions, mask):
     """-> (x, [(keys, values) per layer]), each [b, t, heads, head_dim]."""
+    x = precision.residual(x)
     kvs = []
     for layer in self.layers:
       x, kv = layer(x, cond, positions, mask)
@@ -179,6 +224,7 @@ class LlamaStack(nnx.Module):
     if x.shape[1] != 1:
       raise ValueError(f"decode takes one token at a time, got {x.shape[1]}.")
     self_mask = jnp.ones((1, 1, 1, 1), bool)
+    x = precision.residual(x)
     kvs = []
     for layer, prefix in zip(self.layers, prefixes, strict=True):
       x, kv = layer(x, cond, positions, self_mask, prefix)

@@ -1,0 +1,57 @@
+"""Mixed precision: the compute dtype and the parameter dtype of the layers.
+
+The layers follow flax's convention: parameters are stored in `param_dtype`
+and every Linear casts its input and its parameters to `dtype` (the compute
+dtype) before the matmul, so its output is in `dtype`; with float32
+parameters and bfloat16 compute, the gradients and the optimizer state stay
+float32. Embedding lookups are gathers, with no arithmetic to do in
+`dtype`: they return their table's dtype, and the Linear they feed casts.
+
+What stays float32 whatever `dtype` is (where the casts are):
+  * norms (LayerNorm, RMSNorm): built with dtype=float32, so statistics and
+    output are float32 (`nn.layers`, `nn.llama`, the models' readouts);
+  * the residual stream: a layer stack casts its input up with `residual`,
+    so the sum of the layers' outputs is kept in float32;
+  * the attention softmax: the einsum attention computes its logits in
+    float32 (`preferred_element_type`) and casts the probabilities to
+    `dtype` for the product with the values; `jax.nn.dot_product_attention`
+    does the same itself;
+  * readout outputs: every readout (and baseline head) casts its logits, or
+    the network output F, to float32 (`float32`), so the loss, the EDM
+    preconditioning D = c_skip z + c_out F, the target tables and the
+    samplers are float32.
+"""
+
+import jax
+import jax.numpy as jnp
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def dtype_of(name: str, argument: str = "dtype"):
+  """ "bfloat16" -> jnp.bfloat16; an unknown name is a ValueError that names
+  `argument`."""
+  if name not in DTYPES:
+    raise ValueError(
+      f"{argument}={name!r} is unknown; choose one of {tuple(DTYPES)}."
+    )
+  return DTYPES[name]
+
+
+def dtypes(dtype: str, param_dtype: str) -> dict:
+  """{"dtype", "param_dtype"} as JAX dtypes, the layers' keyword arguments;
+  an unknown name is a ValueError that names its argument."""
+  return {
+    "dtype": dtype_of(dtype, "dtype"),
+    "param_dtype": dtype_of(param_dtype, "param_dtype"),
+  }
+
+
+def residual(x: jax.Array) -> jax.Array:
+  """x cast up to at least float32: the residual stream's dtype."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def float32(x: jax.Array) -> jax.Array:
+  """x as float32 (a readout's output, before the loss and EDM)."""
+  return x.astype(jnp.float32)

@@ -1,0 +1,115 @@
+"""Mixed precision (`model.dtype`, `model.param_dtype`): bfloat16 compute
+on float32 parameters trains the same model as float32, within bfloat16's
+rounding, keeps the parameters float32, and compiles to bfloat16 matmuls."""
+
+import copy
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from random_params import random_batch, randomize_experiment
+
+from configs import (
+  ar_pydocs,
+  dit_fashion_mnist,
+  huginn_pydocs,
+  mdm_pydocs,
+  quickstart,
+)
+from dblocks_jax import families
+from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import common
+
+SMOKE = {  # One smoke config per model family.
+  "vit": lambda: quickstart.get_config("smoke,official"),
+  "dit": lambda: dit_fashion_mnist.get_config("smoke"),
+  "mdm": lambda: mdm_pydocs.get_config("smoke"),
+  "ar": lambda: ar_pydocs.get_config("smoke"),
+  "recurrent": lambda: huginn_pydocs.get_config("smoke"),
+}
+
+
+def _trainer(config, dtype):
+  config = copy.deepcopy(config)
+  config.model.dtype = dtype
+  family = families.get(config.model.name)
+  experiment = randomize_experiment(family.build(config))
+  return family, config, common.make_trainer(config, experiment, None)
+
+
+def _floats(tree):
+  return [
+    x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_bfloat16_step_matches_float32_and_keeps_float32_params(name):
+  config = SMOKE[name]()
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    family, c, trainer = _trainer(config, dtype)
+    metrics = trainer.step(random_batch(family, c))
+    losses[dtype] = float(metrics["loss"])
+    state = trainer.state
+    groups = [state["shared"], *(b for b in state["blocks"] if b)]
+    for group in groups:  # Parameters and Adam moments, after the update.
+      leaves = _floats([group["params"], group["opt_state"]])
+      assert leaves and {str(x.dtype) for x in leaves} == {"float32"}
+    trainer.close()
+  assert np.isfinite(losses["float32"])
+  # bfloat16 keeps 8 bits of mantissa (a relative rounding of 2^-9 per
+  # matmul input); the smoke losses move by 3e-5 to 5e-4 of their value,
+  # below bfloat16's own resolution (2^-8 = 3.9e-3): the float32 norms,
+  # softmax, loss and EDM preconditioning add no error of their own.
+  assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=3e-3)
+  assert losses["bfloat16"] != losses["float32"]  # The dtype took effect.
+
+
+def test_bfloat16_parameters_are_stored_and_trained_in_bfloat16():
+  config = SMOKE["vit"]()
+  config.model.param_dtype = "bfloat16"
+  family, c, trainer = _trainer(config, "bfloat16")
+  before = trainer.state["blocks"][0]["params"]
+  assert {str(x.dtype) for x in _floats(before)} == {"bfloat16"}
+  metrics = trainer.step(random_batch(family, c))
+  after = trainer.state["blocks"][0]["params"]
+  assert {str(x.dtype) for x in _floats(after)} == {"bfloat16"}
+  assert np.isfinite(float(metrics["loss"]))
+  trainer.close()
+
+
+def _bfloat16_dots(config, dtype) -> tuple[int, int]:
+  """(dot_generals of the lowered step whose operands are both bf16, those
+  of them that accumulate and return float32)."""
+  family, c, trainer = _trainer(config, dtype)
+  stablehlo = trainer.lower_step(family.batch_spec(c), block=0).as_text()
+  trainer.close()
+  operands = (
+    r"stablehlo\.dot_general[^\n]*\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)"
+  )
+  both = re.findall(operands, stablehlo)
+  to_float32 = re.findall(operands + r" -> tensor<[^>]*xf32>", stablehlo)
+  return len(both), len(to_float32)
+
+
+def test_bfloat16_step_runs_bfloat16_matmuls_accumulating_in_float32():
+  config = SMOKE["vit"]()
+  assert _bfloat16_dots(config, "float32") == (0, 0)
+  both, to_float32 = _bfloat16_dots(config, "bfloat16")
+  # qkv, out, fc1, fc2 and the adaLN of 3 layers, forward and backward.
+  assert both >= 12
+  # The forward matmuls accumulate in float32 (`nn.init.linear`); the
+  # backward pass's transposed ones return their operands' dtype (JAX's
+  # transposition rule).
+  assert both // 2 <= to_float32 < both
+
+
+@pytest.mark.parametrize("field", ["dtype", "param_dtype"])
+def test_bad_dtype_is_one_line_naming_the_field(field):
+  config = SMOKE["dit"]()
+  config.model[field] = "float16"
+  with pytest.raises(ConfigError, match=rf"^model\.{field}='float16' is"):
+    families.get("dit").build(config)
