@@ -211,7 +211,8 @@ def make_trainer(config, experiment: Experiment, workdir: str | None):
       clip_norm=config.optimizer.clip_norm,
       schedule=config.blocks.schedule if blockwise else "uniform",
       train_blocks=tuple(config.blocks.train) if blockwise else (),
-      offload=blockwise and bool(config.blocks.offload),
+      # A config written before the field (a user's family) has no offload.
+      offload=blockwise and bool(config.blocks.get("offload", False)),
       block_groups=config.parallel.block_groups if blockwise else 1,
       data_shards=config.parallel.data_shards,
       accumulation_steps=config.accumulation_steps,
