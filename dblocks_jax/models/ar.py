@@ -34,11 +34,10 @@ from flax import nnx
 
 from dblocks_jax.diffusion import edm
 from dblocks_jax.nn import embed, init, llama, precision
-from dblocks_jax.nn import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class ARConfig:
+class ARConfig(precision.ComputeSettings):
   """The Llama-style LM's hyper-parameters.
 
   Attributes:
@@ -72,14 +71,6 @@ class ARConfig:
   remat: str = "none"
   dtype: str = "float32"
   param_dtype: str = "float32"
-
-  def __post_init__(self):
-    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
-    self.dtypes()  # Checks the names.
-
-  def dtypes(self) -> dict:
-    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
-    return precision.dtypes(self.dtype, self.param_dtype)
 
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):

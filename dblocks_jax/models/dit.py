@@ -46,7 +46,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.nn import adaln, embed, init, layers, precision
-from dblocks_jax.nn import remat as remat_lib
 
 # name -> (layers, width, heads), the reference registry (patch sizes 2, 4, 8).
 VARIANTS = {
@@ -152,7 +151,7 @@ class DiTReadout(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTConfig:
+class DiTConfig(precision.ComputeSettings):
   """DiT's hyper-parameters (the reference definition's).
 
   Attributes:
@@ -185,14 +184,6 @@ class DiTConfig:
   attention: str = "einsum"
   dtype: str = "float32"
   param_dtype: str = "float32"
-
-  def __post_init__(self):
-    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
-    self.dtypes()  # Checks the names.
-
-  def dtypes(self) -> dict:
-    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
-    return precision.dtypes(self.dtype, self.param_dtype)
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":

@@ -32,11 +32,10 @@ from flax import nnx
 
 from dblocks_jax.models import dit
 from dblocks_jax.nn import adaln, embed, init, precision
-from dblocks_jax.nn import remat as remat_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class MDMConfig:
+class MDMConfig(precision.ComputeSettings):
   """The token DiT's hyper-parameters.
 
   Attributes:
@@ -63,14 +62,6 @@ class MDMConfig:
   remat: str = "none"
   dtype: str = "float32"
   param_dtype: str = "float32"
-
-  def __post_init__(self):
-    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
-    self.dtypes()  # Checks the names.
-
-  def dtypes(self) -> dict:
-    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
-    return precision.dtypes(self.dtype, self.param_dtype)
 
   @property
   def mask_id(self) -> int:

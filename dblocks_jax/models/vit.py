@@ -36,7 +36,6 @@ from flax import nnx
 
 from dblocks_jax.diffusion import edm
 from dblocks_jax.nn import adaln, embed, init, layers, precision
-from dblocks_jax.nn import remat as remat_lib
 
 
 class ViTStem(nnx.Module):
@@ -141,7 +140,7 @@ class DiffusionReadout(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class ViTConfig:
+class ViTConfig(precision.ComputeSettings):
   """The ViT's hyper-parameters (the official model's defaults: HF ViTConfig
   with the DiffusionBlocks conditioning).
 
@@ -182,8 +181,7 @@ class ViTConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
-    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
-    self.dtypes()  # Checks the names.
+    super().__post_init__()
     if self.readout_token not in READOUT_TOKENS:
       raise ValueError(
         f"readout_token={self.readout_token!r} is unknown; choose one of"
@@ -194,10 +192,6 @@ class ViTConfig:
         f"modulation={self.modulation!r} is unknown; choose one of"
         f" {adaln.MODULATIONS}."
       )
-
-  def dtypes(self) -> dict:
-    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
-    return precision.dtypes(self.dtype, self.param_dtype)
 
 
 READOUT_TOKENS = ("label", "cls")

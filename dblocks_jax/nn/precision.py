@@ -25,6 +25,8 @@ What stays float32 whatever `dtype` is (where the casts are):
 import jax
 import jax.numpy as jnp
 
+from dblocks_jax.nn import remat as remat_lib
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
@@ -55,3 +57,17 @@ def residual(x: jax.Array) -> jax.Array:
 def float32(x: jax.Array) -> jax.Array:
   """x as float32 (a readout's output, before the loss and EDM)."""
   return x.astype(jnp.float32)
+
+
+class ComputeSettings:
+  """Base of the models' frozen config dataclasses, which have `remat`,
+  `dtype` and `param_dtype` fields: after init, `remat` holds its policy
+  name (`nn.remat.remat_name`) and the dtype names are checked."""
+
+  def __post_init__(self):
+    object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
+    self.dtypes()  # Checks the names.
+
+  def dtypes(self) -> dict:
+    """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
+    return dtypes(self.dtype, self.param_dtype)
