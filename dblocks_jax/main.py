@@ -182,20 +182,8 @@ def _run(config, workdir: str, mode: str, sources, argv=()) -> dict:
     os.makedirs(workdir, exist_ok=True)
     result = memory.memory_report(config)
     path = metrics.MetricWriter(workdir).write_json("memory.json", result)
-    print(
-      f"temp bytes block/e2e: {result['temp_ratio_block_over_e2e']:.3f}"
-      f" ({result['block_step']['temp_bytes']:,} /"
-      f" {result['e2e_step']['temp_bytes']:,}); wrote {path}"
-    )
-    if "parallel" in result:
-      p = result["parallel"]
-      ratio = p["total_ratio_mesh_over_sequential"]
-      print(
-        f"per-device bytes, mesh of {p['block_groups']} groups / one device"
-        f" training the blocks in turn: {ratio:.3f}"
-        f" ({p['mesh_step']['total_bytes']:,} /"
-        f" {p['sequential_device']['total_bytes']:,})"
-      )
+    print("\n".join(memory.summary(result)))
+    print(f"wrote {path}")
   return result
 
 

@@ -232,3 +232,47 @@ def memory_report(config: ml_collections.ConfigDict) -> dict:
         report[f"{name}_remat_{policy}"]["temp_bytes"] / e2e["temp_bytes"]
       )
   return report
+
+
+def summary(report: dict) -> list[str]:
+  """The lines `--mode=memory` prints for a `memory_report`: the temporaries'
+  ratio under each remat policy, the state held with and without offload,
+  and the mesh's ratio when there is one."""
+  block, e2e = report["block_step"], report["e2e_step"]
+  lines = [
+    f"temp bytes block/e2e: {report['temp_ratio_block_over_e2e']:.3f}"
+    f" ({block['temp_bytes']:,} / {e2e['temp_bytes']:,})"
+  ]
+  for key in report:
+    if key.startswith("block_step_remat_"):
+      policy = key.removeprefix("block_step_remat_")
+      b, e = report[key], report[f"e2e_step_remat_{policy}"]
+      lines.append(
+        f"  remat {policy}: block {b['temp_bytes']:,}, e2e"
+        f" {e['temp_bytes']:,}; block/e2e(no remat)"
+        f" {b['temp_bytes'] / e2e['temp_bytes']:.3f}"
+      )
+  offload = report["offload"]
+  without, with_ = offload["without"], offload["with"]
+  where = offload["host_memory_kind"] or "no host memory kind"
+  lines.append(
+    f"state held on the device, without / with blocks.offload:"
+    f" {without['held_state_bytes']:,} / {with_['held_state_bytes']:,}"
+    f" ({offload['held_ratio_with_over_without']:.3f}x;"
+    f" {with_['host_state_bytes']:,} in {where})"
+    + (
+      "; on CPU the host is the device: nothing is saved"
+      if offload["host_is_device"]
+      else ""
+    )
+  )
+  if "parallel" in report:
+    p = report["parallel"]
+    lines.append(
+      f"per-device bytes, mesh of {p['block_groups']} groups / one device"
+      f" training the blocks in turn:"
+      f" {p['total_ratio_mesh_over_sequential']:.3f}"
+      f" ({p['mesh_step']['total_bytes']:,} /"
+      f" {p['sequential_device']['total_bytes']:,})"
+    )
+  return lines

@@ -31,6 +31,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # The trainer holds its own copy of the state; the model's initial arrays
   # (every block's, on the default device) would sit there all run.
   experiment = dataclasses.replace(experiment, model=None)
+  # Whatever fails from here on (a data or evaluator check, training, the
+  # final evaluation) closes the trainer: checkpoints written so far are
+  # finished and the workdir's lock is given back.
+  try:
+    result = _run(config, family, experiment, trainer, workdir)
+  finally:
+    trainer.close()
+  logging.info("Final: %s", result)
+  return result
+
+
+def _run(config, family, experiment, trainer, workdir: str) -> dict:
+  """Everything after the trainer is built; returns eval.json's contents."""
   runs.write_config(workdir, config, trainer.topology)
   logging.info("Topology: %s", trainer.topology)
   logging.info(
@@ -50,16 +63,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     evaluate = family.evaluator(config, experiment, workdir)
 
   # ----- Train (resumes from the newest checkpoint) -------------------------
-  try:
-    trainer.fit(
-      streams,
-      total_steps=config.total_steps,
-      evaluate=evaluate,
-      eval_every=config.eval_every_steps,
-    )
-  except BaseException:
-    trainer.close()
-    raise
+  trainer.fit(
+    streams,
+    total_steps=config.total_steps,
+    evaluate=evaluate,
+    eval_every=config.eval_every_steps,
+  )
 
   # ----- Final evaluation -----------------------------------------------------
   result = {"step": trainer.step_count, "method": experiment.method}
@@ -72,6 +81,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     result.update(evaluate(trainer))
     trainer.writer.write_scalars(trainer.step_count, metrics.numeric(result))
     trainer.writer.write_json("eval.json", result)
-  trainer.close()
-  logging.info("Final: %s", result)
   return result

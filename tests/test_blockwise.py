@@ -157,6 +157,19 @@ def test_ranges_in_the_wrong_order_or_shape_are_refused():
     check_ranges(plan.train_ranges[:, ::-1], 3)
 
 
+def test_a_wide_lowest_range_widened_past_its_neighbour_is_in_order():
+  # A narrow log-normal puts a wide range at the bottom: widened by gamma,
+  # it reaches above the upper end of the range before it.
+  plan = BlockPlan.create(
+    EDM(p_mean=-0.7, p_std=0.5), num_layers=4, num_blocks=4, gamma=0.1
+  )
+  upper = plan.train_ranges[:, 1]
+  assert upper[3] > upper[2]
+  np.testing.assert_array_equal(
+    check_ranges(plan.train_ranges, 4), plan.train_ranges
+  )
+
+
 def test_plan_needs_a_noise_process():
   with pytest.raises(TypeError, match="not a noise process"):
     BlockPlan.create("edm", num_layers=3, num_blocks=3)

@@ -219,6 +219,23 @@ def test_nan_stops_the_run_and_keeps_the_last_checkpoint(
   assert result["step"] == 12
 
 
+def test_a_failed_start_up_check_gives_the_workdir_back(
+  smoke_config, tmp_path, monkeypatch
+):
+  family = families.get(smoke_config.model.name)
+
+  def missing_weights(*args):
+    raise ConfigError("eval.features: no such file; train it first.")
+
+  monkeypatch.setattr(family, "evaluator", missing_weights)
+  with pytest.raises(ConfigError, match="no such file"):
+    train.train_and_evaluate(smoke_config, str(tmp_path))
+  assert not (tmp_path / "LOCK").exists()
+  monkeypatch.undo()
+  smoke_config.total_steps = 6
+  assert train.train_and_evaluate(smoke_config, str(tmp_path))["step"] == 6
+
+
 def test_eval_mode_takes_any_number_of_steps(trained_smoke, tmp_path):
   config, trained, _ = trained_smoke
   shutil.copytree(trained, tmp_path / "run")
@@ -267,6 +284,12 @@ def test_memory_report_splits_the_step(smoke_config):
   assert offload["total_ratio_with_over_without"] < 1
   assert offload["host_memory_kind"] == "pinned_host"
   assert offload["host_is_device"]  # CPU: the host memory is the RAM.
+  ratio, held = memory.summary(report)  # What --mode=memory prints.
+  assert ratio.startswith(
+    f"temp bytes block/e2e: {block['temp_bytes'] / e2e['temp_bytes']:.3f}"
+  )
+  assert f"{offload['with']['host_state_bytes']:,} in pinned_host" in held
+  assert "nothing is saved" in held
 
 
 def test_compare_trains_both_and_reports_them(tmp_path):

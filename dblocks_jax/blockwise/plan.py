@@ -169,7 +169,8 @@ def check_ranges(train_ranges, num_blocks: int) -> np.ndarray:
   """`train_ranges` as a [B, 2] array in block order, or a ValueError.
 
   Catches the easy mistake of passing ranges in ascending order (the paper's
-  equations index from the lowest noise): row 0 must be the noisiest block.
+  equations index from the lowest noise): row 0 must be the noisiest block,
+  so the rows' geometric midpoints descend.
   """
   ranges = np.asarray(train_ranges, np.float64)
   if ranges.shape != (num_blocks, 2):
@@ -182,10 +183,14 @@ def check_ranges(train_ranges, num_blocks: int) -> np.ndarray:
       f"train_ranges={ranges.tolist()} has a row with lo >= hi; each row is"
       " (lo, hi)."
     )
-  if num_blocks > 1 and np.any(np.diff(ranges[:, 1]) > 0):
+  # Geometric midpoints, not the ends: the overlap gamma widens each range by
+  # a share of its own log-width, so a wide lowest range can reach above the
+  # upper end of the narrow range before it.
+  midpoints = np.log(ranges).mean(axis=1)
+  if num_blocks > 1 and np.any(np.diff(midpoints) >= 0):
     raise ValueError(
       f"train_ranges={ranges.tolist()} is not in block order: block 0 is the"
-      " noisiest, so the rows' upper ends must descend. Use"
+      " noisiest, so the rows' midpoints must descend. Use"
       " BlockPlan.train_ranges (ascending ranges reversed: ranges[::-1])."
     )
   return ranges
