@@ -72,7 +72,9 @@ def recorded_topology(workdir: str) -> dict:
     return json.load(f)["topology"]
 
 
-def restore_run(config, workdir: str, *, complete: bool = True):
+def restore_run(
+  config, workdir: str, *, complete: bool = True, step: int | None = None
+):
   """The newest checkpoint of the run in `workdir`, for evaluation.
 
   Args:
@@ -80,6 +82,7 @@ def restore_run(config, workdir: str, *, complete: bool = True):
     workdir: the run (read only).
     complete: require every block (a per-block job's workdir is refused;
       False restores the job's own blocks).
+    step: the checkpoint to load; None: the newest.
 
   Returns:
     (family, experiment, trainer) with the checkpoint loaded (optimizer
@@ -104,5 +107,5 @@ def restore_run(config, workdir: str, *, complete: bool = True):
   with one_group.unlocked():
     one_group.parallel.block_groups = 1  # Evaluation needs no mesh.
   trainer = common.make_trainer(one_group, experiment, None)
-  trainer.load_checkpoint(workdir)
+  trainer.load_checkpoint(workdir, step=step)
   return family, experiment, trainer

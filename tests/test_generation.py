@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +25,7 @@ from dblocks_jax import (
 )
 from dblocks_jax.blockwise import inference
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.evaluate import fid
+from dblocks_jax.evaluate import features, fid
 from dblocks_jax.families import common
 from dblocks_jax.tasks import DiffusionGeneration, Sampler
 
@@ -237,6 +238,21 @@ def test_fid_with_a_trained_classifier(dit_config, tmp_path):
   assert os.stat(cached).st_mtime_ns == stamp  # Computed once, then reused.
   assert again["fid"] == pytest.approx(result["fid"], rel=1e-6)
   assert json.loads((workdir / "eval.json").read_text())["fid"] == again["fid"]
+
+
+def test_the_classifier_loads_at_its_first_call(tmp_path):
+  classifier = _trained_classifier(tmp_path, (16, 16, 1))
+  network = features.ClassifierFeatures(classifier)
+  assert network.params.loads == 0 and network.step == 6
+  pixels = np.random.default_rng(0).uniform(size=(3, 16, 16, 1))
+  first = network(pixels)
+  network.release()
+  assert not network.params.on_device
+  np.testing.assert_array_equal(network(pixels), first)  # The host copy.
+  assert network.params.loads == 1 and first.shape[0] == 3
+  shutil.rmtree(os.path.join(classifier, "checkpoints"))
+  with pytest.raises(ConfigError, match="has no checkpoint"):
+    features.ClassifierFeatures(classifier)
 
 
 def test_fid_feature_network_errors(dit_config, tmp_path):

@@ -36,35 +36,58 @@ FEATURE_NETWORKS = ("inception", "classifier", "none")
 
 
 class ClassifierFeatures:
-  """Features of a trained end-to-end ViT classifier run (its workdir)."""
+  """Features of a trained end-to-end ViT classifier run (its workdir).
+
+  Making one reads the run's config and finds its newest checkpoint, and
+  builds nothing: the classifier is restored at the first call (`params`)
+  and leaves the device at `release` (a host copy serves the next call).
+  """
 
   def __init__(self, workdir: str):
-    workdir = os.path.abspath(workdir)
+    from dblocks_jax import checkpoint, runs
+
+    self.workdir = os.path.abspath(workdir)
+    self._config = runs.read_run_config(self.workdir)
+    if self._config.model.name != "vit" or self._config.method != "e2e":
+      raise ConfigError(
+        f"eval.classifier_workdir={self.workdir} holds a"
+        f" {self._config.method} {self._config.model.name} run; FID features"
+        " need the end-to-end ViT classifier (a vit_* config with :e2e)"
+        " trained on the same data."
+      )
+    directory = os.path.join(self.workdir, "checkpoints")
+    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
+      self.step = ckpt.latest_step()
+    if self.step is None:
+      raise ConfigError(
+        f"eval.classifier_workdir={self.workdir} has no checkpoint; train"
+        " the classifier first (a vit_* config with :e2e)."
+      )
+    self.image_shape = tuple(self._config.data.image_shape)
+    self.dataset = self._config.data.name
+    self.params = LazyParams(self._load)
+    self._features = None  # Jitted at the first call.
+
+  def _load(self):
     from dblocks_jax import runs
 
-    config = runs.read_run_config(workdir)
-    if config.model.name != "vit" or config.method != "e2e":
-      raise ConfigError(
-        f"eval.classifier_workdir={workdir} holds a {config.method}"
-        f" {config.model.name} run; FID features need the end-to-end ViT"
-        " classifier (a vit_* config with :e2e) trained on the same data."
-      )
-    _, _, trainer = runs.restore_run(config, workdir)
-    self.workdir = workdir
-    self.step = trainer.step_count
-    graphdefs, arrays = trainer.graphdefs, trainer.arrays()
+    _, _, trainer = runs.restore_run(self._config, self.workdir, step=self.step)
+    graphdefs, shared = trainer.graphdefs, trainer.arrays()["shared"]
     trainer.close()
-    self.image_shape = tuple(config.data.image_shape)
-    self.dataset = config.data.name
-    mean, std = normalisation(DataOptions.from_mapping(config.data))
+    mean, std = normalisation(DataOptions.from_mapping(self._config.data))
     mean, std = jnp.asarray(mean), jnp.asarray(std)
 
     @jax.jit
-    def features(arrays, pixels):
-      model = parts_lib.merge(graphdefs.shared, arrays["shared"])["model"]
+    def features(shared, pixels):
+      model = parts_lib.merge(graphdefs.shared, shared)["model"]
       return model.features((pixels - mean) / std)
 
-    self._features = lambda pixels: features(arrays, pixels)
+    self._features = features
+    return shared
+
+  def release(self) -> None:
+    """Frees the classifier's device memory until the next call."""
+    self.params.release()
 
   @property
   def description(self) -> dict:
@@ -86,7 +109,8 @@ class ClassifierFeatures:
 
   def __call__(self, pixels: np.ndarray) -> np.ndarray:
     """pixels: [batch, H, W, C] in [0, 1] -> [batch, width]."""
-    return np.asarray(self._features(jnp.asarray(pixels, jnp.float32)))
+    shared = self.params.get()
+    return np.asarray(self._features(shared, jnp.asarray(pixels, jnp.float32)))
 
 
 class InceptionFeatures:
