@@ -303,6 +303,10 @@ def dit_generation(
   # EDM uses C; keeps the reference's parameter count and checkpoints.
   c.model.learn_sigma = True
   c.model.label_dropout = 0.1  # Null-class training, for guidance.
+  # einsum: softmax(q k^T / sqrt(d)) v written out | dot_product:
+  # jax.nn.dot_product_attention (cuDNN's fused attention on GPU, with q, k
+  # and v in model.dtype). The same function.
+  c.model.attention = "einsum"
   _precision_and_remat(c.model)
 
   _blocks_and_diffusion(c, num_blocks=num_blocks)

@@ -9,6 +9,8 @@ from flax import nnx
 
 from configs import common, dit_fashion_mnist, dit_imagenet
 from dblocks_jax import diffusion, families
+from dblocks_jax.errors import ConfigError
+from dblocks_jax.families.dit import model_config as dit_model_config
 from dblocks_jax.models import dit
 from dblocks_jax.nn import embed
 from dblocks_jax.tasks.generation import standard_denoise
@@ -94,6 +96,16 @@ def test_unknown_variant_is_refused():
   with pytest.raises(ValueError, match="S/3"):
     dit.parse_variant("S/3")
   assert dit.parse_variant("DiT-XL/4") == (28, 1152, 16, 4)
+
+
+def test_attention_kind_comes_from_the_config():
+  config = dit_fashion_mnist.get_config("smoke")
+  config.model.attention = "dot_product"
+  assert families.get("dit").build(config).model  # Builds.
+  assert dit_model_config(config).attention == "dot_product"
+  config.model.attention = "flash"
+  with pytest.raises(ConfigError, match=r"^model\.attention='flash' is"):
+    families.get("dit").build(config)
 
 
 def _smoke_parts(seed=0):

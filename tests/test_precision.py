@@ -81,30 +81,35 @@ def test_bfloat16_parameters_are_stored_and_trained_in_bfloat16():
   trainer.close()
 
 
-def _bfloat16_dots(config, dtype) -> tuple[int, int]:
-  """(dot_generals of the lowered step whose operands are both bf16, those
-  of them that accumulate and return float32)."""
+def _dots(config, dtype) -> tuple[int, int, int, int]:
+  """Counts of the lowered step's dot_generals: all of them, the attention
+  products (4-d float32 operands), those with two bf16 operands, and those
+  of them that accumulate and return float32."""
   family, c, trainer = _trainer(config, dtype)
   stablehlo = trainer.lower_step(family.batch_spec(c), block=0).as_text()
   trainer.close()
-  operands = (
-    r"stablehlo\.dot_general[^\n]*\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)"
+  dot = r"stablehlo\.dot_general[^\n]*"
+  bf16 = dot + r"\(tensor<[^>]*xbf16>, tensor<[^>]*xbf16>\)"
+  counts = (
+    dot,
+    dot + r"\(tensor<\d+x\d+x\d+x\d+xf32>",
+    bf16,
+    bf16 + r" -> tensor<[^>]*xf32>",
   )
-  both = re.findall(operands, stablehlo)
-  to_float32 = re.findall(operands + r" -> tensor<[^>]*xf32>", stablehlo)
-  return len(both), len(to_float32)
+  return tuple(len(re.findall(pattern, stablehlo)) for pattern in counts)
 
 
-def test_bfloat16_step_runs_bfloat16_matmuls_accumulating_in_float32():
+def test_bfloat16_step_runs_its_matmuls_in_bfloat16_into_float32():
   config = SMOKE["vit"]()
-  assert _bfloat16_dots(config, "float32") == (0, 0)
-  both, to_float32 = _bfloat16_dots(config, "bfloat16")
-  # qkv, out, fc1, fc2 and the adaLN of 3 layers, forward and backward.
-  assert both >= 12
-  # The forward matmuls accumulate in float32 (`nn.init.linear`); the
-  # backward pass's transposed ones return their operands' dtype (JAX's
-  # transposition rule).
-  assert both // 2 <= to_float32 < both
+  every, attention, both, _ = _dots(config, "float32")
+  assert both == 0
+  # Block 0's one layer: attention's two products, forward and backward.
+  assert attention == 6
+  # Every other matmul (the projections, the MLP, the adaLN and the noise
+  # embedder), forward and backward, runs in bf16 into float32
+  # (`nn.precision.matmul`); the attention products stay float32.
+  rest = every - attention
+  assert _dots(config, "bfloat16") == (every, attention, rest, rest)
 
 
 @pytest.mark.parametrize("field", ["dtype", "param_dtype"])

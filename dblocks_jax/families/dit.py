@@ -13,6 +13,7 @@ from dblocks_jax import errors
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import dit
+from dblocks_jax.nn.attention import ATTENTION_KINDS
 from dblocks_jax.tasks.base import Sampler
 from dblocks_jax.tasks.generation import DiffusionGeneration
 
@@ -20,6 +21,8 @@ from dblocks_jax.tasks.generation import DiffusionGeneration
 def model_config(config) -> dit.DiTConfig:
   """`config.model` as DiT's explicit hyper-parameters."""
   m = config.model
+  attention = m.get("attention", "einsum")
+  common.check_choice(attention, ATTENTION_KINDS, "model.attention")
   return dit.DiTConfig(
     num_layers=m.num_layers,
     width=m.width,
@@ -29,6 +32,7 @@ def model_config(config) -> dit.DiTConfig:
     frequency_dim=m.frequency_dim,
     learn_sigma=m.learn_sigma,
     null_class=m.label_dropout > 0,
+    attention=attention,
     remat=common.model_remat(config),
     **common.model_dtypes(config),
   )

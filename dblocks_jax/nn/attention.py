@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import init
+from dblocks_jax.nn import init, precision
 from dblocks_jax.nn.activations import gelu
 
 ATTENTION_KINDS = ("einsum", "dot_product")
@@ -18,7 +18,11 @@ class SelfAttention(nnx.Module):
   `kind="dot_product"` calls `jax.nn.dot_product_attention`, which XLA and
   cuDNN fuse, and has no attention dropout. Both compute the same function.
   The projections compute in `dtype`; both kinds take the softmax in
-  float32 (`nn.precision`).
+  float32 (`nn.precision`). Below float32 the projections return float32
+  (`nn.init.linear`): the einsum kind computes attention in float32 (XLA:CPU
+  cannot run every batched bfloat16 product that accumulates in float32),
+  and the dot-product kind gets q, k and v in `dtype`, for cuDNN's fused
+  attention.
 
   x: [batch, tokens, width] -> [batch, tokens, width].
   """
@@ -49,6 +53,7 @@ class SelfAttention(nnx.Module):
       )
     self.num_heads = num_heads
     self.kind = kind
+    self.dtype = dtype
     kw = dict(
       kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
@@ -66,6 +71,8 @@ class SelfAttention(nnx.Module):
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
     q, k, v = jnp.moveaxis(qkv, 2, 0)  # each [batch, tokens, heads, head_dim]
     if self.kind == "dot_product":
+      if precision.below_float32(self.dtype):
+        q, k, v = (t.astype(self.dtype) for t in (q, k, v))
       y = jax.nn.dot_product_attention(q, k, v, mask=mask)
       y = y.reshape(batch, tokens, width)
       return self.dropout(self.out(y), rngs=rngs, deterministic=rngs is None)

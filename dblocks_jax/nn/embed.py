@@ -116,13 +116,12 @@ class NoiseLevelEmbedder(nnx.Module):
     self.frequency_dim = frequency_dim
     kw = dict(
       kernel_init=init.NORMAL_002,
-      bias_init=init.ZEROS,
       dtype=dtype,
       param_dtype=param_dtype,
       rngs=rngs,
     )
-    self.fc1 = nnx.Linear(frequency_dim, cond_dim, **kw)
-    self.fc2 = nnx.Linear(cond_dim, cond_dim, **kw)
+    self.fc1 = init.linear(frequency_dim, cond_dim, **kw)
+    self.fc2 = init.linear(cond_dim, cond_dim, **kw)
 
   def __call__(self, c_noise: jax.Array) -> jax.Array:
     h = sinusoidal_embedding(c_noise, self.frequency_dim)

@@ -16,8 +16,9 @@ Unconditioned: the same without modulation and gates (Llama-2's layer).
 
 The Linears compute in `dtype` (their weights stored in `param_dtype`); the
 RMSNorms, the softmax (`jax.nn.dot_product_attention` takes it in float32)
-and the residual stream are float32 (`nn.precision`). Keys and values are
-in `dtype`.
+and the residual stream are float32 (`nn.precision`). Queries, keys and
+values (and so the KV cache) are cast to `dtype` after the rotary
+embedding.
 """
 
 import jax
@@ -72,7 +73,7 @@ class Attention(nnx.Module):
   ):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by {num_heads} heads")
-    self.num_heads, self.theta = num_heads, theta
+    self.num_heads, self.theta, self.dtype = num_heads, theta, dtype
     kw = dict(
       use_bias=False,
       kernel_init=init.NORMAL_002,
@@ -90,6 +91,8 @@ class Attention(nnx.Module):
     q, k, v = jnp.moveaxis(qkv, 2, 0)
     q = rotary(q, positions, self.theta)
     k = rotary(k, positions, self.theta)
+    if precision.below_float32(self.dtype):
+      q, k, v = (t.astype(self.dtype) for t in (q, k, v))
     keys, values = k, v
     if prefix is not None:
       cached_k, cached_v, valid = prefix
