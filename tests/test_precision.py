@@ -18,7 +18,7 @@ from configs import (
   mdm_pydocs,
   quickstart,
 )
-from dblocks_jax import families
+from dblocks_jax import families, nn
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import common
 
@@ -79,6 +79,35 @@ def test_bfloat16_parameters_are_stored_and_trained_in_bfloat16():
   assert {str(x.dtype) for x in _floats(after)} == {"bfloat16"}
   assert np.isfinite(float(metrics["loss"]))
   trainer.close()
+
+
+def test_matmul_runs_both_passes_in_bfloat16_into_float32():
+  keys = jax.random.split(jax.random.key(0), 3)
+  x = jax.random.normal(keys[0], (2, 5, 8))
+  kernel = jax.random.normal(keys[1], (8, 3))
+  g = jax.random.normal(keys[2], (2, 5, 3))
+  y, backward = jax.vjp(
+    lambda x, w: nn.precision.matmul(x, w, jnp.bfloat16), x, kernel
+  )
+  dx, dkernel = backward(g)
+  assert y.dtype == dx.dtype == dkernel.dtype == jnp.float32
+  # Each pass is a float32 product of bf16-rounded operands: the cotangent
+  # is rounded too, and the kernel's gradient is not rounded afterwards.
+  x16, k16, g16 = (
+    np.asarray(t.astype(jnp.bfloat16), np.float64) for t in (x, kernel, g)
+  )
+  np.testing.assert_allclose(y, x16 @ k16, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(dx, g16 @ k16.T, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(
+    dkernel, np.einsum("bti,bto->io", x16, g16), rtol=1e-6, atol=1e-6
+  )
+  assert np.any(dkernel != dkernel.astype(jnp.bfloat16))
+  # A bf16 input gets a bf16 gradient, as autodiff's would be.
+  _, backward = jax.vjp(
+    lambda x: nn.precision.matmul(x, kernel, jnp.bfloat16),
+    x.astype(jnp.bfloat16),
+  )
+  assert backward(g)[0].dtype == jnp.bfloat16
 
 
 def _dots(config, dtype) -> tuple[int, int, int, int]:
