@@ -87,7 +87,7 @@ def test_matmul_runs_both_passes_in_bfloat16_into_float32():
   kernel = jax.random.normal(keys[1], (8, 3))
   g = jax.random.normal(keys[2], (2, 5, 3))
   y, backward = jax.vjp(
-    lambda x, w: nn.precision.matmul(x, w, jnp.bfloat16), x, kernel
+    lambda x, w: nn.linear.matmul(x, w, jnp.bfloat16), x, kernel
   )
   dx, dkernel = backward(g)
   assert y.dtype == dx.dtype == dkernel.dtype == jnp.float32
@@ -104,7 +104,7 @@ def test_matmul_runs_both_passes_in_bfloat16_into_float32():
   assert np.any(dkernel != dkernel.astype(jnp.bfloat16))
   # A bf16 input gets a bf16 gradient, as autodiff's would be.
   _, backward = jax.vjp(
-    lambda x: nn.precision.matmul(x, kernel, jnp.bfloat16),
+    lambda x: nn.linear.matmul(x, kernel, jnp.bfloat16),
     x.astype(jnp.bfloat16),
   )
   assert backward(g)[0].dtype == jnp.bfloat16
@@ -136,7 +136,7 @@ def test_bfloat16_step_runs_its_matmuls_in_bfloat16_into_float32():
   assert attention == 6
   # Every other matmul (the projections, the MLP, the adaLN and the noise
   # embedder), forward and backward, runs in bf16 into float32
-  # (`nn.precision.matmul`); the attention products stay float32.
+  # (`nn.linear.matmul`); the attention products stay float32.
   rest = every - attention
   assert _dots(config, "bfloat16") == (every, attention, rest, rest)
 
