@@ -1,14 +1,12 @@
 """The Linear layer of every model: a matmul whose backward pass is ours.
 
 `matmul` is x @ kernel with both operands cast to the compute dtype,
-accumulated in and returned as float32, with a custom VJP for two reasons:
+accumulated in and returned as float32 (below float32, XLA:CPU also runs
+that faster than a bf16 result), with a custom VJP:
 
-* below float32, JAX's transposition of `dot_general(...,
-  preferred_element_type=float32)` contracts the float32 cotangent with the
-  other (bf16) operand, and XLA ran those two of the step's three matmuls
-  with bf16 results. Here the cotangent is cast to the compute dtype and both
-  products accumulate in float32; the kernel's gradient is returned without
-  a round trip through bf16;
+* it spells out the backward pass of the mixed-precision matmul: the
+  cotangent is cast to the compute dtype, and the two products run in it
+  and return it, as JAX's own transposition does;
 * JAX computes the kernel's gradient as (g^T x)^T, and XLA:CPU transposes
   the left operand of a contraction over its leading axes: for a widening
   layer (an MLP's first) that is the [tokens, 4 width] cotangent. Here the
@@ -35,7 +33,8 @@ def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
     dtype: the compute dtype (float32 or bfloat16).
 
   Returns:
-    [..., out] float32. The gradients come back in x's and kernel's dtypes.
+    [..., out] float32. The gradients come back in x's and kernel's dtypes
+    (products in `dtype`).
   """
   return _contract_last(x.astype(dtype), kernel.astype(dtype))
 
@@ -60,22 +59,19 @@ def _matmul_forward(x, kernel, dtype):
 def _matmul_backward(dtype, residuals, g):
   x_c, kernel_c, (x_dtype, kernel_dtype) = residuals
   g_c = g.astype(dtype)  # [..., out]
+  # The products return `dtype`, as JAX's own transposition does: XLA:CPU
+  # runs a bf16 x bf16 -> float32 product only where it fuses it into a
+  # library call, and not every backward product is.
+  out = {"preferred_element_type": dtype}
   dx = jax.lax.dot_general(  # [..., in]
-    g_c,
-    kernel_c,
-    (((g_c.ndim - 1,), (1,)), ((), ())),
-    preferred_element_type=jnp.float32,
+    g_c, kernel_c, (((g_c.ndim - 1,), (1,)), ((), ())), **out
   )
   leading = tuple(range(x_c.ndim - 1))
   over_leading = ((leading, leading), ((), ()))
   if x_c.shape[-1] <= g_c.shape[-1]:  # [in, out]
-    dkernel = jax.lax.dot_general(
-      x_c, g_c, over_leading, preferred_element_type=jnp.float32
-    )
+    dkernel = jax.lax.dot_general(x_c, g_c, over_leading, **out)
   else:  # [out, in], transposed: the narrower operand on the left.
-    dkernel = jax.lax.dot_general(
-      g_c, x_c, over_leading, preferred_element_type=jnp.float32
-    ).T
+    dkernel = jax.lax.dot_general(g_c, x_c, over_leading, **out).T
   return dx.astype(x_dtype.dtype), dkernel.astype(kernel_dtype.dtype)
 
 
