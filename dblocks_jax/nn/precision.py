@@ -3,7 +3,7 @@
 Parameters are stored in `param_dtype`. Every Linear (`nn.init.linear`)
 casts its input and its kernel to `dtype` (the compute dtype) for the
 matmul; below float32 it accumulates in and returns float32, and its
-backward pass runs in `dtype` the same way (`nn.linear.matmul`). With float32
+backward products run in `dtype` (`nn.linear.matmul`). With float32
 parameters and bfloat16 compute, the gradients and the optimizer state stay
 float32. Embedding lookups are gathers, with no arithmetic to do in
 `dtype`: they return their table's dtype, and the Linear they feed casts.
