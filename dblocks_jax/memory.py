@@ -21,8 +21,6 @@ holds all of them (`sequential_device`).
 state's sizes and the compiled block step (`offload_memory`).
 """
 
-import copy
-
 import jax
 import ml_collections
 
@@ -37,15 +35,6 @@ def _bytes(tree) -> int:
 
 def _count(tree) -> int:
   return int(sum(x.size for x in jax.tree.leaves(tree)))
-
-
-def _variant(config, **changes):
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    for path, value in changes.items():
-      section, _, field = path.rpartition(".")
-      (c[section] if section else c)[field] = value
-  return c
 
 
 def _trainer(config):
@@ -119,7 +108,7 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
     mesh_device["argument_bytes"] + mesh_device["temp_bytes"]
   )
   sequential = compiled_step_memory(config)
-  _, one = _trainer(_variant(config, **{"parallel.block_groups": 1}))
+  _, one = _trainer(common.with_changes(config, {"parallel.block_groups": 1}))
   state = one.state
   held = _bytes([state["shared"], state["blocks"], state["fixed"]])
   sequential_device = {
@@ -129,7 +118,7 @@ def compiled_mesh_memory(config: ml_collections.ConfigDict) -> dict:
     "total_bytes": held + sequential["batch_bytes"] + sequential["temp_bytes"],
   }
   e2e_step = compiled_step_memory(
-    _variant(config, method="e2e", **{"parallel.block_groups": 1})
+    common.with_changes(config, {"method": "e2e", "parallel.block_groups": 1})
   )
   e2e_device = {
     "held_state_bytes": e2e_step["argument_bytes"] - e2e_step["batch_bytes"],
@@ -217,7 +206,7 @@ def memory_report(config: ml_collections.ConfigDict) -> dict:
   for policy in policies:
     suffix = "" if policy == "none" else f"_remat_{policy}"
     for name, method in variants.items():
-      c = _variant(config, method=method, **{"model.remat": policy})
+      c = common.with_changes(config, {"method": method, "model.remat": policy})
       report[name + suffix] = compiled_step_memory(c)
   block, e2e = report["block_step"], report["e2e_step"]
   report["temp_ratio_block_over_e2e"] = block["temp_bytes"] / e2e["temp_bytes"]

@@ -40,7 +40,6 @@ worth a smaller batch. `plan.json` in the workdir keeps every candidate,
 the measure the fit used, the recommendation and its command line.
 """
 
-import copy
 import dataclasses
 import json
 import os
@@ -103,15 +102,6 @@ def most_even(num_layers: int, num_blocks: int) -> tuple[int, ...]:
 
 def _bytes(tree) -> int:
   return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
-
-
-def _variant(config, changes: dict):
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    for path, value in changes.items():
-      section, _, field = path.rpartition(".")
-      (c[section] if section else c)[field] = value
-  return c
 
 
 def abstract_experiment(config) -> families.Experiment:
@@ -292,7 +282,7 @@ def _candidate_config(config, candidate: dict):
   device's) and remat policy."""
   distribution = candidate["layers_per_block"]
   even = len(set(distribution)) == 1
-  return _variant(
+  return common.with_changes(
     config,
     {
       "blocks.num_blocks": candidate["num_blocks"],

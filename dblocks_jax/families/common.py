@@ -181,6 +181,19 @@ def topology(config, experiment: Experiment) -> dict:
   return out
 
 
+def with_changes(config, changes: dict):
+  """A copy of `config` with `changes` ({"blocks.num_blocks": 2, "method":
+  "e2e", ...}: dotted paths to values) set."""
+  import copy
+
+  c = copy.deepcopy(config)
+  with c.unlocked():
+    for path, value in changes.items():
+      section, _, field = path.rpartition(".")
+      (c[section] if section else c)[field] = value
+  return c
+
+
 def one_group(config):
   """A copy of `config` on one device group that trains every block: the
   step that the compiled analyses (memory, FLOPs) look at."""
