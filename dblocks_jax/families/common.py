@@ -197,13 +197,7 @@ def with_changes(config, changes: dict):
 def one_group(config):
   """A copy of `config` on one device group that trains every block: the
   step that the compiled analyses (memory, FLOPs) look at."""
-  import copy
-
-  c = copy.deepcopy(config)
-  with c.unlocked():
-    c.parallel.block_groups = 1
-    c.blocks.train = ()
-  return c
+  return with_changes(config, {"parallel.block_groups": 1, "blocks.train": ()})
 
 
 def make_trainer(config, experiment: Experiment, workdir: str | None):
