@@ -18,6 +18,7 @@ from dblocks_jax import evaluation, families, runs, train
 from dblocks_jax.blockwise import steps
 from dblocks_jax.data import tokenizer as tokenizers
 from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.evaluate import diversity
 from dblocks_jax.evaluate import judge as judging
 from dblocks_jax.evaluate.judge import Judge
 from dblocks_jax.families import ar as ar_family
@@ -394,6 +395,8 @@ def test_a_judge_gives_generative_perplexity_and_mauve(trained, baseline_run):
   assert result["gen_ppl"] > 1 and result["reference_gen_ppl"] > 1
   assert 0 < result["mauve"] <= 1
   assert result["num_references"] == config.eval.num_prompts
+  assert 0 < result["distinct_bigrams"] <= 1
+  assert 0 < result["reference_distinct_bigrams"] <= 1
   assert "gen-ppl" in families.get("ar").describe(result)
 
 
@@ -436,6 +439,17 @@ def test_mauve_separates_distributions():
   # At the paper's scaling 2, disjoint supports still score about 0.19.
   assert scores[0] > 0.9 and scores[2] < 0.25
   assert scores == sorted(scores, reverse=True)
+
+
+def test_distinct_bigrams_count_within_rows():
+  # Bigrams (1,2) (2,1) (1,2) | (3,3) (3,3) (3,3): 3 distinct of 6; the
+  # pair (1,3) across the row boundary is not counted.
+  tokens = np.array([[1, 2, 1, 2], [3, 3, 3, 3]])
+  assert diversity.distinct_ngrams(tokens, 2) == 0.5
+  assert diversity.distinct_ngrams(tokens, 1) == 3 / 8
+  assert diversity.distinct_ngrams(np.arange(12).reshape(3, 4), 3) == 1.0
+  with pytest.raises(ValueError, match="n=5"):
+    diversity.distinct_ngrams(tokens, 5)
 
 
 def test_the_blockwise_model_learns_a_deterministic_sequence():

@@ -22,7 +22,11 @@ Evaluation (`eval.json`):
     `eval.prompt_length` tokens (windows spread evenly over the split),
     `eval.samples_per_prompt` continuations of `eval.continuation_length`
     tokens each (DiffusionBlocks greedy per chain, the baseline top-p), with
-    the true continuation as the reference, to `samples/step_<N>.jsonl`.
+    the true continuation as the reference, to `samples/step_<N>.jsonl`,
+    and the share of distinct token bigrams among them and among the
+    references (`evaluate.diversity`);
+  * with `eval.judge_workdir`: their generative perplexity and MAUVE under
+    the judge (`evaluate.judge`).
 """
 
 import functools
@@ -33,6 +37,7 @@ import numpy as np
 
 from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.evaluate import diversity
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import ar
@@ -269,6 +274,11 @@ class ARFamily:
         f"; gen-ppl {result['gen_ppl']:.2f} (references"
         f" {result['reference_gen_ppl']:.2f}), MAUVE {result['mauve']:.3f}"
       )
+    if "distinct_bigrams" in result:
+      line += (
+        f"; distinct bigrams {result['distinct_bigrams']:.3f} (references"
+        f" {result['reference_distinct_bigrams']:.3f})"
+      )
     if "samples" in result:
       line += (
         f"; {result['num_continuations']} continuations in {result['samples']}"
@@ -457,6 +467,10 @@ def write_continuations(
     "decoding": (
       "greedy" if sampler is not None else f"top-p {config.sampler.top_p}"
     ),
+    "distinct_bigrams": diversity.distinct_ngrams(
+      generated.reshape(-1, generated.shape[-1]), 2
+    ),
+    "reference_distinct_bigrams": diversity.distinct_ngrams(references, 2),
   }
   if judge is not None:
     out.update(judge_text(judge, config, prompts, references, generated))
