@@ -10,7 +10,10 @@ batches made in advance, compile excluded, and prints for each:
   FLOP/s achieved;
 - that as a share of a large float32 GEMM's FLOP/s, measured in this run;
 - the peak RSS of the process (each step kind runs in its own process, so
-  the peaks do not mix);
+  the peaks do not mix), and the page faults per timed step (minor faults:
+  fresh pages the step's buffers touch; the C library's malloc returns the
+  step's temporaries to the system after every step, a preloaded tcmalloc
+  keeps them, and the allocator in use is printed);
 - XLA's argument and temporary bytes of the compiled step;
 
 and the block / end-to-end ratios. With `--profile=DIR`, it also traces the
@@ -140,11 +143,13 @@ def measure(config, kind: str, steps: int, profile: str | None = None) -> dict:
   for batch in batches[:warmup]:  # Compiles every block's step.
     metrics = trainer.step(batch)
   jax.block_until_ready((trainer.state, metrics))
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   start = time.perf_counter()
   for batch in batches[warmup:]:
     metrics = trainer.step(batch)
   jax.block_until_ready((trainer.state, metrics))
   seconds = (time.perf_counter() - start) / steps
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
   # Linux reports ru_maxrss in KiB. Read before compiling again for XLA's
   # analyses, whose compile would count in the peak.
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -171,10 +176,26 @@ def measure(config, kind: str, steps: int, profile: str | None = None) -> dict:
     "flops": step_flops,
     "flops_per_second": step_flops / seconds,
     "peak_rss_bytes": peak_rss,
+    "page_faults_per_step": faults / steps,
+    "allocator": allocator(),
     "argument_bytes": int(memory.argument_size_in_bytes),
     "temp_bytes": int(memory.temp_size_in_bytes),
     "op_seconds": profiled,
   }
+
+
+def allocator() -> str:
+  """The malloc this process runs on: a preloaded tcmalloc or jemalloc
+  (`LD_PRELOAD`), else the C library's."""
+  try:
+    with open("/proc/self/maps") as f:
+      maps = f.read()
+  except OSError:
+    return "unknown"
+  for name in ("tcmalloc", "jemalloc"):
+    if f"lib{name}" in maps:
+      return name
+  return "libc"
 
 
 def run_kind(kind: str) -> dict:
@@ -197,6 +218,7 @@ def table(results: dict, gemm: float) -> str:
     ("GFLOP per step", "flops", "{:.1f}", 1e-9),
     ("GFLOP/s achieved", "flops_per_second", "{:.1f}", 1e-9),
     ("peak RSS (GB)", "peak_rss_bytes", "{:.2f}", 1e-9),
+    ("page faults per step", "page_faults_per_step", "{:,.0f}"),
     ("XLA arguments (MiB)", "argument_bytes", "{:.1f}", 2**-20),
     ("XLA temporaries (MiB)", "temp_bytes", "{:.1f}", 2**-20),
   ]
@@ -206,8 +228,9 @@ def table(results: dict, gemm: float) -> str:
       continue
     s = scale[0] if scale else 1
     a, b = block[key] * s, e2e[key] * s
+    ratio = f"{a / b:.2f}" if b else "-"
     lines.append(
-      f"{label:24s}{fmt.format(a):>14s}{fmt.format(b):>14s}{a / b:>8.2f}"
+      f"{label:24s}{fmt.format(a):>14s}{fmt.format(b):>14s}{ratio:>8s}"
     )
   lines.append(
     f"{'share of GEMM FLOP/s':24s}"
@@ -215,6 +238,7 @@ def table(results: dict, gemm: float) -> str:
     f"{e2e['flops_per_second'] / gemm:>14.0%}"
   )
   lines.append(f"float32 GEMM: {gemm / 1e9:.1f} GFLOP/s ({FLAGS.gemm_size}^3)")
+  lines.append(f"allocator: {block['allocator']}")
   return "\n".join(lines)
 
 

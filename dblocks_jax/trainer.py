@@ -259,7 +259,7 @@ class Trainer:
     if self.workdir is not None and jax.process_index() == 0:
       self._lock = workdir_lock.acquire(self.workdir)  # One writer.
     self._step_fns = {}
-    self._predict_fns = {}
+    self._compiled = {}
     self._writer = metrics_lib.MetricWriter(
       self.workdir, tensorboard=tensorboard
     )
@@ -868,18 +868,22 @@ class Trainer:
 
   def predict_fn(self, sampler: Sampler | None):
     """The jitted `predict(arrays, batch, key)` of a sampler (cached)."""
-    cache_key = None
-    if sampler is not None:
-      cache_key = (
-        tuple(np.asarray(sampler.levels).tolist()),
-        tuple(np.asarray(sampler.blocks).tolist()),
-        sampler.method,
-      )
-    if cache_key not in self._predict_fns:
-      self._predict_fns[cache_key] = inference.make_predict(
-        self.task, self.graphdefs, sampler
-      )
-    return self._predict_fns[cache_key]
+    return self.compiled(
+      ("predict", sampler.key if sampler else None),
+      lambda: inference.make_predict(self.task, self.graphdefs, sampler),
+    )
+
+  def compiled(self, key: tuple, build: Callable[[], Callable]) -> Callable:
+    """`build()` once per `key` for this trainer, then the same function.
+
+    For the jitted functions of evaluation (a sampler's predict, a
+    family's generator), so that evaluating again during training reuses
+    their compilation. The key must name everything `build` closes over
+    besides the trainer's task and graph definitions.
+    """
+    if key not in self._compiled:
+      self._compiled[key] = build()
+    return self._compiled[key]
 
   def evaluate(
     self, batches, *, sampler: Sampler | None = None, key=None

@@ -476,6 +476,10 @@ def test_the_blockwise_model_learns_a_deterministic_sequence():
   test = [{"tokens": ((start + np.arange(32)) % 16).astype(np.int32)}]
   sampler = common.sampler_from_config(config, experiment.plan)
   assert trainer.evaluate(iter(test), sampler=sampler)["accuracy"] > 0.9
+  # A second evaluation reuses the compiled generator of the same settings.
+  generate = ar_family.generate_fn(trainer, sampler, num_tokens=4)
+  assert ar_family.generate_fn(trainer, sampler, num_tokens=4) is generate
+  assert ar_family.generate_fn(trainer, sampler, num_tokens=5) is not generate
 
 
 def test_lm1b_smoke_runs_on_the_python_docs():

@@ -37,6 +37,8 @@ def test_block_step_against_end_to_end_step(train_step):
       config.batch_size / result["seconds_per_step"]
     )
     assert result["tokens_per_second"] is None  # Images, not tokens.
+    assert result["page_faults_per_step"] >= 0
+    assert result["allocator"] in ("libc", "tcmalloc", "jemalloc", "unknown")
   # A block step runs one of the three blocks: fewer FLOPs and temporaries.
   assert block["flops"] < e2e["flops"]
   assert block["temp_bytes"] < e2e["temp_bytes"]

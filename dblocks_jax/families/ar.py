@@ -371,25 +371,30 @@ def next_token_accuracy(trainer, config, ids, sampler) -> dict:
 
 
 def generate_fn(trainer, sampler, *, num_tokens: int, use_cache: bool = True):
-  """The jitted `generate(arrays, prompt [b, P], key) -> [b, P + n]`."""
+  """The jitted `generate(arrays, prompt [b, P], key) -> [b, P + n]`,
+  compiled once per trainer and settings."""
   import jax
 
   from dblocks_jax.blockwise import inference
 
   task, graphdefs = trainer.task, trainer.graphdefs
 
-  @jax.jit
-  def generate(arrays, prompt, key):
-    return task.generate(
-      inference.parts_for_block_fn(graphdefs, arrays),
-      prompt,
-      key,
-      sampler=sampler,
-      num_tokens=num_tokens,
-      use_cache=use_cache,
-    )
+  def build():
+    @jax.jit
+    def generate(arrays, prompt, key):
+      return task.generate(
+        inference.parts_for_block_fn(graphdefs, arrays),
+        prompt,
+        key,
+        sampler=sampler,
+        num_tokens=num_tokens,
+        use_cache=use_cache,
+      )
 
-  return generate
+    return generate
+
+  key = ("ar.generate", sampler.key if sampler else None, num_tokens)
+  return trainer.compiled((*key, use_cache), build)
 
 
 def continuations(

@@ -251,12 +251,18 @@ def bits_per_character(
   task, plan = experiment.task, experiment.plan
   graphdefs = trainer.graphdefs
 
-  @jax.jit
-  def nelbo(arrays, tokens, key):
-    parts_for_block = inference.parts_for_block_fn(graphdefs, arrays)
-    return task.nelbo(
-      parts_for_block, tokens, key, boundaries=plan.boundaries, num_t=num_t
-    )
+  def build():
+    @jax.jit
+    def nelbo(arrays, tokens, key):
+      parts_for_block = inference.parts_for_block_fn(graphdefs, arrays)
+      return task.nelbo(
+        parts_for_block, tokens, key, boundaries=plan.boundaries, num_t=num_t
+      )
+
+    return nelbo
+
+  boundaries = tuple(np.asarray(plan.boundaries).tolist())
+  nelbo = trainer.compiled(("mdm.nelbo", boundaries, num_t), build)
 
   if max_sequences:
     ids = ids[: max_sequences * seq_len]

@@ -82,6 +82,15 @@ class Sampler:
   def num_steps(self) -> int:
     return len(self.levels)
 
+  @property
+  def key(self) -> tuple:
+    """A hashable identity of the grid (levels, blocks, method)."""
+    return (
+      tuple(np.asarray(self.levels).tolist()),
+      tuple(np.asarray(self.blocks).tolist()),
+      self.method,
+    )
+
 
 @runtime_checkable
 class Task(Protocol):
