@@ -10,10 +10,24 @@
 #
 # Any other exit status is the job's own.
 set -uo pipefail
+# The traps go in before the command starts, so that a signal in between is
+# held and passed on as soon as there is a child to pass it to.
+child=""
+pending=""
+forward() {
+  if [ -n "${child}" ]; then
+    kill -"$1" "${child}" 2>/dev/null
+  else
+    pending="$1"
+  fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
 "$@" &
 child=$!
-trap 'kill -TERM "${child}" 2>/dev/null' TERM
-trap 'kill -INT "${child}" 2>/dev/null' INT
+if [ -n "${pending}" ]; then
+  kill -"${pending}" "${child}" 2>/dev/null
+fi
 status=0
 while true; do
   wait "${child}"
