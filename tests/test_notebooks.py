@@ -16,6 +16,7 @@ import os
 import string
 
 import pytest
+from conftest import FAST_COMPILE_FLAGS
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -30,8 +31,11 @@ def execute(name: str, out: str, monkeypatch) -> dict:
   monkeypatch.setenv("DBLOCKS_NOTEBOOK_OUT", out)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   # As a user runs it: the notebooks train for hundreds of steps, where XLA's
-  # optimisations (off for the rest of the suite, conftest.py) pay.
+  # optimisations and fusion emitters (off for the rest of the suite,
+  # conftest.py) pay.
   monkeypatch.delenv("JAX_DISABLE_MOST_OPTIMIZATIONS", raising=False)
+  flags = os.environ.get("XLA_FLAGS", "").replace(FAST_COMPILE_FLAGS, "")
+  monkeypatch.setenv("XLA_FLAGS", flags.strip())
   notebook = nbformat.read(os.path.join(COLAB, name), as_version=4)
   client = nbclient.NotebookClient(
     notebook,
