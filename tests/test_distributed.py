@@ -9,7 +9,7 @@ import sys
 
 import jax
 import numpy as np
-from conftest import subprocess_xla_flags
+from conftest import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(ROOT, "tests", "helpers", "distributed_worker.py")
@@ -24,7 +24,6 @@ def _free_port() -> int:
 def _run(out, num_processes, devices):
   port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = subprocess_xla_flags()
   procs = [
     subprocess.Popen(
       [
@@ -74,7 +73,6 @@ def test_two_processes_train_one_model(tmp_path):
 
 def _cli(args, workdir, extra_env=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = subprocess_xla_flags()
   env.update(extra_env or {})
   return subprocess.Popen(
     [sys.executable, "-m", "dblocks_jax.main", *args, f"--workdir={workdir}"],
@@ -114,11 +112,7 @@ def test_block_groups_on_two_processes_equal_one_process(tmp_path):
     _cli(
       args,
       tmp_path / "one",
-      {
-        "XLA_FLAGS": subprocess_xla_flags(
-          "--xla_force_host_platform_device_count=2"
-        )
-      },
+      {"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")},
     )
   )
   for proc in procs:

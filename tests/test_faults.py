@@ -21,7 +21,7 @@ import time
 import jax
 import numpy as np
 import pytest
-from conftest import subprocess_xla_flags
+from conftest import xla_flags
 
 from dblocks_jax import workdir_lock
 from dblocks_jax.checkpoint import Checkpointer
@@ -48,7 +48,7 @@ def _start(workdir, *args, devices=1, cache=None):
   only reads it (a kill never cuts a cache write short).
   """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = subprocess_xla_flags(
+  env["XLA_FLAGS"] = xla_flags(
     f"--xla_force_host_platform_device_count={devices}"
   )
   if cache is not None:

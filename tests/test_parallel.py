@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import optax
 import pytest
-from conftest import snapshot, subprocess_xla_flags
+from conftest import snapshot, xla_flags
 from flax import nnx
 
 from configs import quickstart
@@ -229,7 +229,7 @@ def test_per_block_job_holds_only_its_block():
 
 def _cli(*args, workdir, devices=1):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env["XLA_FLAGS"] = subprocess_xla_flags(
+  env["XLA_FLAGS"] = xla_flags(
     f"--xla_force_host_platform_device_count={devices}"
   )
   return subprocess.Popen(

@@ -393,8 +393,8 @@ def generate_fn(trainer, sampler, *, num_tokens: int, use_cache: bool = True):
 
     return generate
 
-  key = ("ar.generate", sampler.key if sampler else None, num_tokens)
-  return trainer.compiled((*key, use_cache), build)
+  settings = (sampler.key if sampler else None, num_tokens, use_cache)
+  return trainer.compiled(("ar.generate", *settings), build)
 
 
 def continuations(
