@@ -11,10 +11,21 @@
           nothing_saveable (as full), everything_saveable (as none).
 Old configs hold booleans: True reads as "full", False as "none".
 Rematerialisation never changes the values computed, only what is kept.
+
+Every Linear runs on `nn.linear.matmul_p`, a primitive of its own that
+lowers to one `dot_general` without batch dimensions; the named policies
+are wrapped (`policy`) so that they see it as that `dot_general`, and keep
+(or drop) the Linears' outputs as they keep the plain matmuls'.
 """
 
+import dataclasses
+from typing import Any
+
 import jax
+import jax.numpy as jnp
 from flax import nnx
+
+from dblocks_jax.nn import linear
 
 POLICIES = tuple(
   name
@@ -43,11 +54,40 @@ def remat_name(remat) -> str:
   return remat
 
 
+@dataclasses.dataclass(frozen=True)
+class _SeesMatmulAsDot:
+  """A `jax.checkpoint_policies` policy that is asked about
+  `linear.matmul_p` as about the `dot_general` it lowers to: x [..., in]
+  contracted with kernel [in, out], no batch dimensions, float32 out."""
+
+  base: Any
+
+  def __call__(self, prim, *avals, **params):
+    if prim is linear.matmul_p:
+      x = avals[0]
+      params = dict(
+        dimension_numbers=(((x.ndim - 1,), (0,)), ((), ())),
+        precision=None,
+        preferred_element_type=jnp.dtype(jnp.float32),
+        out_sharding=None,
+      )
+      prim = jax.lax.dot_general_p
+    return self.base(prim, *avals, **params)
+
+
+def policy(name: str):
+  """The `jax.checkpoint_policies` policy `name` (one of `POLICIES`), with
+  every Linear's matmul counted as a `dot_general` without batch
+  dimensions."""
+  if name not in POLICIES:
+    raise ValueError(f"{name!r} is not one of {POLICIES}.")
+  return _SeesMatmulAsDot(getattr(jax.checkpoint_policies, name))
+
+
 def checkpointed(fn, remat):
   """`fn` under `nnx.remat` with the policy `remat` names; `fn` itself for
   "none"."""
   name = remat_name(remat)
   if name == "none":
     return fn
-  policy = None if name == "full" else getattr(jax.checkpoint_policies, name)
-  return nnx.remat(fn, policy=policy)
+  return nnx.remat(fn, policy=None if name == "full" else policy(name))
