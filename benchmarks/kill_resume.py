@@ -31,8 +31,7 @@ import sys
 import threading
 import time
 
-import jax
-import numpy as np
+import chex
 from absl import app, flags, logging
 
 from dblocks_jax.checkpoint import Checkpointer
@@ -178,12 +177,12 @@ def final_state(workdir: str):
 
 
 def bit_identical(a, b) -> bool:
-  if jax.tree.structure(a) != jax.tree.structure(b):
+  """The same structure, shapes, dtypes and values."""
+  try:
+    chex.assert_trees_all_equal(a, b, strict=True)
+  except AssertionError:
     return False
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
+  return True
 
 
 def trial(index: int, extra, reference) -> dict:

@@ -20,6 +20,7 @@ import copy
 import json
 import os
 
+import chex
 import jax
 import ml_collections
 import numpy as np
@@ -77,19 +78,12 @@ def _check_source(source: str, topology: dict, config) -> tuple[int, ...]:
 def _restore(source: str) -> dict:
   """The newest checkpoint of a job (its own blocks), on the host."""
   run_config = runs.read_run_config(source)
-  _, _, trainer = runs.restore_run(run_config, source, complete=False)
+  _, _, trainer = runs.restore_run(
+    run_config, source, complete=False, with_optimizer=True
+  )
   state = jax.device_get(trainer.state)
   trainer.close()
   return state
-
-
-def _same_values(a, b) -> bool:
-  if jax.tree.structure(a) != jax.tree.structure(b):
-    return False
-  return all(
-    np.array_equal(np.asarray(x), np.asarray(y))
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
-  )
 
 
 def assemble(
@@ -129,11 +123,17 @@ def assemble(
   states = {source: _restore(source) for source in sources}
   first = states[sources[0]]
   for source in sources[1:]:
-    if not _same_values(states[source]["fixed"], first["fixed"]):
+    # Bit-identical: the same structure, shapes, dtypes and values (a check
+    # that chex.disable_asserts() would switch off, as every chex assertion).
+    try:
+      chex.assert_trees_all_equal(
+        states[source]["fixed"], first["fixed"], strict=True
+      )
+    except AssertionError as e:
       raise ConfigError(
         f"the target tables of {sources[0]} and {source} differ; the jobs"
         " must share blocks.target_table_seed."
-      )
+      ) from e
 
   ckpt_dir = os.path.join(workdir, "checkpoints")
   os.makedirs(workdir, exist_ok=True)

@@ -1,6 +1,7 @@
 """Errors that the command line reports as one line, without a traceback."""
 
 import contextlib
+import importlib
 import re
 
 
@@ -29,6 +30,11 @@ class WorkdirLockedError(RuntimeError):
   """Another live run holds the workdir; the message names it."""
 
 
+class MissingExtraError(ImportError):
+  """An optional dependency is not installed; the message names the extra of
+  `pip install 'dblocks_jax[EXTRA]'` that brings it."""
+
+
 class Preempted(Exception):
   """SIGTERM or SIGINT stopped training after a checkpoint was written."""
 
@@ -36,6 +42,34 @@ class Preempted(Exception):
     super().__init__(message)
     self.signal_name = signal_name
     self.step = step
+
+
+# The optional dependencies: top-level module -> (PyPI package, the extra of
+# setup.cfg that installs it).
+OPTIONAL_MODULES = {
+  "sentencepiece": ("sentencepiece", "lm"),
+  "mauve": ("mauve-text", "lm"),
+  "safetensors": ("safetensors", "weights"),
+}
+
+
+def optional_import(module: str, needed_by: str):
+  """`import module` for an optional dependency, or a one-line
+  MissingExtraError: "{needed_by} needs {package}: pip install
+  'dblocks_jax[{extra}]'".
+
+  Args:
+    module: the module to import, e.g. "mauve" or "safetensors.numpy"; its
+      top-level name must be in OPTIONAL_MODULES.
+    needed_by: what needs it, e.g. "the language models' evaluation".
+  """
+  package, extra = OPTIONAL_MODULES[module.partition(".")[0]]
+  try:
+    return importlib.import_module(module)
+  except ModuleNotFoundError as e:
+    raise MissingExtraError(
+      f"{needed_by} needs {package}: pip install 'dblocks_jax[{extra}]'"
+    ) from e
 
 
 # The command line's exit statuses.

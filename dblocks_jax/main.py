@@ -78,6 +78,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # Errors printed as one `error:` line, with their exit statuses.
 ONE_LINE_ERRORS = {
   errors.ConfigError: errors.EXIT_CONFIG,
+  errors.MissingExtraError: errors.EXIT_CONFIG,  # Names the extra to install.
   errors.NonFiniteLossError: errors.EXIT_NON_FINITE,
   errors.CheckpointError: errors.EXIT_CHECKPOINT,
   errors.WorkdirLockedError: errors.EXIT_LOCKED,

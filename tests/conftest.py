@@ -81,16 +81,17 @@ def trained_smoke(tmp_path_factory):
   return config, workdir, result
 
 
+def needs(module: str, extra: str):
+  """`module`, imported; without it (an extra not installed) the test skips
+  with a reason that names the extra."""
+  return pytest.importorskip(
+    module, reason=f"needs the [{extra}] extra ({module})"
+  )
+
+
 def snapshot(tree):
   """A host copy of every leaf, safe from buffer donation."""
   return jax.tree.map(lambda x: np.array(x, copy=True), tree)
-
-
-def assert_trees_equal(a, b):
-  """Bit-identical pytrees (same structure, same values)."""
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 TINY_TFDS = "dblocks_test_images"

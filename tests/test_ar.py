@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs
 from flax import nnx
 from random_params import randomize
 
@@ -319,6 +320,7 @@ CORPUS = [
 
 
 def test_bpe_training_is_deterministic_and_round_trips_text():
+  needs("sentencepiece", "lm")
   first = tokenizers.train_bpe(CORPUS, 300, source="test")
   second = tokenizers.train_bpe(CORPUS, 300, source="test")
   assert first.proto == second.proto
@@ -328,6 +330,7 @@ def test_bpe_training_is_deterministic_and_round_trips_text():
 
 
 def test_tokenizer_errors_name_the_field(tmp_path):
+  needs("sentencepiece", "lm")
   with pytest.raises(DataError, match="data.tokenizer="):
     tokenizers.load(str(tmp_path / "missing.model"))
   tok = tokenizers.train_bpe(CORPUS, 300, source="test")
@@ -347,6 +350,7 @@ def config():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+  needs("sentencepiece", "lm")
   config = ar_pydocs.get_config("smoke")
   workdir = tmp_path_factory.mktemp("ar")
   return config, workdir, train.train_and_evaluate(config, str(workdir))
@@ -373,6 +377,7 @@ def test_a_blockwise_run_reports_accuracy_and_writes_continuations(trained):
 @pytest.fixture(scope="module")
 def baseline_run(tmp_path_factory):
   """(workdir, eval.json) of the AR baseline's smoke run: also the judge."""
+  needs("sentencepiece", "lm")
   config = ar_pydocs.get_config("smoke,e2e")
   workdir = tmp_path_factory.mktemp("ar_e2e")
   return workdir, train.train_and_evaluate(config, str(workdir))
@@ -386,6 +391,7 @@ def test_the_baseline_samples_with_top_p(baseline_run):
 
 
 def test_a_judge_gives_generative_perplexity_and_mauve(trained, baseline_run):
+  needs("mauve", "lm")
   config, workdir, _ = trained
   judge_dir, _ = baseline_run
   config = copy.deepcopy(config)
@@ -430,6 +436,7 @@ def test_a_judge_of_another_vocabulary_or_method_is_refused(
 
 
 def test_mauve_separates_distributions():
+  needs("mauve", "lm")
   rng = np.random.default_rng(0)
   p = rng.normal(size=(400, 8))
   scores = [
@@ -495,7 +502,10 @@ def test_lm1b_without_a_tokenizer_says_which_field_to_set():
 
 
 def test_lm1b_is_read_from_tfds_bos_prefixed_and_packed(tmp_path):
-  tfds = pytest.importorskip("tensorflow_datasets")
+  import tensorflow_datasets as tfds
+
+  needs("tensorflow", "tensorboard")  # TFDS reads LM1B through TensorFlow.
+  needs("sentencepiece", "lm")
   tok = tokenizers.train_bpe(CORPUS, 300, source="test")
   with tfds.testing.mock_data(num_examples=6):
     ids = ar_family._lm1b_ids(str(tmp_path), "test", tok)
@@ -523,6 +533,7 @@ def test_a_missing_corpus_says_how_to_install_it(config, tmp_path):
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused(config, tmp_path):
+  needs("sentencepiece", "lm")
   path = tokenizers.train_bpe(CORPUS, 300, source="test").save(
     str(tmp_path / "t.model")
   )
@@ -545,6 +556,7 @@ def test_seq_len_beyond_the_context_is_refused(config):
 
 
 def test_fewer_than_one_sampler_step_names_the_field(config, tmp_path):
+  needs("sentencepiece", "lm")
   config.sampler.num_steps = -1
   experiment = families.get("ar").build(config)
   with pytest.raises(ConfigError, match="sampler.num_steps"):
@@ -552,6 +564,7 @@ def test_fewer_than_one_sampler_step_names_the_field(config, tmp_path):
 
 
 def test_an_unknown_eval_split_names_the_field(config, tmp_path):
+  needs("sentencepiece", "lm")
   config.data.eval_split = "dev"
   experiment = families.get("ar").build(config)
   with pytest.raises(ConfigError, match="data.eval_split='dev'"):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import textwrap
 
+import chex
 import grain
 import jax
 import jax.numpy as jnp
@@ -47,13 +48,6 @@ def _iter_dataset_iterator():
   return iter(ds)
 
 
-def _assert_trees_equal(a, b):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-    assert np.asarray(x).dtype == np.asarray(y).dtype
-
-
 def _save_sync(path, steps, **kwargs):
   ckpt = checkpoint.Checkpointer(path, save_interval_steps=1, **kwargs)
   state = _make_state()
@@ -73,7 +67,7 @@ def test_round_trip_keeps_types(tmp_path):
   ckpt.close()
 
   assert meta == _META
-  _assert_trees_equal(restored, state)
+  chex.assert_trees_all_equal(restored, state, strict=True)
   block = restored["blocks"][1]
   assert isinstance(block["params"], nnx.State)
   assert isinstance(block["rest"], nnx.State)
@@ -88,7 +82,7 @@ def test_restore_into_concrete_arrays(tmp_path):
   ckpt.save(3, state, metadata=_META)
   restored, _ = ckpt.restore(_make_state(seed=5), step=3)
   ckpt.close()
-  _assert_trees_equal(restored, state)
+  chex.assert_trees_all_equal(restored, state, strict=True)
 
 
 def test_latest_step_and_max_to_keep(tmp_path):
@@ -169,11 +163,11 @@ def test_data_iterator_round_trip(tmp_path, make_iterator):
     jax.eval_shape(_make_state), data_iterator=fresh
   )
   np.testing.assert_array_equal(next(fresh), expected)
-  _assert_trees_equal(restored, state)
+  chex.assert_trees_all_equal(restored, state, strict=True)
   assert meta == _META
   # The data item is optional when restoring.
   restored, _ = ckpt.restore(jax.eval_shape(_make_state))
-  _assert_trees_equal(restored, state)
+  chex.assert_trees_all_equal(restored, state, strict=True)
   ckpt.close()
 
 
@@ -208,7 +202,7 @@ def test_unfinished_save_is_ignored(tmp_path):
   ckpt = checkpoint.Checkpointer(path, save_interval_steps=10)
   assert ckpt.latest_step() == 10
   restored, meta = ckpt.restore(jax.eval_shape(_make_state))
-  _assert_trees_equal(restored, state)
+  chex.assert_trees_all_equal(restored, state, strict=True)
   assert meta["step"] == 10
   # Saving step 20 again replaces the leftover.
   assert ckpt.save(20, state, metadata=_META)
@@ -310,7 +304,7 @@ def test_damaged_newest_falls_back_to_intact(tmp_path, kind, caplog):
     restored, meta = reader.restore(jax.eval_shape(_make_state))
   reader.close()
   assert meta["step"] == 10
-  _assert_trees_equal(restored, _make_state())
+  chex.assert_trees_all_equal(restored, _make_state(), strict=True)
   assert any("step 20" in r.getMessage() for r in caplog.records)
   assert os.path.isdir(os.path.join(path, "20"))
 

@@ -7,6 +7,7 @@ import os
 
 import jax
 import pytest
+from conftest import needs
 from flax import nnx
 
 from dblocks_jax import encode, families, train
@@ -76,6 +77,7 @@ def test_config_loads_locks_and_builds(name):
 @pytest.fixture(scope="module")
 def latent_smoke_dir(tmp_path_factory):
   """The smoke latent dataset of dit_imagenet (a random tiny VAE)."""
+  needs("safetensors", "weights")
   root = tmp_path_factory.mktemp("latents")
   config = _module("dit_imagenet").get_config("smoke")
   model = vae.AutoencoderKL(encode.vae_config(config), rngs=nnx.Rngs(0))
@@ -122,6 +124,8 @@ def test_smoke_runs(name, tmp_path, request):
   if name in SAME_SMOKE_RUN:
     pytest.skip(f"trains what {SAME_SMOKE_RUN[name]}:smoke trains")
   config = _module(name).get_config("smoke")
+  if config.model.name in ("ar", "recurrent"):  # SentencePiece tokenizers.
+    needs("sentencepiece", "lm")
   if name == "quickstart":  # The session's trained smoke run.
     _, tmp_path, result = request.getfixturevalue("trained_smoke")
     assert result["step"] == config.total_steps

@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
-import numpy as np
 import pytest
 from conftest import xla_flags
 
@@ -97,11 +97,8 @@ def _final_state(workdir, step):
 
 def _assert_bit_identical(resumed, reference, step=30):
   a, b = _final_state(resumed, step), _final_state(reference, step)
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  leaves = jax.tree.leaves(a)
-  assert len(leaves) > 20  # Parameters and every optimizer state.
-  for x, y in zip(leaves, jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  assert len(jax.tree.leaves(a)) > 20  # Parameters and every optimizer state.
+  chex.assert_trees_all_equal(a, b, strict=True)
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import inception_random
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs
 from flax import nnx
-from safetensors.numpy import save_file
 
 from configs import dit_cifar10, dit_fashion_mnist, dit_imagenet
 from dblocks_jax.errors import ConfigError, DataError
@@ -27,6 +27,13 @@ from dblocks_jax.evaluate import features, pixels
 from dblocks_jax.models import inception, inception_weights, torch_files
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+def save_file(tensors, path):
+  """safetensors' writer; without the [weights] extra, the test skips."""
+  needs("safetensors.numpy", "weights").save_file(tensors, path)
+
+
 GOLDEN_TOLERANCE = 1e-5  # Of the largest golden feature.
 
 

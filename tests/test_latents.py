@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs
 from flax import nnx
 
 from configs import dit_imagenet
@@ -27,6 +28,7 @@ from dblocks_jax.models import inception_weights, vae, vae_weights
 @pytest.fixture(scope="module")
 def encoded(tmp_path_factory):
   """(config, vae model) with a latent dataset written to config.data.dir."""
+  needs("safetensors", "weights")
   root = tmp_path_factory.mktemp("latents")
   config = dit_imagenet.get_config("smoke")
   model = vae.AutoencoderKL(encode.vae_config(config), rngs=nnx.Rngs(0))

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 
+import chex
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_equal
 from flax import linen, nnx
 
 import dblocks_jax as db
@@ -183,7 +183,9 @@ def test_a_killed_run_resumes_exactly(tmp_path):
   data = Batches(1)
   resumed.fit(data, total_steps=300)
   assert data.position == 300  # The stream continued where it stopped.
-  assert_trees_equal(jax.device_get(once.state), jax.device_get(resumed.state))
+  chex.assert_trees_all_equal(
+    jax.device_get(once.state), jax.device_get(resumed.state), strict=True
+  )
   changed = make_trainer(str(tmp_path / "twice"), schedule="round_robin")
   changed.fit(Batches(1), total_steps=300)  # Done: nothing to resume.
   other = db.BlockPlan.create(LinearInterpolation(), num_layers=4, num_blocks=4)

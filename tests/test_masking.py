@@ -115,3 +115,25 @@ def test_the_engine_plans_blocks_over_the_masking_schedule():
   np.testing.assert_allclose(
     plan.train_ranges, [[0.65, 1.0], [19 / 60, 41 / 60], [0.0, 0.35]]
   )
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.05, 0.5])
+def test_masking_ranges_pass_the_block_order_check_without_warnings(gamma):
+  import warnings
+
+  import dblocks_jax as db
+  from dblocks_jax.blockwise.plan import check_ranges
+
+  plan = db.BlockPlan.create(
+    db.Masking(), num_layers=3, num_blocks=3, gamma=gamma
+  )
+  assert plan.train_ranges[-1, 0] == 0.0  # The lowest range starts at t = 0.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    np.testing.assert_array_equal(
+      check_ranges(plan.train_ranges, 3), plan.train_ranges
+    )
+    with pytest.raises(ValueError, match="not in block order"):
+      check_ranges(plan.train_ranges[::-1], 3)
+    with pytest.raises(ValueError, match="not in block order"):
+      check_ranges(plan.train_ranges[[1, 0, 2]], 3)

@@ -13,21 +13,35 @@ Running the notebooks takes minutes each on 2 CPU cores, so they are marked
 import json
 import math
 import os
+import re
 import string
 
 import pytest
 from conftest import FAST_COMPILE_FLAGS
 
-nbformat = pytest.importorskip("nbformat")
-nbclient = pytest.importorskip("nbclient")
+REASON = "needs the [test] extra ({})"
+nbformat = pytest.importorskip("nbformat", reason=REASON.format("nbformat"))
+nbclient = pytest.importorskip("nbclient", reason=REASON.format("nbclient"))
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLAB = os.path.join(ROOT, "colab")
 NOTEBOOKS = sorted(f for f in os.listdir(COLAB) if f.endswith(".ipynb"))
 
 
+# The extras each notebook's first cell installs (beyond the core), and the
+# modules that tell whether they are installed here.
+EXTRAS = {name: ("notebooks",) for name in NOTEBOOKS}
+EXTRAS["05_language_models.ipynb"] = ("notebooks", "lm")
+MODULES = {"notebooks": "matplotlib", "lm": "sentencepiece"}
+
+
 def execute(name: str, out: str, monkeypatch) -> dict:
-  """Runs colab/<name> with its outputs in `out`; -> its results.json."""
+  """Runs colab/<name> with its outputs in `out`; -> its results.json (the
+  test skips without an extra the notebook needs)."""
+  for extra in EXTRAS[name]:
+    pytest.importorskip(
+      MODULES[extra], reason=f"{name} needs the [{extra}] extra"
+    )
   monkeypatch.setenv("DBLOCKS_NOTEBOOK_OUT", out)
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
   # As a user runs it: the notebooks train for hundreds of steps, where XLA's
@@ -63,6 +77,14 @@ def test_notebooks_are_committed_without_outputs():
       if cell.cell_type == "code":
         assert not cell.outputs, f"{name}: a cell has outputs; clear them"
         assert cell.execution_count is None, f"{name}: clear execution"
+
+
+def test_each_notebook_installs_the_extras_it_needs():
+  for name in NOTEBOOKS:
+    notebook = nbformat.read(os.path.join(COLAB, name), as_version=4)
+    install = next(c for c in notebook.cells if c.cell_type == "code").source
+    extras = re.findall(r"\{CLONE\}\[([\w,]+)\]", install)
+    assert extras == [",".join(EXTRAS[name])], (name, extras)
 
 
 def test_readme_opens_every_notebook_in_colab():

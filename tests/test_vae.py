@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import needs
 from flax import nnx
-from safetensors.numpy import save_file
 
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import vae, vae_weights
@@ -103,7 +103,7 @@ def _torch_conv(x, weight, bias, stride=1, pad=(1, 1, 1, 1)):
 
 def _load_with(tensors, tmp_path):
   path = str(tmp_path / "vae.safetensors")
-  save_file(tensors, path)
+  needs("safetensors.numpy", "weights").save_file(tensors, path)
   return vae_weights.load_vae(path, TINY)
 
 
@@ -150,6 +150,7 @@ def test_torch_layout_convs_match_pytorch_semantics(tmp_path):
 
 
 def test_save_and_load_round_trip(tmp_path):
+  needs("safetensors", "weights")
   model = _tiny(seed=3)
   path = str(tmp_path / "vae.safetensors")
   vae_weights.save_vae(model, path)
@@ -203,6 +204,7 @@ def test_corrupt_file_is_a_clear_error(tmp_path):
 
 
 def test_mismatched_architecture_names_the_tensor(tmp_path):
+  needs("safetensors", "weights")
   other = vae.VAEConfig(
     block_out_channels=(8, 32), layers_per_block=1, norm_num_groups=4
   )

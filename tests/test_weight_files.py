@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import inception_random
 import numpy as np
 import pytest
+from conftest import needs
 
 from dblocks_jax.errors import DataError
 from dblocks_jax.evaluate import features
@@ -341,6 +342,7 @@ def _convert(source, target) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("source", ["torch_zip", "torch_legacy", "hand_zip"])
 def test_converter_writes_the_same_tensors(tmp_path, source):
   """torch.save's own files (tests/data) and a hand-written one."""
+  needs("safetensors", "weights")
   if source == "hand_zip":
     obj, storages, expected = _benign("zip")
     path = _write(tmp_path / "in.pth", obj, storages, "zip")

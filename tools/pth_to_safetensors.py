@@ -21,11 +21,13 @@ import numpy as np
 
 def convert(source: str, target: str) -> dict[str, np.ndarray]:
   """Writes the tensors of `source` (.pth) to `target`; returns them."""
-  from safetensors.numpy import save_file
-
+  from dblocks_jax import errors
   from dblocks_jax.models import torch_files
 
-  tensors = torch_files.load_state_dict(source)
+  tensors = torch_files.load_state_dict(source)  # Refuses unsafe files first.
+  save_file = errors.optional_import(
+    "safetensors.numpy", "tools/pth_to_safetensors.py"
+  ).save_file
   tensors = {
     name: np.ascontiguousarray(
       value.astype(np.float32) if value.dtype == ml_dtypes.bfloat16 else value
@@ -43,11 +45,12 @@ def main(argv=None) -> int:
   args = parser.parse_args(argv)
   if not args.output.endswith(".safetensors"):
     parser.error(f"{args.output} should end in .safetensors")
+  from dblocks_jax import errors
   from dblocks_jax.models import torch_files
 
   try:
     tensors = convert(args.input, args.output)
-  except torch_files.UnsafeFileError as e:
+  except (torch_files.UnsafeFileError, errors.MissingExtraError) as e:
     parser.exit(1, f"error: {e}\n")
   except FileNotFoundError:
     parser.exit(1, f"error: {args.input} does not exist\n")

@@ -170,7 +170,10 @@ def check_ranges(train_ranges, num_blocks: int) -> np.ndarray:
 
   Catches the easy mistake of passing ranges in ascending order (the paper's
   equations index from the lowest noise): row 0 must be the noisiest block,
-  so the rows' geometric midpoints descend.
+  so the rows' midpoints descend. Midpoints are geometric when every bound
+  is positive (EDM's sigmas, widened in log space) and arithmetic otherwise
+  (masking's times in [0, 1], widened linearly; the lowest range starts at
+  t = 0).
   """
   ranges = np.asarray(train_ranges, np.float64)
   if ranges.shape != (num_blocks, 2):
@@ -183,10 +186,11 @@ def check_ranges(train_ranges, num_blocks: int) -> np.ndarray:
       f"train_ranges={ranges.tolist()} has a row with lo >= hi; each row is"
       " (lo, hi)."
     )
-  # Geometric midpoints, not the ends: the overlap gamma widens each range by
-  # a share of its own log-width, so a wide lowest range can reach above the
-  # upper end of the narrow range before it.
-  midpoints = np.log(ranges).mean(axis=1)
+  # Midpoints, not the ends: the overlap gamma widens each range by a share
+  # of its own (log-)width, so a wide lowest range can reach above the upper
+  # end of the narrow range before it.
+  scaled = np.log(ranges) if np.all(ranges > 0) else ranges
+  midpoints = scaled.mean(axis=1)
   if num_blocks > 1 and np.any(np.diff(midpoints) >= 0):
     raise ValueError(
       f"train_ranges={ranges.tolist()} is not in block order: block 0 is the"

@@ -15,9 +15,16 @@ import io
 
 import numpy as np
 
+from dblocks_jax import errors
 from dblocks_jax.errors import DataError
 
 NEWLINE = "\n"
+
+
+def _sentencepiece():
+  return errors.optional_import(
+    "sentencepiece", "the language models' tokenizer"
+  )
 
 
 class Tokenizer:
@@ -29,8 +36,7 @@ class Tokenizer:
   """
 
   def __init__(self, proto: bytes, source: str):
-    import sentencepiece
-
+    sentencepiece = _sentencepiece()
     self.proto, self.source = proto, source
     self._model = sentencepiece.SentencePieceProcessor(model_proto=proto)
 
@@ -58,8 +64,7 @@ class Tokenizer:
 def train_bpe(texts: list[str], vocab_size: int, *, source: str) -> Tokenizer:
   """A BPE of `vocab_size` pieces trained on `texts` (see the module
   docstring). `source` names the corpus in messages."""
-  import sentencepiece
-
+  sentencepiece = _sentencepiece()
   lines = [line for text in texts for line in text.split(NEWLINE) if line]
   if not lines:
     raise DataError(f"{source} holds no text to train a tokenizer on.")

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import optax
 
-from dblocks_jax import runs
+from dblocks_jax import errors, runs
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data import sequences
 from dblocks_jax.errors import ConfigError
@@ -112,8 +112,9 @@ class Judge:
 def mauve(p_features, q_features, *, scaling: float, seed: int) -> float:
   """MAUVE between two feature sets ([n, d], [m, d]), the package's
   defaults otherwise (PCA to 90% variance, k-means with n / 10 buckets)."""
-  import mauve as mauve_text
-
+  mauve_text = errors.optional_import(
+    "mauve", "the language models' evaluation (MAUVE)"
+  )
   out = mauve_text.compute_mauve(
     p_features=np.asarray(p_features, np.float32),
     q_features=np.asarray(q_features, np.float32),

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import inception as inception_lib
 from dblocks_jax.models import torch_files, weight_files
@@ -29,6 +30,7 @@ FID_WEIGHTS_URL = (
   + FID_WEIGHTS_FILE
 )
 FLAG = "--config.eval.inception_weights=PATH"
+_SAFETENSORS = "an Inception .safetensors weight file"
 _LEAF_NAMES = {
   "kernel": "weight",
   "scale": "weight",
@@ -74,15 +76,14 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
       more than tensors need (`torch_files.UnsafeFileError`; never run).
   """
   _check_exists(path)
+  if path.endswith(".safetensors"):  # A missing package is not a damaged file.
+    read = errors.optional_import("safetensors.numpy", _SAFETENSORS).load_file
+  elif path.endswith(".npz"):
+    read = _read_npz
+  else:
+    read = torch_files.load_state_dict
   try:
-    if path.endswith(".npz"):
-      with np.load(path, allow_pickle=False) as tensors:
-        return dict(tensors)
-    if path.endswith(".safetensors"):
-      from safetensors.numpy import load_file
-
-      return load_file(path)
-    return torch_files.load_state_dict(path)
+    return read(path)
   except torch_files.UnsafeFileError:
     raise  # Names the file and what it asked for; downloading won't help.
   except Exception as e:  # Readers of damaged files raise all kinds.
@@ -90,6 +91,11 @@ def read_weights(path: str) -> dict[str, np.ndarray]:
       f"Inception weight file {path} is not a readable state dict ({e});"
       f" download it again from {FID_WEIGHTS_URL}."
     ) from e
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as tensors:
+    return dict(tensors)
 
 
 def _check_exists(path: str) -> None:
@@ -109,6 +115,7 @@ def check_file(path: str) -> str:
   Raises:
     ConfigError: the file is missing (the message gives the download URL).
     DataError: the file is damaged, of another format or unsafe.
+    MissingExtraError: a .safetensors file without the package that reads it.
   """
   _check_exists(path)
   try:
@@ -120,6 +127,8 @@ def check_file(path: str) -> str:
       f"Inception weight file {path} is not a readable state dict ({e});"
       f" download it again from {FID_WEIGHTS_URL}."
     ) from e
+  if path.endswith(".safetensors"):  # Read later: without it, fail now.
+    errors.optional_import("safetensors.numpy", _SAFETENSORS)
   return _check_download(path)
 
 

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.models import vae as vae_lib
 from dblocks_jax.models import weight_files
@@ -26,6 +27,7 @@ _LEGACY_ATTENTION = {
   "to_v": "value",
   "to_out.0": "proj_attn",
 }
+_NEEDED_BY = "the SD-VAE's weight file (latent DiT)"
 
 
 def diffusers_name(path: tuple) -> str:
@@ -85,6 +87,7 @@ def check_file(path: str) -> None:
   Raises:
     ConfigError: the file is missing (the message says how to get it).
     DataError: the file is damaged or not safetensors.
+    MissingExtraError: the package that reads it is not installed.
   """
   _check_exists(path)
   try:
@@ -94,17 +97,17 @@ def check_file(path: str) -> None:
       f"VAE weight file {path} is not a readable safetensors file ({e});"
       " download it again."
     ) from e
+  errors.optional_import("safetensors.numpy", _NEEDED_BY)  # Read later.
 
 
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
   """All tensors of a safetensors file, or a clear error."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-
-  _check_exists(path)
+  check_file(path)  # A damaged file is named before a missing package.
+  safetensors = errors.optional_import("safetensors", _NEEDED_BY)
+  load_file = errors.optional_import("safetensors.numpy", _NEEDED_BY).load_file
   try:
     return load_file(path)
-  except (SafetensorError, OSError, ValueError) as e:
+  except (safetensors.SafetensorError, OSError, ValueError) as e:
     raise DataError(
       f"VAE weight file {path} is not a readable safetensors file ({e});"
       " download it again."
@@ -152,8 +155,7 @@ def load_vae(path: str, config: vae_lib.VAEConfig | None = None):
 
 def save_vae(model: vae_lib.AutoencoderKL, path: str) -> None:
   """Writes the model's weights in the diffusers layout (safetensors)."""
-  from safetensors.numpy import save_file
-
+  save_file = errors.optional_import("safetensors.numpy", _NEEDED_BY).save_file
   tensors = {
     diffusers_name(key): np.ascontiguousarray(_to_torch(v[...], key))
     for key, v in nnx.to_flat_state(nnx.state(model))
