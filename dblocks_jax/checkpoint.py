@@ -220,6 +220,7 @@ class Checkpointer:
     step: int | None = None,
     data_iterator: Any = None,
     check_metadata=None,
+    partial: bool = False,
   ) -> tuple[Any, dict[str, Any]]:
     """Restores the state, the metadata and optionally the data position.
 
@@ -237,6 +238,9 @@ class Checkpointer:
         position is set in place to the saved one.
       check_metadata: called with a checkpoint's metadata before its state is
         read (e.g. to refuse another topology); what it raises propagates.
+      partial: read only the arrays `state_target` names (a subtree of the
+        saved state, e.g. the parameters without the optimizer states);
+        the rest of the checkpoint is not read.
 
     Returns:
       `(state, metadata)`.
@@ -266,7 +270,9 @@ class Checkpointer:
         if check_metadata is not None:
           check_metadata(metadata)
         try:
-          restored = self._restore_step(candidate, state_target, data_iterator)
+          restored = self._restore_step(
+            candidate, state_target, data_iterator, partial
+          )
         except errors.ConfigError:
           raise
         except Exception as e:  # TensorStore and grain raise many kinds.
@@ -300,11 +306,16 @@ class Checkpointer:
       " train afresh in the same workdir (or use a new one)."
     )
 
-  def _restore_step(self, step, state_target, data_iterator):
-    items = {
-      _STATE: ocp.args.StandardRestore(state_target),
-      _METADATA: ocp.args.JsonRestore(),
-    }
+  def _restore_step(self, step, state_target, data_iterator, partial=False):
+    if partial:
+      state = ocp.args.PyTreeRestore(
+        item=state_target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(state_target),
+        partial_restore=True,
+      )
+    else:
+      state = ocp.args.StandardRestore(state_target)
+    items = {_STATE: state, _METADATA: ocp.args.JsonRestore()}
     if data_iterator is not None:
       if not os.path.isdir(self._item_path(step, _DATA)):
         raise errors.ConfigError(

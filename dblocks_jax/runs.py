@@ -73,7 +73,12 @@ def recorded_topology(workdir: str) -> dict:
 
 
 def restore_run(
-  config, workdir: str, *, complete: bool = True, step: int | None = None
+  config,
+  workdir: str,
+  *,
+  complete: bool = True,
+  step: int | None = None,
+  with_optimizer: bool = False,
 ):
   """The newest checkpoint of the run in `workdir`, for evaluation.
 
@@ -83,10 +88,13 @@ def restore_run(
     complete: require every block (a per-block job's workdir is refused;
       False restores the job's own blocks).
     step: the checkpoint to load; None: the newest.
+    with_optimizer: restore the optimizer states too (the config's
+      optimizer must be the one that trained the run); False: an
+      inference-only trainer with the parameters.
 
   Returns:
-    (family, experiment, trainer) with the checkpoint loaded (optimizer
-    states too); the trainer writes nothing.
+    (family, experiment, trainer) with the checkpoint loaded; the trainer
+    writes nothing.
 
   Raises:
     ConfigError: there is no checkpoint, or `complete` and the config trains
@@ -106,6 +114,8 @@ def restore_run(
   one_group = copy.deepcopy(config)
   with one_group.unlocked():
     one_group.parallel.block_groups = 1  # Evaluation needs no mesh.
-  trainer = common.make_trainer(one_group, experiment, None)
+  trainer = common.make_trainer(
+    one_group, experiment, None, inference=not with_optimizer
+  )
   trainer.load_checkpoint(workdir, step=step)
   return family, experiment, trainer

@@ -68,6 +68,7 @@ def _run(config, family, experiment, trainer, workdir: str) -> dict:
     total_steps=config.total_steps,
     evaluate=evaluate,
     eval_every=config.eval_every_steps,
+    quiet=True,  # The progress lines go to absl logging.
   )
 
   # ----- Final evaluation -----------------------------------------------------

@@ -46,6 +46,30 @@ positions) is written every `checkpoint_every` steps, and `fit` resumes from
 the newest one (the newest intact one: a damaged checkpoint is skipped and
 moved to `checkpoints.damaged/`). A changed topology is refused.
 
+Optimizers. `optimizer` is one optax transformation (every group gets its
+own state of it), a callable `block -> transformation` with
+`shared_optimizer` for the shared parts (per-block optimizers: e.g. block 0
+at its own learning rate), or None: an inference-only trainer that restores
+the parameters of any checkpoint, whatever optimizer trained it, predicts,
+evaluates and samples, and refuses to train or save. It reads its workdir
+without taking its lock.
+
+Batches. Every batch is checked at the boundary against the task's fields
+(`batch_fields`, `tasks.batches`) and the run's shapes (`batch_spec`, or
+the first training batch's, recorded in each checkpoint): a missing field,
+a wrong dtype or shape, rows that differ between fields, and class or
+token ids out of range are one-line errors that name the field. A NaN loss
+says whether its step's batch held NaN or Inf.
+
+Progress. `fit` prints the step, loss, steps/s and ETA to stderr every
+`log_every` steps (whether or not absl logging is configured); `quiet=True`
+leaves them to absl logging and `metrics.jsonl` (the command line's way).
+
+Inference randomness. `evaluate` draws batch i's noise from fold_in(key, i)
+and `predict(batch)` is evaluate's batch 0 (fold_in(key, 0)), with one
+default key, `inference_key` = key(seed + 1): the same weights give the
+same numbers through both.
+
 Preemption. During `fit`, SIGTERM (what TPU VMs and Slurm send) and SIGINT
 finish the current step (or evaluation), write a checkpoint, log one line
 and raise `Preempted` (the CLI exits with status 75); the same command
@@ -59,6 +83,7 @@ import collections
 import contextlib
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Mapping
 
@@ -79,6 +104,7 @@ from dblocks_jax.blockwise.schedule import BlockSchedule
 from dblocks_jax.errors import NonFiniteLossError, Preempted
 from dblocks_jax.streams import Streams, stream_seed
 from dblocks_jax.tasks.base import Sampler, Task
+from dblocks_jax.tasks.batches import BatchChecker
 from dblocks_jax.topology import JOB_FIELDS, check_topology
 
 SCHEDULE_STEPS = ("global", "own")
@@ -97,7 +123,12 @@ class Trainer:
     plan: the block plan; None for a network trained end to end without
       noise (then `model` must have no blocks).
     optimizer: any `optax.GradientTransformation` (chains and schedules
-      included); every group of parameters gets its own state of it.
+      included), every group of parameters getting its own state of it; a
+      callable `block -> transformation` (per-block optimizers); or None
+      (default): inference only (restore, predict, evaluate, sample).
+    shared_optimizer: the shared parts' transformation (default:
+      `optimizer` when it is one transformation; needed with a per-block
+      callable when the model has shared parts).
     workdir: where checkpoints and `metrics.jsonl` go (None: nowhere).
     seed: seeds the block schedule, the step keys and the data streams.
     clip_norm: global-norm gradient clipping over what a step updates
@@ -121,6 +152,9 @@ class Trainer:
     topology: extra fields a resumed run must agree on (e.g. the method).
     offload: keep the held blocks that are not being trained in host
       memory (see "Offload" in the module docstring).
+    batch_spec: the shapes of one batch ({name: jax.ShapeDtypeStruct of
+      [batch, ...]}; the batch size is free); every batch, training or
+      inference, must match them. None: the first training batch's.
   """
 
   def __init__(
@@ -128,8 +162,11 @@ class Trainer:
     model: BlockwiseModel,
     task: Task,
     plan: BlockPlan | None,
-    optimizer: optax.GradientTransformation,
+    optimizer: optax.GradientTransformation
+    | Callable[[int], optax.GradientTransformation]
+    | None = None,
     *,
+    shared_optimizer: optax.GradientTransformation | None = None,
     workdir: str | None = None,
     seed: int = 0,
     clip_norm: float = 0.0,
@@ -147,6 +184,7 @@ class Trainer:
     tensorboard: bool = False,
     topology: Mapping | None = None,
     offload: bool = False,
+    batch_spec: Mapping | None = None,
   ):
     # ----- Arguments ------------------------------------------------------
     if not isinstance(model, BlockwiseModel):
@@ -186,7 +224,6 @@ class Trainer:
         raise ValueError(f"{name}={value} must be at least 1.")
     self._plan = plan
     self.task = task
-    self.optimizer = optim.check_optimizer(optimizer)
     self.workdir = None if workdir is None else os.path.abspath(workdir)
     self.seed = int(seed)
     self.clip_norm = float(clip_norm)
@@ -223,6 +260,25 @@ class Trainer:
     self._topology = dict(topology or {})
     self._topology.update(self._layout_topology(sharing))
 
+    # ----- Optimizers -------------------------------------------------------
+    self.graphdefs, shared, blocks, fixed = parts_lib.split(model)
+    self.optimizers = optim.GroupOptimizers.create(
+      optimizer,
+      shared_optimizer,
+      num_blocks=model.num_blocks,
+      held_blocks=self.layout.blocks if model.num_blocks else (),
+      has_shared=bool(jax.tree.leaves(shared["params"])),
+    )
+    if self.optimizers and self.layout.stacked:
+      distinct = {id(self.optimizers.blocks[b]) for b in self.layout.blocks}
+      if len(distinct) > 1:
+        raise ValueError(
+          f"block_groups={self.layout.num_groups} trains its groups' blocks"
+          " in one compiled step with one transformation; per-block"
+          " optimizers need block_groups=1 or one job per block"
+          " (train_blocks=(b,))."
+        )
+
     # ----- Offload ----------------------------------------------------------
     self._host_kind = self._host_memory_kind() if offload else None
     # With G > 1 (one block per group) every held block trains at each step.
@@ -232,39 +288,52 @@ class Trainer:
     self._resident: int | None = None  # The block in device memory.
 
     # ----- State ------------------------------------------------------------
-    self.graphdefs, shared, blocks, fixed = parts_lib.split(model)
     held = set(self.layout.blocks)
 
-    def group(arrays):
-      return dict(arrays, opt_state=self.optimizer.init(arrays["params"]))
+    def group(arrays, tx):
+      if tx is None:  # Inference only: no optimizer state.
+        return dict(arrays)
+      return dict(arrays, opt_state=tx.init(arrays["params"]))
 
-    def block_group(arrays):
+    def block_group(arrays, b):
+      tx = self.optimizers.blocks[b] if self.optimizers else None
       # Offload: each block's state leaves the device as soon as it is
       # made, so the device never holds every block's optimizer state.
-      return jax.device_get(group(arrays)) if self.offload else group(arrays)
+      made = group(arrays, tx)
+      return jax.device_get(made) if self.offload else made
 
+    shared_tx = self.optimizers.shared if self.optimizers else None
     self._state = {
       "step": np.zeros((), np.int32),
       "updates": np.zeros((max(model.num_blocks, 1),), np.int32),
-      "shared": group(shared) if jax.tree.leaves(shared["params"]) else {},
+      "shared": (
+        group(shared, shared_tx) if jax.tree.leaves(shared["params"]) else {}
+      ),
       "blocks": [
-        block_group(b) if i in held else {} for i, b in enumerate(blocks)
+        block_group(b, i) if i in held else {} for i, b in enumerate(blocks)
       ],
       "fixed": fixed,
     }
     self._place(self._state)
 
-    # ----- Compiled steps, logs ---------------------------------------------
+    # ----- Batches, compiled steps, logs ------------------------------------
+    self._batches = BatchChecker(
+      self._task_fields() if hasattr(task, "batch_fields") else None,
+      type(task).__name__,
+      batch_spec,
+    )
     self._lock = None
-    if self.workdir is not None and jax.process_index() == 0:
+    if self.trains and self.workdir is not None and jax.process_index() == 0:
       self._lock = workdir_lock.acquire(self.workdir)  # One writer.
     self._step_fns = {}
     self._compiled = {}
+    # An inference-only trainer writes nothing into its workdir.
     self._writer = metrics_lib.MetricWriter(
-      self.workdir, tensorboard=tensorboard
+      self.workdir if self.trains else None, tensorboard=tensorboard
     )
     self._window: list[tuple[int, int, dict]] = []
     self._progress = None
+    self._report = False  # Progress lines on stderr (during `fit`).
     self._checkpointer = None
     self._streams: Streams | None = None
     self._blocks_ahead = [np.zeros(0, np.int64) for _ in self.schedules]
@@ -278,6 +347,43 @@ class Trainer:
   @property
   def blockwise(self) -> bool:
     return self._plan is not None
+
+  @property
+  def trains(self) -> bool:
+    """Whether this trainer has an optimizer (False: inference only)."""
+    return self.optimizers is not None
+
+  def _require_optimizer(self, action: str) -> None:
+    if not self.trains:
+      raise ValueError(
+        f"this Trainer was built with optimizer=None (inference only): it"
+        f" restores, predicts, evaluates and samples, but cannot {action};"
+        " pass an optax transformation to train."
+      )
+
+  @property
+  def inference_key(self) -> jax.Array:
+    """The default key of `predict` and `evaluate`: key(seed + 1), apart
+    from the training steps' keys fold_in(key(seed), step)."""
+    return jax.random.key(self.seed + 1)
+
+  def _task_fields(self):
+    """`example -> task.batch_fields(parts, example)`, the parts those of
+    the first block this run holds (e.g. its target table)."""
+
+    def fields(example):
+      block = self.layout.blocks[0] if self.layout.blocks else 0
+      arrays = inference.inference_arrays(self.state)
+      parts = inference.parts_for_block_fn(self.graphdefs, arrays)(block)
+      return self.task.batch_fields(parts, example)
+
+    return fields
+
+  @property
+  def batch_spec(self) -> dict | None:
+    """The run's batch shapes, {name: [shape after the batch axis,
+    dtype]} (given, or the first training batch's; None: none seen yet)."""
+    return self._batches.describe()
 
   def _layout_topology(self, sharing: str) -> dict:
     topology = {}
@@ -461,13 +567,18 @@ class Trainer:
     )
 
   def _step_fn(self, block: int):
-    """One compiled step per distinct block structure."""
-    key = self.graphdefs.block_key(block) if self._plan else None
+    """One compiled step per distinct block structure and optimizer."""
+    self._require_optimizer("train")
+    tx = self.optimizers.for_groups(block if self._plan else None)
+    key = (
+      self.graphdefs.block_key(block) if self._plan else None,
+      id(tx["block"]),
+    )
     if key not in self._step_fns:
       if self.layout.stacked:
         fn = steps.build_mesh_step(
           self._loss_fn(block),
-          self.optimizer,
+          tx,
           self.mesh,
           clip_norm=self.clip_norm,
           accumulation_steps=self.accumulation_steps,
@@ -477,7 +588,7 @@ class Trainer:
       else:
         fn = steps.build_train_step(
           self._loss_fn(block),
-          self.optimizer,
+          tx,
           clip_norm=self.clip_norm,
           accumulation_steps=self.accumulation_steps,
           learning_rate_fn=self.learning_rate,
@@ -526,7 +637,13 @@ class Trainer:
     Returns:
       The step's metrics (device arrays; `log_every` steps are fetched,
       checked for NaN and logged).
+
+    Raises:
+      ValueError, TypeError: the batch does not fit the task or the run's
+        shapes (the message names the field); nothing was trained.
     """
+    self._require_optimizer("train")
+    self._check_training_batch(batch)
     blocks_now = self._next_blocks()
     if self.layout.stacked:
       metrics = self._mesh_step(blocks_now, batch)
@@ -545,6 +662,20 @@ class Trainer:
     if self.workdir and self._crossed(done, self.checkpoint_every):
       self.save()
     return metrics
+
+  def _check_training_batch(self, batch) -> None:
+    if not self.per_block:
+      self._batches.check(batch, "train")
+      return
+    if not isinstance(batch, Mapping):
+      raise TypeError(
+        "with blocks split over groups or jobs, step() takes {block: batch}"
+        f" for the blocks trained now (next_blocks()); got"
+        f" {type(batch).__name__}."
+      )
+    for b in self.next_blocks():
+      if b in batch:
+        self._batches.check(batch[b], "train")
 
   def _crossed(self, done: int, every: int) -> bool:
     g = self.layout.num_groups
@@ -623,6 +754,7 @@ class Trainer:
         group when G > 1).
       block: a block of the structure to lower.
     """
+    self._require_optimizer("lower a training step")
     replicated = layout_lib.replicated(self.mesh)
 
     def shaped(tree, sharding):
@@ -687,14 +819,11 @@ class Trainer:
         fetched.append((step, block, row))
     self._window = []
     for step, block, row in fetched:
+      bad_batch = bool(row.pop("nonfinite_batch", 0.0))
       if not np.isfinite(row["loss"]):
         self._writer.flush()
-        where = f" (block {block})" if self._plan else ""
-        latest = self._latest_checkpoint()
         raise NonFiniteLossError(
-          f"non-finite loss at step {step}{where}; the last checkpoint"
-          f" (step {latest}) is intact. Lower the learning rate or clamp"
-          " the loss weight (diffusion.max_weight)."
+          self._non_finite_message(step, block, bad_batch)
         )
     if not fetched:
       return {}
@@ -706,8 +835,32 @@ class Trainer:
       )
     scalars.update(self._progress.update(done))
     self._writer.write_scalars(done, scalars)
-    logging.info("%s loss %.4f", self._progress.describe(done), scalars["loss"])
+    line = f"{self._progress.describe(done)} loss {scalars['loss']:.4f}"
+    logging.info("%s", line)
+    if self._report:
+      print(line, file=sys.stderr, flush=True)
     return scalars
+
+  def _non_finite_message(self, step: int, block: int, bad_batch: bool) -> str:
+    where = f" (block {block})" if self._plan else ""
+    latest = self._latest_checkpoint()
+    if self.workdir is None:
+      kept = "nothing was saved (no workdir)"
+    elif latest is None:
+      kept = "no checkpoint was written yet"
+    else:
+      kept = f"the last checkpoint (step {latest}) is intact"
+    if bad_batch:
+      cause = (
+        "The step's batch held NaN or Inf in a floating field: fix the data"
+        " (the model and the learning rate are not the cause)"
+      )
+    else:
+      cause = (
+        "The batch was finite: lower the learning rate or clamp the loss"
+        " weight (the task's max_weight; diffusion.max_weight in a config)"
+      )
+    return f"non-finite loss at step {step}{where}; {kept}. {cause}."
 
   # ----- The loop -----------------------------------------------------------
 
@@ -718,6 +871,7 @@ class Trainer:
     total_steps: int | None = None,
     evaluate: Callable[["Trainer"], dict] | None = None,
     eval_every: int = 0,
+    quiet: bool = False,
   ) -> "Trainer":
     """Trains to `total_steps` block updates, resuming from the workdir.
 
@@ -729,7 +883,10 @@ class Trainer:
       evaluate: called as `evaluate(trainer)` every `eval_every` steps; its
         numbers are logged as eval/NAME.
       eval_every: steps between evaluations (0 = none during the run).
+      quiet: print no progress on stderr (the lines still go to absl
+        logging and, with a workdir, to `metrics.jsonl`).
     """
+    self._require_optimizer("train")
     if total_steps is not None:
       self.total_steps = int(total_steps)
     if self.total_steps < 1:
@@ -740,6 +897,15 @@ class Trainer:
     start = self.step_count
     end = self._end_step()  # A per-block job ends before total_steps.
     self._progress = metrics_lib.Progress(end, min(start, end))
+    self._report = not quiet and jax.process_index() == 0
+    if self._report and start < end:
+      resumed = f"resumed at step {start}, " if start else ""
+      print(
+        f"Training to step {end} ({resumed}progress every"
+        f" {self.log_every} steps; the first step compiles).",
+        file=sys.stderr,
+        flush=True,
+      )
     num_groups = self.layout.num_groups
     first = True
     try:
@@ -750,6 +916,8 @@ class Trainer:
           self.step(batch)
           if first:
             logging.info("Compiled and ran the first step.")
+            # The rate is measured from here: compiling is not a step.
+            self._progress.update(self.step_count)
             first = False
           done = self.step_count
           # Stop before an evaluation: a preempted run's time is short.
@@ -766,10 +934,15 @@ class Trainer:
               result = evaluate(self)
             self._writer.write_scalars(done, metrics_lib.numeric(result))
             logging.info("Eval at step %d: %s", done, result)
+            if self._report:
+              numbers = metrics_lib.numeric(result)
+              shown = " ".join(f"{k}={v:.4g}" for k, v in numbers.items())
+              print(f"eval at step {done}: {shown}", file=sys.stderr)
         self.flush()
         if self.workdir:
-          self.save(force=True)
+          self.save()
     finally:
+      self._report = False
       # An error or NaN must not leave the newest save half written.
       if self._checkpointer is not None:
         self._checkpointer.wait_until_finished()
@@ -796,7 +969,7 @@ class Trainer:
     step = self.step_count
     where = "no workdir: nothing saved"
     if self.workdir:
-      self.save(force=True)
+      self.save()
       self._checkpointer.wait_until_finished()
       where = f"checkpoint in {self.workdir}; run the same command to resume"
     message = f"{signal_name} received: stopped at step {step} ({where})."
@@ -853,18 +1026,22 @@ class Trainer:
     return Sampler.of(self._plan, num_steps, grid, method)
 
   def predict(self, batch, *, key=None, sampler: Sampler | None = None):
-    """`task.predict` with the current parameters (evaluation mode).
+    """`task.predict` with the current parameters (evaluation mode): what
+    `evaluate(batches, key=key)` predicts for its first batch.
 
     Args:
-      batch: the inputs, e.g. {"image": [b, ...]}.
-      key: PRNG key of the initial noise (default: key(seed)).
+      batch: the inputs, e.g. {"image": [b, ...]} (checked as training
+        batches are, without the fields only training reads).
+      key: PRNG key; the noise is drawn from fold_in(key, 0) (default:
+        `inference_key`).
       sampler: the routed grid (default: `sampler()`, B Euler steps).
     """
+    self._batches.check(batch, "predict")
     if sampler is None:
       sampler = self.sampler()
     fn = self.predict_fn(sampler)
-    key = jax.random.key(self.seed) if key is None else key
-    return fn(self.arrays(), batch, key)
+    key = self.inference_key if key is None else key
+    return fn(self.arrays(), batch, jax.random.fold_in(key, 0))
 
   def predict_fn(self, sampler: Sampler | None):
     """The jitted `predict(arrays, batch, key)` of a sampler (cached)."""
@@ -891,9 +1068,11 @@ class Trainer:
     """`task.evaluate` over `batches` (e.g. accuracy).
 
     Args:
-      batches: evaluation batches (a `mask` field marks padding rows).
+      batches: evaluation batches (a `mask` field marks padding rows); each
+        is checked as training batches are.
       sampler: the routed grid (default: B Euler steps).
-      key: PRNG key (default: key(seed + 1)).
+      key: PRNG key; batch i's noise is drawn from fold_in(key, i)
+        (default: `inference_key`).
     """
     if not hasattr(self.task, "evaluate"):
       raise TypeError(
@@ -903,10 +1082,13 @@ class Trainer:
       sampler = self.sampler()
     fn = self.predict_fn(sampler)
     arrays = self.arrays()
-    key = jax.random.key(self.seed + 1) if key is None else key
-    return self.task.evaluate(
-      lambda batch, k: fn(arrays, batch, k), batches, key
-    )
+    key = self.inference_key if key is None else key
+
+    def predict(batch, k):
+      self._batches.check(batch, "evaluate")
+      return fn(arrays, batch, k)
+
+    return self.task.evaluate(predict, batches, key)
 
   # ----- Checkpoints ----------------------------------------------------------
 
@@ -932,21 +1114,28 @@ class Trainer:
       return None
     return self._checkpoints().latest_step()
 
-  def save(self, *, force: bool = False) -> bool:
+  def save(self) -> bool:
     """Checkpoints the state (and the data streams' positions), after
-    checking the pending metrics for NaN. Returns whether a save started."""
+    checking the pending metrics for NaN. Returns whether a save started
+    (False: this step is saved already)."""
+    self._require_optimizer(
+      "save (its checkpoints would hold no optimizer state)"
+    )
     self.flush()
     ckpt = self._checkpoints()
     data = None
     if self._streams is not None and self._streams.checkpointable:
       data = self._streams
+    metadata = {"topology": self.topology}
+    if self._batches.describe() is not None:
+      metadata["batch_spec"] = self._batches.describe()
     progress = self._progress
     with progress.paused() if progress else contextlib.nullcontext():
       return ckpt.save(
         self.step_count,
         self.state,
         data_iterator=data,
-        metadata={"topology": self.topology},
+        metadata=metadata,
         force=True,
       )
 
@@ -955,13 +1144,22 @@ class Trainer:
     streams' positions.
 
     A damaged newest checkpoint is skipped (with a warning) and moved to
-    `checkpoints.damaged/`; the newest intact one is restored.
+    `checkpoints.damaged/`; the newest intact one is restored. An
+    inference-only trainer (optimizer=None) reads the parameters only,
+    read-only, as `load_checkpoint` does.
 
     Raises:
       TopologyError: the checkpoint's topology differs from this run's.
       FileNotFoundError: there is no checkpoint.
       CheckpointError: no checkpoint is intact.
     """
+    if not self.trains:
+      if self.workdir is None:
+        raise ValueError(
+          "this Trainer has no workdir; pass workdir=... or use"
+          " load_checkpoint(workdir)."
+        )
+      return self.load_checkpoint(self.workdir, step=step)
     if isinstance(data, Mapping):
       data = Streams(data)
     elif data is not None and not isinstance(data, Streams):
@@ -975,7 +1173,9 @@ class Trainer:
   def load_checkpoint(self, workdir: str, *, step: int | None = None) -> int:
     """Loads the newest checkpoint (or `step`) of the run in `workdir`,
     read-only (nothing is written there): for evaluation, sampling and
-    assembly. A damaged newest checkpoint is skipped with a warning.
+    assembly. A damaged newest checkpoint is skipped with a warning. An
+    inference-only trainer (optimizer=None) reads the parameters and
+    other model state only, whatever optimizer trained the run.
 
     Raises:
       ConfigError: `workdir` holds no checkpoint.
@@ -1008,16 +1208,19 @@ class Trainer:
         recorded = {k: v for k, v in recorded.items() if k not in JOB_FIELDS}
       check_topology(workdir, ours, recorded)
 
-    state, _ = ckpt.restore(
+    state, metadata = ckpt.restore(
       self._restore_target(),
       step=step,
       data_iterator=data,
       check_metadata=check,
+      partial=not self.trains,  # The parameters, not the optimizer states.
     )
     self._load(state)
+    self._batches.load(metadata.get("batch_spec"))
 
   def _restore_target(self):
-    """The state's structure, with each array where it will be restored."""
+    """The state's structure, with each array where it will be restored
+    (an inference-only trainer's holds no optimizer states)."""
     state = self.state
     if self.layout.stacked:
       state = jax.device_get(state)  # Stacked again by _load.

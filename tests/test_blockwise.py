@@ -1,12 +1,13 @@
 """The block-wise engine: plan, schedule, per-block optimizer states, steps,
 non-parameter state and routed inference."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import assert_trees_equal, snapshot
+from conftest import snapshot
 from flax import nnx
 
 from dblocks_jax import families, nn
@@ -222,8 +223,8 @@ def test_step_changes_only_the_active_block(smoke_config, sharing):
   before = snapshot([engine.blocks, engine.fixed])
   engine.run(1, _batch(smoke_config), 5)
   for b in (0, 2):  # Params AND optimizer state, bit for bit.
-    assert_trees_equal(engine.blocks[b], before[0][b])
-  assert_trees_equal(engine.fixed, before[1])
+    chex.assert_trees_all_equal(engine.blocks[b], before[0][b], strict=True)
+  chex.assert_trees_all_equal(engine.fixed, before[1], strict=True)
   changed = jax.tree.leaves(
     jax.tree.map(
       lambda x, y: bool(np.any(np.asarray(x) != y)),
@@ -306,13 +307,13 @@ def test_uneven_blocks_compile_once_per_shape(smoke_config):
 
 
 def test_routed_inference_reads_only_the_routed_block(smoke_config):
-  """With one grid point (sigma_min, routed to block 2), scrambling blocks 0
-  and 1 changes nothing; scrambling block 2 does."""
+  """With one grid point (sigma_max, routed to block 0), scrambling blocks 1
+  and 2 changes nothing; scrambling block 0 does."""
   engine = _Engine(smoke_config)
   for i in range(6):  # Train a little so no output is trivially zero.
     engine.run(i % 3, _batch(smoke_config, seed=i), i)
   sampler = Sampler.of(engine.exp.plan, num_steps=1)
-  assert list(sampler.blocks) == [2]
+  assert list(sampler.blocks) == [0]
   predict = inference.make_predict(engine.exp.task, engine.defs, sampler)
   state = {"shared": engine.shared, "blocks": engine.blocks, "fixed": {}}
   arrays = inference.inference_arrays(dict(state, fixed=engine.fixed))
@@ -320,12 +321,12 @@ def test_routed_inference_reads_only_the_routed_block(smoke_config):
   reference = np.asarray(predict(arrays, batch, jax.random.key(0)))
   plus_one = lambda tree: jax.tree.map(lambda x: x + 1.0, tree)
   scrambled = dict(arrays, blocks=list(arrays["blocks"]))
-  for b in (0, 1):
+  for b in (1, 2):
     scrambled["blocks"][b] = plus_one(arrays["blocks"][b])
   np.testing.assert_array_equal(
     np.asarray(predict(scrambled, batch, jax.random.key(0))), reference
   )
-  scrambled["blocks"][2] = plus_one(arrays["blocks"][2])
+  scrambled["blocks"][0] = plus_one(arrays["blocks"][0])
   assert not np.array_equal(
     np.asarray(predict(scrambled, batch, jax.random.key(0))), reference
   )

@@ -362,7 +362,9 @@ def test_cdf_grid_matches_spec():
 
 
 def test_cdf_grid_small_sizes():
-  np.testing.assert_array_equal(diffusion.cdf_sigmas(1), [SIGMA_MIN])
+  # One step starts where the sampler's noise is drawn: sigma_max.
+  np.testing.assert_array_equal(diffusion.cdf_sigmas(1), [SIGMA_MAX])
+  np.testing.assert_array_equal(diffusion.karras_sigmas(1), [SIGMA_MAX])
   np.testing.assert_array_equal(diffusion.cdf_sigmas(2), [SIGMA_MAX, SIGMA_MIN])
   # N = B + 1 lands on the interior partition boundaries.
   np.testing.assert_allclose(
@@ -394,7 +396,7 @@ def test_karras_grid():
   # Equally spaced in sigma^(1/rho).
   root = grid ** (1 / 7.0)
   np.testing.assert_allclose(np.diff(root), np.diff(root)[0], rtol=1e-9)
-  np.testing.assert_array_equal(diffusion.karras_sigmas(1), [SIGMA_MIN])
+  np.testing.assert_array_equal(diffusion.karras_sigmas(1), [SIGMA_MAX])
 
 
 def test_sigma_grid_dispatch_and_errors():

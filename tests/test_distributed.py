@@ -125,7 +125,9 @@ def test_block_groups_on_two_processes_equal_one_process(tmp_path):
   states = []
   for run in ("two", "one"):
     config = runs.read_run_config(str(tmp_path / run))
-    trainer = runs.restore_run(config, str(tmp_path / run))[2]
+    trainer = runs.restore_run(
+      config, str(tmp_path / run), with_optimizer=True
+    )[2]
     states.append(trainer.state)
     trainer.close()
   assert int(states[0]["step"]) == int(states[1]["step"]) == 12

@@ -129,7 +129,7 @@ def test_mesh_step_equals_four_single_block_steps():
   assert list(after["updates"]) == [2, 2, 2, 2] and int(after["step"]) == 8
   single = steps.build_train_step(
     trainer._loss_fn(0),
-    trainer.optimizer,
+    trainer.optimizers.for_groups(0),
     clip_norm=c.optimizer.clip_norm,
     donate=False,
   )
@@ -286,9 +286,13 @@ def test_per_block_jobs_assemble_into_the_mesh_run(jobs, tmp_path):
   )
   assert result["step"] == 12 and result["num_blocks"] == 4
   mesh_run = runs.restore_run(
-    runs.read_run_config(str(jobs / "mesh")), str(jobs / "mesh")
+    runs.read_run_config(str(jobs / "mesh")),
+    str(jobs / "mesh"),
+    with_optimizer=True,
   )[2].state
-  assembled = runs.restore_run(_config(), str(tmp_path / "all"))[2].state
+  assembled = runs.restore_run(
+    _config(), str(tmp_path / "all"), with_optimizer=True
+  )[2].state
   for x, y in zip(
     jax.tree.leaves(mesh_run["blocks"]),
     jax.tree.leaves(assembled["blocks"]),
@@ -340,7 +344,9 @@ def test_per_block_job_resumes_exactly(tmp_path):
   }
 
   def block_1():
-    trainer = runs.restore_run(c, str(tmp_path / "run"), complete=False)[2]
+    trainer = runs.restore_run(
+      c, str(tmp_path / "run"), complete=False, with_optimizer=True
+    )[2]
     return snapshot(trainer.state["blocks"][1])
 
   final = block_1()

@@ -4,10 +4,10 @@ import copy
 import json
 import shutil
 
+import chex
 import jax
 import numpy as np
 import pytest
-from conftest import assert_trees_equal
 
 from dblocks_jax import (
   checkpoint,
@@ -84,10 +84,12 @@ def test_resume_continues_exactly(smoke_config, tmp_path):
   train.train_and_evaluate(config, str(tmp_path / "twice"))
 
   def final(path):
-    _, _, trainer = runs.restore_run(config, str(path))
+    _, _, trainer = runs.restore_run(config, str(path), with_optimizer=True)
     return jax.device_get(trainer.state)
 
-  assert_trees_equal(final(tmp_path / "once"), final(tmp_path / "twice"))
+  chex.assert_trees_all_equal(
+    final(tmp_path / "once"), final(tmp_path / "twice"), strict=True
+  )
   rows = metrics.read_metrics(str(tmp_path / "twice"))
   assert [r["step"] for r in rows if "loss" in r] == [4, 6, 8, 12]
 
@@ -134,14 +136,16 @@ def test_offload_keeps_idle_blocks_on_the_host_and_changes_nothing(
   assert offloaded.memory_kind(drawn[-1]) is None
   assert offloaded.memory_kind((drawn[-1] + 1) % 3) == "pinned_host"
   # Bit-identical parameters and optimizer states, and inference.
-  assert_trees_equal(
-    jax.device_get(plain.state), jax.device_get(offloaded.state)
+  chex.assert_trees_all_equal(
+    jax.device_get(plain.state), jax.device_get(offloaded.state), strict=True
   )
   inference = offloaded.arrays()
   assert all(
     x.sharding.memory_kind == "device" for x in jax.tree.leaves(inference)
   )
-  assert_trees_equal(jax.device_get(plain.arrays()), jax.device_get(inference))
+  chex.assert_trees_all_equal(
+    jax.device_get(plain.arrays()), jax.device_get(inference), strict=True
+  )
   # Inference made copies; the state stays where it was.
   assert [
     {x.sharding.memory_kind for x in jax.tree.leaves(b)}
@@ -164,7 +168,9 @@ def test_offload_checkpoints_resume_with_or_without_it(smoke_config, tmp_path):
   twice = train.train_and_evaluate(config, str(tmp_path / "twice"))
   assert once["accuracy"] == twice["accuracy"]
   config.blocks.offload = True
-  _, _, restored = runs.restore_run(config, str(tmp_path / "once"))
+  _, _, restored = runs.restore_run(
+    config, str(tmp_path / "once"), with_optimizer=True
+  )
   kinds = {
     x.sharding.memory_kind
     for b in restored.state["blocks"]
@@ -172,9 +178,11 @@ def test_offload_checkpoints_resume_with_or_without_it(smoke_config, tmp_path):
   }
   assert kinds == {"pinned_host"}
   config.blocks.offload = False
-  _, _, plain = runs.restore_run(config, str(tmp_path / "twice"))
-  assert_trees_equal(
-    jax.device_get(restored.state), jax.device_get(plain.state)
+  _, _, plain = runs.restore_run(
+    config, str(tmp_path / "twice"), with_optimizer=True
+  )
+  chex.assert_trees_all_equal(
+    jax.device_get(restored.state), jax.device_get(plain.state), strict=True
   )
 
 
@@ -316,3 +324,15 @@ def test_compare_trains_both_and_reports_them(tmp_path):
   config.method = "e2e"
   with pytest.raises(ConfigError, match="Drop :e2e"):
     compare.compare(config, str(tmp_path / "again"))
+
+
+def test_eval_mode_restores_the_parameters_only(trained_smoke):
+  """`--mode=eval` restores with an inference-only trainer (no optimizer
+  states read) and evaluates to the training run's final accuracy."""
+  config, workdir, result = trained_smoke
+  _, _, trainer = runs.restore_run(config, str(workdir))
+  assert not trainer.trains
+  assert all("opt_state" not in b for b in trainer.state["blocks"])
+  trainer.close()
+  again = evaluation.evaluate_checkpoint(config, str(workdir))
+  assert again["accuracy"] == result["accuracy"]

@@ -189,7 +189,30 @@ def group_gradients(
     params, rest, fixed, batch, key, block_index
   )
   grads, grad_norm = clip_by_global_norm(grads, clip_norm)
-  return grads, new_rest, dict(metrics, loss=loss, grad_norm=grad_norm)
+  metrics = dict(
+    metrics,
+    loss=loss,
+    grad_norm=grad_norm,
+    nonfinite_batch=has_non_finite(batch),
+  )
+  return grads, new_rest, metrics
+
+
+def has_non_finite(batch) -> jax.Array:
+  """Whether a floating field of `batch` holds NaN or Inf (the step's
+  `nonfinite_batch` metric, which a NaN loss's message reports)."""
+  flags = [
+    jnp.any(~jnp.isfinite(x))
+    for x in jax.tree.leaves(batch)
+    if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  return jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
+
+
+def group_tx(tx, group: str) -> optax.GradientTransformation:
+  """The transformation of `group` ("shared" or "block"): `tx` itself, or
+  its entry when `tx` maps groups to transformations."""
+  return tx[group] if isinstance(tx, Mapping) else tx
 
 
 def build_train_step(
@@ -211,7 +234,8 @@ def build_train_step(
 
   Args:
     loss_fn: from `block_loss` or `end_to_end_loss`.
-    tx: the optimizer; every group has its own state of it.
+    tx: the optimizer (every group has its own state of it), or {"shared":
+      tx, "block": tx}, one per group.
     clip_norm: global-norm clip over the updated groups together (0 = off).
     accumulation_steps: micro-batches per step (same block for all).
     learning_rate_fn: adds "learning_rate" to the metrics (logging only).
@@ -227,7 +251,10 @@ def build_train_step(
     )
     new = {
       name: optim.update_group(
-        tx, dict(g, rest=new_rest[name]), grads[name], schedule_step
+        group_tx(tx, name),
+        dict(g, rest=new_rest[name]),
+        grads[name],
+        schedule_step,
       )
       for name, g in groups.items()
     }
@@ -275,10 +302,12 @@ def build_mesh_step(
     schedule_steps  [G] the global steps the schedules read
     metrics         [G] per group
 
-  Each group's block is updated as `build_train_step` would, with its own
-  batch, key and block index; the shared parts take one step on the mean of
-  the groups' (per-group clipped) gradients, and their `rest` is the mean of
-  the groups' new values.
+  `tx` is as `build_train_step`'s (every group's block takes the same
+  "block" transformation). Each group's block is updated as
+  `build_train_step` would, with its own batch, key and block index; the
+  shared parts take one step on the mean of the groups' (per-group
+  clipped) gradients, and their `rest` is the mean of the groups' new
+  values.
   """
   gradients = make_gradients(loss_fn, accumulation_steps)
 
@@ -290,7 +319,10 @@ def build_mesh_step(
       gradients, groups, fixed, batch, key, block_index, clip_norm
     )
     new_block = optim.update_group(
-      tx, dict(block, rest=new_rest["block"]), grads["block"], schedule_step
+      group_tx(tx, "block"),
+      dict(block, rest=new_rest["block"]),
+      grads["block"],
+      schedule_step,
     )
     return new_block, grads.get("shared"), new_rest.get("shared"), metrics
 
@@ -318,7 +350,7 @@ def build_mesh_step(
         t,
       )
       shared = optim.update_group(
-        tx,
+        group_tx(tx, "shared"),
         dict(shared, rest=mean(shared_rest)),
         mean(shared_grads),
         None if schedule_steps is None else schedule_steps[0],

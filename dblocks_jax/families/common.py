@@ -200,12 +200,17 @@ def one_group(config):
   return with_changes(config, {"parallel.block_groups": 1, "blocks.train": ()})
 
 
-def make_trainer(config, experiment: Experiment, workdir: str | None):
-  """The `Trainer` of a config's run."""
+def make_trainer(
+  config, experiment: Experiment, workdir: str | None, *, inference=False
+):
+  """The `Trainer` of a config's run; with `inference`, one without an
+  optimizer, which restores a run's parameters whatever optimizer trained
+  it (evaluation, sampling)."""
+  from dblocks_jax import families
   from dblocks_jax.trainer import Trainer
 
   check_batch(config)
-  tx, schedule = optimizer_from_config(config)
+  tx, schedule = (None, None) if inference else optimizer_from_config(config)
   blockwise = experiment.method == "dblocks"
   with errors.config_fields():
     trainer = Trainer(
@@ -213,6 +218,7 @@ def make_trainer(config, experiment: Experiment, workdir: str | None):
       experiment.task,
       experiment.plan,
       tx,
+      batch_spec=families.get(config.model.name).batch_spec(config),
       workdir=workdir,
       seed=config.seed,
       clip_norm=config.optimizer.clip_norm,

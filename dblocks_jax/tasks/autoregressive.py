@@ -63,6 +63,7 @@ import optax
 from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm
 from dblocks_jax.models.ar import causal_mask
+from dblocks_jax.tasks.batches import Field
 
 ESTIMATES = ("soft", "hard", "nucleus")
 SIGMA_PER = ("token", "sequence")
@@ -153,6 +154,15 @@ def _per_token(sigma: jax.Array, tokens: jax.Array) -> jax.Array:
   if sigma.ndim == 1:
     sigma = sigma[:, None]
   return jnp.broadcast_to(sigma, tokens.shape)
+
+
+def _token_fields(vocab_size: int | None) -> dict[str, Field]:
+  """Token windows [batch, T] of any length T (rotary positions)."""
+  return {
+    "tokens": Field(
+      "int", rank=1, num_classes=vocab_size, meaning="token ids", varying=(0,)
+    )
+  }
 
 
 def _next_token_metrics(logits, targets, ce) -> dict:
@@ -290,6 +300,11 @@ class NextTokenDiffusion:
     return two_stream_denoise(
       parts, tokens, z, _per_token(sigma, tokens), sigma_data=self.sigma_data
     )
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """Tokens [batch, T]: ids below the target table's rows."""
+    del example
+    return _token_fields(parts["targets"].table.shape[0])
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     """batch: tokens [b, T]; level: sigma [b, T] or [b]."""
@@ -522,6 +537,18 @@ class CausalLM:
 
   def __post_init__(self):
     _check_top_p(self.top_p)
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """Tokens [batch, T]: ids below the width of the model's logits (read
+    off its output shape; nothing runs)."""
+    vocab_size = None
+    if "tokens" in example:
+      logits = jax.eval_shape(
+        lambda tokens: self.forward(parts["model"], tokens, jax.random.key(0)),
+        example["tokens"],
+      )
+      vocab_size = int(logits.shape[-1])
+    return _token_fields(vocab_size)
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     del level, key, train

@@ -14,8 +14,11 @@ such as a plain end-to-end classifier), and a PRNG key. At inference,
 
 gets `parts_for_block(b)` (the modules that block b runs with) and a
 `Sampler` (grid levels, each routed to a block), or `sampler=None` for a task
-without noise. A task may also define `evaluate(predict, batches) -> dict`
-(e.g. accuracy), which `Trainer.evaluate` calls.
+without noise. A task may also define `evaluate(predict, batches, key) ->
+dict` (e.g. accuracy), which `Trainer.evaluate` calls, and
+`batch_fields(parts, example) -> {name: Field}` (`tasks.batches`): the
+fields it reads, their dtypes, ranks and the range of class or token ids,
+against which the trainer checks every batch.
 """
 
 import dataclasses

@@ -28,6 +28,7 @@ from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm, samplers
 from dblocks_jax.nn import adaln, embed, init
 from dblocks_jax.tasks import base
+from dblocks_jax.tasks.batches import Field
 
 ESTIMATES = ("soft", "hard")
 
@@ -71,6 +72,19 @@ class ClassifierHead(nnx.Module):
   def __call__(self, denoised: jax.Array, cond: jax.Array) -> jax.Array:
     shift, scale = self.adaln(cond)
     return self.linear(adaln.modulate(denoised, shift, scale))
+
+
+def _classification_fields(input_key, label_key, num_classes) -> dict:
+  return {
+    input_key: Field("number"),
+    label_key: Field(
+      "int",
+      rank=0,
+      num_classes=num_classes,
+      meaning="class ids",
+      in_predict=False,
+    ),
+  }
 
 
 def _metrics(logits, labels, ce):
@@ -134,6 +148,14 @@ class DiffusionClassification:
         num_classes, width, trainable=trainable, rngs=rngs
       ),
     }
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """The inputs (any numbers) and the labels: [batch] class ids below
+    the target table's rows."""
+    del example
+    return _classification_fields(
+      self.input_key, self.label_key, parts["targets"].table.shape[0]
+    )
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     """batch: inputs [b, ...], labels [b]; level: sigma [b]."""
@@ -201,6 +223,15 @@ class EndToEndClassification:
 
   input_key: str = "image"
   label_key: str = "label"
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """The inputs and the labels: [batch] class ids below the width of
+    the model's logits (read off its output shape; nothing runs)."""
+    num_classes = None
+    if self.input_key in example:
+      logits = jax.eval_shape(parts["model"], example[self.input_key])
+      num_classes = int(logits.shape[-1])
+    return _classification_fields(self.input_key, self.label_key, num_classes)
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     del level

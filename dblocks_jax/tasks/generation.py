@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm, samplers
+from dblocks_jax.tasks.batches import Field
 
 
 def standard_denoise(parts, z, sigma, labels, *, sigma_data: float):
@@ -78,6 +79,18 @@ class DiffusionGeneration:
         " (null-class) denoiser; this one has label_dropout=0. Set"
         " guidance_scale=1.0."
       )
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """Images [batch, *sample_shape] (training only) and their labels
+    [batch] in [0, num_classes] (num_classes: the null class, unconditional
+    samples)."""
+    del parts, example
+    return {
+      "image": Field("float", rank=len(self.sample_shape), in_predict=False),
+      "label": Field(
+        "int", rank=0, num_classes=self.num_classes + 1, meaning="class ids"
+      ),
+    }
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     """batch: image [b, H, W, C], label [b]; level: sigma [b]."""

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.diffusion import masked_diffusion, masking
+from dblocks_jax.tasks.batches import Field
 
 METHOD = "ancestral"
 
@@ -82,6 +83,21 @@ class MaskedDiffusion:
 
   def logits(self, parts, x_t, t):
     return self.denoise(parts, x_t, t, time_scale=self.time_scale)
+
+  def batch_fields(self, parts, example) -> dict[str, Field]:
+    """Tokens [batch, length] (any length the model's positions cover):
+    ids below vocab_size, or vocab_size itself ([MASK], in the prompts
+    `predict` completes)."""
+    del parts, example
+    return {
+      "tokens": Field(
+        "int",
+        rank=1,
+        num_classes=self.vocab_size + 1,
+        meaning="token ids",
+        varying=(0,),
+      )
+    }
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     """batch: tokens [b, length]; level: t [b]."""
