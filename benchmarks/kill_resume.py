@@ -34,7 +34,7 @@ import time
 import chex
 from absl import app, flags, logging
 
-from dblocks_jax.checkpoint import Checkpointer
+from dblocks_jax.training.checkpoint import Checkpointer
 
 flags.DEFINE_integer("num_kills", 20, "Killed-and-resumed runs.")
 flags.DEFINE_integer("num_stops", 3, "SIGTERM-stopped-and-resumed runs.")

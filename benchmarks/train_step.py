@@ -54,8 +54,11 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from dblocks_jax import families, flops  # noqa: E402
-from dblocks_jax.families import common  # noqa: E402
+from dblocks_jax import families  # noqa: E402
+from dblocks_jax.families import (
+  common,  # noqa: E402
+  flops,
+)
 
 config_flags.DEFINE_config_file("config", None, "A block-wise config.")
 flags.DEFINE_integer("steps", 10, "Timed steps per step kind.")

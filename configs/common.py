@@ -109,7 +109,7 @@ def _precision_and_remat(m):
 
 
 def _memory_and_plan(c):
-  """--mode=memory and --mode=plan (dblocks_jax/memory.py, planner.py)."""
+  """--mode=memory and --mode=plan (dblocks_jax/cli/memory.py, planner.py)."""
   c.memory = ml_collections.ConfigDict()
   # Besides "none", the model.remat policies --mode=memory compiles both
   # steps with (() = none).

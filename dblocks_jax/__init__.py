@@ -16,7 +16,7 @@ math and the engine never import Orbax, grain, TFDS or PIL (the trainer
 imports Orbax when it first saves).
 """
 
-import importlib
+import importlib as _importlib
 
 __version__ = "0.1.0"
 
@@ -59,18 +59,15 @@ _EXPORTS = {
     "RecurrentDepthLM",
   ),
   # Training.
-  "Trainer": ("dblocks_jax.trainer", "Trainer"),
+  "Trainer": ("dblocks_jax.training.trainer", "Trainer"),
   # Layers and the Linen adapter.
   "nn": ("dblocks_jax.nn", None),
   "FromLinen": ("dblocks_jax.nn.linen", "FromLinen"),
   "models": ("dblocks_jax.models", None),
-  # Model families and the command line's trainer.
+  # Model families (the config layer) and the errors the library raises.
   "families": ("dblocks_jax.families", None),
   "register_family": ("dblocks_jax.families", "register"),
-  "train_and_evaluate": ("dblocks_jax.train", "train_and_evaluate"),
   "errors": ("dblocks_jax.errors", None),
-  # What the notebooks under colab/ share.
-  "notebook": ("dblocks_jax.notebook", None),
 }
 
 __all__ = sorted(_EXPORTS)
@@ -80,11 +77,11 @@ def __getattr__(name: str):
   if name not in _EXPORTS:
     raise AttributeError(f"module 'dblocks_jax' has no attribute {name!r}")
   module_name, attribute = _EXPORTS[name]
-  module = importlib.import_module(module_name)
+  module = _importlib.import_module(module_name)
   value = module if attribute is None else getattr(module, attribute)
   globals()[name] = value
   return value
 
 
 def __dir__():
-  return sorted(list(globals()) + list(_EXPORTS))
+  return [*__all__, "__version__"]

@@ -24,7 +24,7 @@ import os
 import jax
 import numpy as np
 
-from dblocks_jax import metrics
+from dblocks_jax.training import metrics
 
 OUTPUT_ENV = "DBLOCKS_NOTEBOOK_OUT"
 

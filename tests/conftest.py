@@ -73,7 +73,7 @@ def smoke_config():
 def trained_smoke(tmp_path_factory):
   """(config, workdir, eval.json) of a finished quickstart smoke run (its
   own settings; 12 steps)."""
-  from dblocks_jax import train
+  from dblocks_jax.families import train
 
   config = quickstart.get_config("smoke")
   workdir = tmp_path_factory.mktemp("trained_smoke")

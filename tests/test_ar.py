@@ -15,14 +15,16 @@ from flax import nnx
 from random_params import randomize
 
 from configs import ar_lm1b, ar_pydocs
-from dblocks_jax import evaluation, families, runs, train
+from dblocks_jax import families
 from dblocks_jax.blockwise import steps
+from dblocks_jax.cli import evaluation
 from dblocks_jax.data import tokenizer as tokenizers
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import diversity
 from dblocks_jax.evaluate import judge as judging
 from dblocks_jax.evaluate.judge import Judge
 from dblocks_jax.families import ar as ar_family
+from dblocks_jax.families import runs, train
 from dblocks_jax.models import ar
 from dblocks_jax.nn import llama
 from dblocks_jax.tasks import Sampler

@@ -1,4 +1,4 @@
-"""Tests of dblocks_jax.checkpoint."""
+"""Tests of dblocks_jax.training.checkpoint."""
 
 import os
 import subprocess
@@ -14,7 +14,8 @@ import optax
 import pytest
 from flax import nnx
 
-from dblocks_jax import checkpoint, errors
+from dblocks_jax import errors
+from dblocks_jax.training import checkpoint
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _META = {"num_blocks": 3, "partition": "equiprobable"}
@@ -216,7 +217,7 @@ def test_killed_during_save_keeps_previous(tmp_path):
   script = textwrap.dedent(f"""
       import os
       import jax.numpy as jnp
-      from dblocks_jax import checkpoint
+      from dblocks_jax.training import checkpoint
 
       class DiesInSave:
         def get_state(self):
@@ -364,7 +365,8 @@ def test_full_disk_keeps_the_previous_checkpoint(tmp_path):
   script = textwrap.dedent(f"""
       import resource
       import numpy as np
-      from dblocks_jax import checkpoint, errors
+      from dblocks_jax.training import checkpoint
+      from dblocks_jax import errors
 
       ckpt = checkpoint.Checkpointer({path!r}, save_interval_steps=1)
       ckpt.save(1, {{"w": np.zeros(10, np.float32)}}, metadata={{}})

@@ -10,8 +10,10 @@ import pytest
 from conftest import needs
 from flax import nnx
 
-from dblocks_jax import encode, families, train
-from dblocks_jax.models import vae, vae_weights
+from dblocks_jax import families
+from dblocks_jax.cli import encode
+from dblocks_jax.families import train
+from dblocks_jax.models.pretrained import vae, vae_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(

@@ -120,7 +120,7 @@ def test_block_groups_on_two_processes_equal_one_process(tmp_path):
     assert proc.returncode == 0, err[-3000:]
     assert "trained all blocks" in out or "accuracy:" in out
 
-  from dblocks_jax import runs
+  from dblocks_jax.families import runs
 
   states = []
   for run in ("two", "one"):

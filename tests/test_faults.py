@@ -23,9 +23,9 @@ import jax
 import pytest
 from conftest import xla_flags
 
-from dblocks_jax import workdir_lock
-from dblocks_jax.checkpoint import Checkpointer
 from dblocks_jax.errors import WorkdirLockedError
+from dblocks_jax.training import workdir_lock
+from dblocks_jax.training.checkpoint import Checkpointer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 30 steps of the official quickstart smoke config: checkpoints every 5
@@ -220,7 +220,7 @@ def _hold_lock(workdir):
     [
       sys.executable,
       "-c",
-      "import sys, time; from dblocks_jax import workdir_lock;"
+      "import sys, time; from dblocks_jax.training import workdir_lock;"
       " workdir_lock.acquire(sys.argv[1]); print('held', flush=True);"
       " time.sleep(600)",
       str(workdir),

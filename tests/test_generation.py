@@ -13,20 +13,12 @@ import scipy.linalg
 from PIL import Image
 
 from configs import dit_fashion_mnist, vit_fashion_mnist
-from dblocks_jax import (
-  data,
-  diffusion,
-  evaluation,
-  families,
-  memory,
-  runs,
-  sampling,
-  train,
-)
+from dblocks_jax import data, diffusion, families
 from dblocks_jax.blockwise import inference
+from dblocks_jax.cli import evaluation, memory, sampling
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.evaluate import features, fid
-from dblocks_jax.families import common
+from dblocks_jax.families import common, runs, train
 from dblocks_jax.tasks import DiffusionGeneration, Sampler
 
 

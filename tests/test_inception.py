@@ -24,7 +24,11 @@ from flax import nnx
 from configs import dit_cifar10, dit_fashion_mnist, dit_imagenet
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import features, pixels
-from dblocks_jax.models import inception, inception_weights, torch_files
+from dblocks_jax.models.pretrained import (
+  inception,
+  inception_weights,
+  torch_files,
+)
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 

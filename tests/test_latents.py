@@ -15,14 +15,15 @@ from conftest import needs
 from flax import nnx
 
 from configs import dit_imagenet
-from dblocks_jax import data, encode, evaluate, families, sampling, train
+from dblocks_jax import data, evaluate, families
+from dblocks_jax.cli import encode, sampling
 from dblocks_jax.data import latents, sources
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import fid, generation, reference
-from dblocks_jax.families import common
+from dblocks_jax.families import common, train
 from dblocks_jax.families import dit as dit_family
-from dblocks_jax.models import inception_weights, vae, vae_weights
+from dblocks_jax.models.pretrained import inception_weights, vae, vae_weights
 
 
 @pytest.fixture(scope="module")

@@ -273,9 +273,11 @@ def toy_config():
 def test_a_registered_family_runs_in_the_command_line_trainer(tmp_path):
   db.register_family("toy", ToyFamily())
   assert "toy" in db.families.names()
-  result = db.train_and_evaluate(toy_config(), str(tmp_path))
+  result = db.families.train_and_evaluate(toy_config(), str(tmp_path))
   assert result["step"] == 200 and result["mse"] < 0.2
-  again = db.train_and_evaluate(toy_config(), str(tmp_path))  # Resumes: done.
+  again = db.families.train_and_evaluate(
+    toy_config(), str(tmp_path)
+  )  # Resumes: done.
   assert again["mse"] == pytest.approx(result["mse"])
   with pytest.raises(TypeError, match="Family protocol"):
     db.register_family("broken", object())

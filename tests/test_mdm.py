@@ -13,12 +13,14 @@ import pytest
 from flax import nnx
 
 from configs import mdm_pydocs, mdm_text8
-from dblocks_jax import families, memory, sampling, train
+from dblocks_jax import families
 from dblocks_jax.blockwise.plan import BlockPlan
+from dblocks_jax.cli import memory, sampling
 from dblocks_jax.data import text
 from dblocks_jax.diffusion.masking import Masking
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.families import mdm as mdm_family
+from dblocks_jax.families import train
 from dblocks_jax.models import mdm
 from dblocks_jax.tasks import Sampler
 from dblocks_jax.tasks.masked_diffusion import MaskedDiffusion
@@ -199,7 +201,7 @@ def test_training_lowers_bpc_and_writes_eval_and_samples(trained):
 
 
 def test_eval_mode_repeats_the_final_evaluation(trained):
-  from dblocks_jax import evaluation
+  from dblocks_jax.cli import evaluation
 
   config, workdir, result = trained
   again = evaluation.evaluate_checkpoint(config, str(workdir))

@@ -1,4 +1,4 @@
-"""Tests of dblocks_jax.metrics."""
+"""Tests of dblocks_jax.training.metrics."""
 
 import importlib.util
 import json
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
-from dblocks_jax import metrics
+from dblocks_jax.training import metrics
 
 
 def _lines(workdir):

@@ -15,13 +15,14 @@ from conftest import snapshot, xla_flags
 from flax import nnx
 
 from configs import quickstart
-from dblocks_jax import assemble, evaluation, families, runs, train
-from dblocks_jax import trainer as trainer_lib
+from dblocks_jax import families
 from dblocks_jax.blockwise import steps
 from dblocks_jax.blockwise.collectives import collectives_across_groups
 from dblocks_jax.blockwise.layout import Layout
+from dblocks_jax.cli import assemble, evaluation
 from dblocks_jax.errors import ConfigError, TopologyError
-from dblocks_jax.families import common
+from dblocks_jax.families import common, runs, train
+from dblocks_jax.training import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Quickstart smoke with 4 one-layer blocks, each with its own stem/readout.

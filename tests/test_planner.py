@@ -7,8 +7,9 @@ import json
 import pytest
 
 from configs import quickstart
-from dblocks_jax import flops, memory, planner
+from dblocks_jax.cli import memory, planner
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import flops
 
 
 def _smoke(**plan):

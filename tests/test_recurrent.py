@@ -289,7 +289,7 @@ def test_baseline_truncation_beyond_the_mean_depth_is_refused():
 
 
 def test_training_flops_come_from_the_compiled_step():
-  from dblocks_jax import flops
+  from dblocks_jax.families import flops
 
   config = huginn_pydocs.get_config("smoke,baseline")
   out = flops.training_flops(config)

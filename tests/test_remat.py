@@ -11,11 +11,12 @@ import pytest
 from random_params import random_batch, randomize_experiment
 
 from configs import quickstart
-from dblocks_jax import families, flops, memory, runs
+from dblocks_jax import families
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise import steps
+from dblocks_jax.cli import memory
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.families import common
+from dblocks_jax.families import common, flops, runs
 from dblocks_jax.nn import remat
 
 

@@ -9,18 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from dblocks_jax import (
-  checkpoint,
-  evaluation,
-  families,
-  memory,
-  metrics,
-  runs,
-  train,
-)
+from dblocks_jax import families
 from dblocks_jax.blockwise import steps
+from dblocks_jax.cli import evaluation, memory
 from dblocks_jax.errors import ConfigError, NonFiniteLossError, TopologyError
-from dblocks_jax.families import common
+from dblocks_jax.families import common, runs, train
+from dblocks_jax.training import checkpoint, metrics
 
 
 def _synthetic(config, *, classes=4, steps_=12):
@@ -302,7 +296,7 @@ def test_memory_report_splits_the_step(smoke_config):
 
 def test_compare_trains_both_and_reports_them(tmp_path):
   from configs import quickstart
-  from dblocks_jax import compare
+  from dblocks_jax.cli import compare
 
   config = quickstart.get_config("smoke")
   result = compare.compare(config, str(tmp_path))

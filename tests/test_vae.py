@@ -8,7 +8,7 @@ from conftest import needs
 from flax import nnx
 
 from dblocks_jax.errors import ConfigError, DataError
-from dblocks_jax.models import vae, vae_weights
+from dblocks_jax.models.pretrained import vae, vae_weights
 
 TINY = vae.VAEConfig(
   block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4

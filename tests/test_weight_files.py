@@ -25,7 +25,7 @@ from conftest import needs
 
 from dblocks_jax.errors import DataError
 from dblocks_jax.evaluate import features
-from dblocks_jax.models import inception_weights, torch_files
+from dblocks_jax.models.pretrained import inception_weights, torch_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")

@@ -4,12 +4,13 @@
 
 The library prefers `.safetensors` and `.npz` weight files: they hold only
 tensors. A `.pth` is a pickle, which can ask to run code; this tool reads it
-through the library's restricted reader (`dblocks_jax.models.torch_files`,
-never `torch.load`), which refuses any file that asks for more than tensors
-(nothing in it runs), and writes the tensors by name with
-`safetensors.numpy.save_file`. Views are written as their own contiguous
-copies; bfloat16 tensors as float32 (exact; safetensors' numpy API has no
-bfloat16). Non-tensor entries of the state dict are dropped.
+through the library's restricted reader
+(`dblocks_jax.models.pretrained.torch_files`, never `torch.load`), which
+refuses any file that asks for more than tensors (nothing in it runs), and
+writes the tensors by name with `safetensors.numpy.save_file`. Views are
+written as their own contiguous copies; bfloat16 tensors as float32
+(exact; safetensors' numpy API has no bfloat16). Non-tensor entries of the
+state dict are dropped.
 """
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 def convert(source: str, target: str) -> dict[str, np.ndarray]:
   """Writes the tensors of `source` (.pth) to `target`; returns them."""
   from dblocks_jax import errors
-  from dblocks_jax.models import torch_files
+  from dblocks_jax.models.pretrained import torch_files
 
   tensors = torch_files.load_state_dict(source)  # Refuses unsafe files first.
   save_file = errors.optional_import(
@@ -46,7 +47,7 @@ def main(argv=None) -> int:
   if not args.output.endswith(".safetensors"):
     parser.error(f"{args.output} should end in .safetensors")
   from dblocks_jax import errors
-  from dblocks_jax.models import torch_files
+  from dblocks_jax.models.pretrained import torch_files
 
   try:
     tensors = convert(args.input, args.output)

@@ -1,6 +1,6 @@
 """Latent datasets: the VAE posteriors of an image dataset, on disk.
 
-Written once by `--mode=encode` (`dblocks_jax.encode`) and read by
+Written once by `--mode=encode` (`dblocks_jax.cli.encode`) and read by
 `data.name="latents"` with `data.dir` pointing at the directory:
 
   DIR/meta.json                    latent shape, classes, scaling factor,

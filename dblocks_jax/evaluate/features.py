@@ -30,7 +30,7 @@ from dblocks_jax.data.info import normalisation
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.evaluate.pixels import LazyParams, call_padded, pixel_shape
-from dblocks_jax.models import inception, inception_weights
+from dblocks_jax.models.pretrained import inception, inception_weights
 
 FEATURE_NETWORKS = ("inception", "classifier", "none")
 
@@ -44,7 +44,8 @@ class ClassifierFeatures:
   """
 
   def __init__(self, workdir: str):
-    from dblocks_jax import checkpoint, runs
+    from dblocks_jax.families import runs
+    from dblocks_jax.training import checkpoint
 
     self.workdir = os.path.abspath(workdir)
     self._config = runs.read_run_config(self.workdir)
@@ -69,7 +70,7 @@ class ClassifierFeatures:
     self._features = None  # Jitted at the first call.
 
   def _load(self):
-    from dblocks_jax import runs
+    from dblocks_jax.families import runs
 
     _, _, trainer = runs.restore_run(self._config, self.workdir, step=self.step)
     graphdefs, shared = trainer.graphdefs, trainer.arrays()["shared"]

@@ -25,10 +25,11 @@ import jax
 import numpy as np
 import optax
 
-from dblocks_jax import errors, runs
+from dblocks_jax import errors
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data import sequences
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import runs
 
 TOKENIZER_FILE = "tokenizer.model"
 

@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from dblocks_jax.cli.encode import vae_config
 from dblocks_jax.data import latents as latents_lib
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.data.options import DataOptions
-from dblocks_jax.encode import vae_config
-from dblocks_jax.models import vae_weights
+from dblocks_jax.models.pretrained import vae_weights
 
 DECODED_MEAN = DECODED_STD = (0.5, 0.5, 0.5)  # VAE images are in [-1, 1].
 

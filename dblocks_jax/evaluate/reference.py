@@ -16,10 +16,10 @@ from collections.abc import Iterator
 import numpy as np
 
 from dblocks_jax import data
+from dblocks_jax.cli.encode import center_crop
 from dblocks_jax.data import sources
 from dblocks_jax.data.info import normalisation
 from dblocks_jax.data.options import DataOptions
-from dblocks_jax.encode import center_crop
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate.pixels import is_latent, pixel_shape, to_pixels
 

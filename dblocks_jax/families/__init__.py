@@ -7,6 +7,11 @@ and edits no trainer:
 
     from dblocks_jax import families
     families.register("my_family", MyFamily())
+    families.train_and_evaluate(config, workdir)   # any registered family
+
+This package is the config layer: the families, the run set-up that turns
+a config into a trainer (`common`), a run's workdir (`runs`), a config's
+whole run (`train.train_and_evaluate`) and its training FLOPs (`flops`).
 """
 
 import importlib
@@ -53,6 +58,15 @@ def names() -> list[str]:
   return sorted(set(_BUILT_IN) | set(_REGISTRY))
 
 
+def __getattr__(name: str):
+  # `train_and_evaluate` imports the trainer: only when asked for.
+  if name == "train_and_evaluate":
+    from dblocks_jax.families.train import train_and_evaluate
+
+    return train_and_evaluate
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
   "Experiment",
   "Family",
@@ -60,4 +74,5 @@ __all__ = [
   "get",
   "names",
   "register",
+  "train_and_evaluate",
 ]

@@ -207,7 +207,7 @@ def make_trainer(
   optimizer, which restores a run's parameters whatever optimizer trained
   it (evaluation, sampling)."""
   from dblocks_jax import families
-  from dblocks_jax.trainer import Trainer
+  from dblocks_jax.training.trainer import Trainer
 
   check_batch(config)
   tx, schedule = (None, None) if inference else optimizer_from_config(config)

@@ -119,9 +119,9 @@ class RecurrentFamily(ar_family.ARFamily):
 
   def evaluator(self, config, experiment, workdir):
     """The autoregressive evaluation, plus the training FLOPs so far:
-    `train_flops` = step x the compiled step's FLOPs (`dblocks_jax.flops`,
+    `train_flops` = step x the compiled step's FLOPs (`families.flops`,
     counted once per run), for quality against compute."""
-    from dblocks_jax import flops
+    from dblocks_jax.families import flops
 
     evaluate = super().evaluator(config, experiment, workdir)
     counted = {}

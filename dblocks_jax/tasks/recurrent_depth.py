@@ -34,7 +34,7 @@ class RecurrentDepthLM(CausalLM):
     inference_depth: K, the iterations of evaluation and generation.
     fixed_depth: > 0: every step runs this depth, every iteration written
       out (no loop), instead of a draw: for counting FLOPs with XLA's cost
-      analysis, which counts a loop body once (`dblocks_jax.flops`).
+      analysis, which counts a loop body once (`dblocks_jax.families.flops`).
   """
 
   mean_depth: float = 32.0

@@ -9,8 +9,9 @@ import os
 
 import ml_collections
 
-from dblocks_jax import families, runs
+from dblocks_jax import families
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import runs
 
 
 def sample_checkpoint(config: ml_collections.ConfigDict, workdir: str):

@@ -13,8 +13,9 @@ import os
 import ml_collections
 from absl import logging
 
-from dblocks_jax import families, metrics, runs
-from dblocks_jax.families import common
+from dblocks_jax import families
+from dblocks_jax.families import common, runs
+from dblocks_jax.training import metrics
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -18,8 +18,8 @@ from flax import nnx
 
 from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
-from dblocks_jax.models import vae as vae_lib
-from dblocks_jax.models import weight_files
+from dblocks_jax.models.pretrained import vae as vae_lib
+from dblocks_jax.models.pretrained import weight_files
 
 _LEGACY_ATTENTION = {
   "to_q": "query",

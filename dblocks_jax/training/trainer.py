@@ -93,8 +93,6 @@ import numpy as np
 import optax
 from absl import logging
 
-from dblocks_jax import metrics as metrics_lib
-from dblocks_jax import workdir_lock
 from dblocks_jax.blockwise import inference, optim, steps
 from dblocks_jax.blockwise import layout as layout_lib
 from dblocks_jax.blockwise import parts as parts_lib
@@ -102,10 +100,12 @@ from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.blockwise.schedule import BlockSchedule
 from dblocks_jax.errors import NonFiniteLossError, Preempted
-from dblocks_jax.streams import Streams, stream_seed
 from dblocks_jax.tasks.base import Sampler, Task
 from dblocks_jax.tasks.batches import BatchChecker
-from dblocks_jax.topology import JOB_FIELDS, check_topology
+from dblocks_jax.training import metrics as metrics_lib
+from dblocks_jax.training import workdir_lock
+from dblocks_jax.training.streams import Streams, stream_seed
+from dblocks_jax.training.topology import JOB_FIELDS, check_topology
 
 SCHEDULE_STEPS = ("global", "own")
 # Where offload keeps the blocks not being trained, in order of preference
@@ -1096,7 +1096,7 @@ class Trainer:
     if self.workdir is None:
       raise ValueError("this Trainer has no workdir; pass workdir=... to save.")
     if self._checkpointer is None:
-      from dblocks_jax import checkpoint  # Orbax, only when saving.
+      from dblocks_jax.training import checkpoint  # Orbax, only when saving.
 
       self._checkpointer = checkpoint.Checkpointer(
         os.path.join(self.workdir, "checkpoints"),
@@ -1182,8 +1182,8 @@ class Trainer:
       CheckpointError: no checkpoint is intact.
       TopologyError: its topology differs from this trainer's.
     """
-    from dblocks_jax import checkpoint
     from dblocks_jax.errors import ConfigError
+    from dblocks_jax.training import checkpoint
 
     workdir = os.path.abspath(workdir)
     directory = os.path.join(workdir, "checkpoints")

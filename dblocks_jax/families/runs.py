@@ -14,7 +14,7 @@ import ml_collections
 from dblocks_jax import families
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import common
-from dblocks_jax.topology import check_topology
+from dblocks_jax.training.topology import check_topology
 
 CONFIG_FILE = "config.json"
 

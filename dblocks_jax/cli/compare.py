@@ -14,8 +14,11 @@ import time
 
 import ml_collections
 
-from dblocks_jax import families, memory, metrics, train
+from dblocks_jax import families
+from dblocks_jax.cli import memory
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import train
+from dblocks_jax.training import metrics
 
 
 def compare(config: ml_collections.ConfigDict, workdir: str) -> dict:

@@ -24,12 +24,12 @@ from absl import logging
 from flax import nnx
 from PIL import Image
 
-from dblocks_jax import metrics
 from dblocks_jax.data import latents, sources
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
-from dblocks_jax.models import vae as vae_lib
-from dblocks_jax.models import vae_weights
+from dblocks_jax.models.pretrained import vae as vae_lib
+from dblocks_jax.models.pretrained import vae_weights
+from dblocks_jax.training import metrics
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

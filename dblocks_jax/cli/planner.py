@@ -52,12 +52,12 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from dblocks_jax import errors, families, flops
+from dblocks_jax import errors, families
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise import steps
 from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.families import common
+from dblocks_jax.families import common, flops
 from dblocks_jax.nn import remat as remat_lib
 
 GIB = 2**30

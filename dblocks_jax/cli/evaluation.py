@@ -9,7 +9,8 @@ import os
 
 import ml_collections
 
-from dblocks_jax import metrics, runs
+from dblocks_jax.families import runs
+from dblocks_jax.training import metrics
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):

@@ -17,8 +17,8 @@ import zipfile
 
 import numpy as np
 
-from dblocks_jax.models import torch_files
-from dblocks_jax.models.torch_files import FormatError
+from dblocks_jax.models.pretrained import torch_files
+from dblocks_jax.models.pretrained.torch_files import FormatError
 
 
 def check(path: str) -> None:

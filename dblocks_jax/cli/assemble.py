@@ -26,10 +26,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from dblocks_jax import checkpoint, families, runs
+from dblocks_jax import families
 from dblocks_jax.errors import ConfigError, TopologyError
-from dblocks_jax.families import common
-from dblocks_jax.topology import JOB_FIELDS
+from dblocks_jax.families import common, runs
+from dblocks_jax.training import checkpoint
+from dblocks_jax.training.topology import JOB_FIELDS
 
 _SETTINGS = ("model", "diffusion")
 

@@ -21,8 +21,8 @@ from flax import nnx
 
 from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
-from dblocks_jax.models import inception as inception_lib
-from dblocks_jax.models import torch_files, weight_files
+from dblocks_jax.models.pretrained import inception as inception_lib
+from dblocks_jax.models.pretrained import torch_files, weight_files
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_URL = (

@@ -155,7 +155,7 @@ def offload_memory(config: ml_collections.ConfigDict, step: dict) -> dict:
   the CPU backend the host memory is the device's RAM (`host_is_device`):
   nothing is saved there.
   """
-  from dblocks_jax import trainer as trainer_lib
+  from dblocks_jax.training import trainer as trainer_lib
 
   blocks = step["block_state_bytes"]
   parts = step["shared_state_bytes"] + step["fixed_bytes"]
