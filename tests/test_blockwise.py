@@ -29,33 +29,29 @@ def _batch(config, size=8, seed=0):
 
 class _Engine:
   """A config's model split into groups, with one optimizer state each, and
-  the library's step builder (no trainer)."""
+  the library's step set-up (`steps.make_step`, no trainer)."""
 
   def __init__(self, config, tx=None, accumulation_steps=1):
     self.exp = families.get(config.model.name).build(config)
     self.defs, shared, blocks, self.fixed = parts.split(self.exp.model)
     self.tx = tx or optax.adamw(1e-3)
-    group = lambda a: dict(a, opt_state=self.tx.init(a["params"]))
+    group = lambda a: steps.group_state(a, self.tx)
     self.shared = group(shared) if jax.tree.leaves(shared["params"]) else {}
     self.blocks = [group(b) for b in blocks]
     self.accumulation_steps = accumulation_steps
     self.fns = {}
 
   def loss_fn(self, block, task=None):
-    plan = self.exp.plan
-    return steps.block_loss(
-      task or self.exp.task,
-      self.defs,
-      self.defs.blocks[block],
-      plan.noise,
-      plan.train_ranges,
-    )
+    return steps.loss_of(task or self.exp.task, self.defs, self.exp.plan, block)
 
   def step_fn(self, block):
     key = self.defs.block_key(block)
     if key not in self.fns:
-      self.fns[key] = steps.build_train_step(
-        self.loss_fn(block),
+      self.fns[key] = steps.make_step(
+        self.exp.task,
+        self.defs,
+        self.exp.plan,
+        block,
         self.tx,
         clip_norm=1.0,
         accumulation_steps=self.accumulation_steps,
@@ -270,15 +266,42 @@ def test_schedules_follow_the_global_step():
     assert adam_count == 1  # The moments count the group's own updates.
 
 
-def test_any_optax_chain_is_an_optimizer(smoke_config):
+def test_an_optax_chain_is_applied_at_the_global_step(smoke_config):
+  """Any optax chain is an optimizer, its schedule read at the global step
+  (not its own count): Adam's first update is lr(step) * sign(grad)."""
+  schedule = optax.cosine_decay_schedule(1e-3, 100)
   tx = optax.chain(
     optax.clip_by_global_norm(0.5),
     optax.scale_by_adam(),
-    optax.scale_by_learning_rate(optax.cosine_decay_schedule(1e-3, 100)),
+    optax.scale_by_learning_rate(schedule),
   )
   engine = _Engine(smoke_config, tx=tx)
-  metrics = engine.run(0, _batch(smoke_config), 3)
-  assert np.isfinite(float(metrics["loss"]))
+  groups = {"shared": engine.shared, "block": engine.blocks[0]}
+  groups = {name: g for name, g in groups.items() if g}
+  params = jax.device_get({n: g["params"] for n, g in groups.items()})
+  rest = {n: g["rest"] for n, g in groups.items()}
+  batch, step = _batch(smoke_config), 70
+
+  def loss(params):
+    key = jax.random.key(step)  # The key `run` gives the step.
+    return engine.loss_fn(0)(params, rest, engine.fixed, batch, key, 0)[0]
+
+  grads = jax.grad(loss)(params)
+  engine.run(0, batch, step)
+  new = {"block": engine.blocks[0]["params"]}
+  if "shared" in groups:
+    new["shared"] = engine.shared["params"]
+  steps_taken, grads, before = (
+    np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])
+    for t in (new, grads, params)
+  )
+  moved = np.abs(grads) > 1e-3 * np.abs(grads).max()
+  assert moved.sum() > 100
+  expected = -float(schedule(step)) * np.sign(grads[moved])
+  np.testing.assert_allclose(
+    (steps_taken - before)[moved], expected, rtol=1e-2, atol=1e-7
+  )
+  assert float(schedule(step)) < 0.5 * float(schedule(0))  # Not count 0.
 
 
 def test_one_compile_serves_every_equal_block(smoke_config):

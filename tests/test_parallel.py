@@ -22,6 +22,7 @@ from dblocks_jax.blockwise.layout import Layout
 from dblocks_jax.cli import assemble, evaluation
 from dblocks_jax.errors import ConfigError, TopologyError
 from dblocks_jax.families import common, runs, train
+from dblocks_jax.training import placement
 from dblocks_jax.training import trainer as trainer_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +130,7 @@ def test_mesh_step_equals_four_single_block_steps():
   after = jax.device_get(trainer.state)
   assert list(after["updates"]) == [2, 2, 2, 2] and int(after["step"]) == 8
   single = steps.build_train_step(
-    trainer._loss_fn(0),
+    steps.loss_of(trainer.task, trainer.graphdefs, trainer.plan, 0),
     trainer.optimizers.for_groups(0),
     clip_norm=c.optimizer.clip_norm,
     donate=False,
@@ -413,7 +414,7 @@ def test_offload_applies_to_the_blocks_a_group_holds(monkeypatch):
     "blocks.offload=True cannot apply to parallel.block_groups=2"
   )
   assert "parallel.block_groups=4" in message and "\n" not in message
-  monkeypatch.setattr(trainer_lib, "host_memory_kind", lambda device: None)
+  monkeypatch.setattr(placement, "host_memory_kind", lambda device: None)
   with pytest.raises(ConfigError, match=r"blocks.offload=True needs host"):
     _trainer(_set(_config(), {"blocks.offload": True}))
 

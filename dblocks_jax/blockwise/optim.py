@@ -60,6 +60,7 @@ class GroupOptimizers:
     num_blocks: int,
     held_blocks=(),
     has_shared: bool = True,
+    stacked_groups: int = 0,
   ) -> "GroupOptimizers | None":
     """The groups' transformations from the `Trainer`'s arguments.
 
@@ -74,14 +75,17 @@ class GroupOptimizers:
       held_blocks: the blocks this run holds (their transformations are
         built).
       has_shared: the model has shared parts to train.
+      stacked_groups: G when G > 1 device groups train their blocks in one
+        compiled step (which takes one transformation for all), else 0.
 
     Returns:
       None when `optimizer` is None (an inference-only trainer).
 
     Raises:
       TypeError: a transformation is not an optax one.
-      ValueError: a per-block callable without blocks, or shared parts
-        without a `shared_optimizer`.
+      ValueError: a per-block callable without blocks, shared parts
+        without a `shared_optimizer`, or per-block optimizers for stacked
+        groups.
     """
     if optimizer is None:
       if shared_optimizer is not None:
@@ -123,6 +127,12 @@ class GroupOptimizers:
       )
     else:
       check_optimizer(optimizer)
+    if stacked_groups and len({id(tx) for tx in blocks.values()}) > 1:
+      raise ValueError(
+        f"block_groups={stacked_groups} trains its groups' blocks in one"
+        " compiled step with one transformation; per-block optimizers need"
+        " block_groups=1 or one job per block (train_blocks=(b,))."
+      )
     return cls(
       shared=shared if has_shared else None,
       blocks=tuple(blocks.get(b) for b in range(num_blocks)),

@@ -378,6 +378,70 @@ def build_mesh_step(
   )
 
 
+def loss_of(task, graphdefs: parts_lib.GraphDefs, plan, block: int) -> LossFn:
+  """The loss a step of `block` minimises: `block_loss` over the block's
+  training range of `plan`, or `end_to_end_loss` when plan is None."""
+  if plan is None:
+    return end_to_end_loss(task, graphdefs)
+  return block_loss(
+    task, graphdefs, graphdefs.blocks[block], plan.noise, plan.train_ranges
+  )
+
+
+def make_step(
+  task,
+  graphdefs: parts_lib.GraphDefs,
+  plan,
+  block: int,
+  tx,
+  *,
+  clip_norm: float = 0.0,
+  accumulation_steps: int = 1,
+  learning_rate_fn: optax.Schedule | None = None,
+  mesh=None,
+  stacked: bool = False,
+  has_shared: bool = False,
+  donate: bool = True,
+):
+  """The training step of `block`'s structure, as the trainer runs it.
+
+  Args:
+    task, graphdefs, plan, block: what `loss_of` needs (plan None: the
+      end-to-end baseline).
+    tx: a transformation, or {"shared": tx, "block": tx}.
+    mesh: the run's mesh; None: one device, no shardings given.
+    stacked: G > 1 device groups train stacked blocks at once
+      (`build_mesh_step`, which needs the mesh); else `build_train_step`.
+    has_shared: the model has shared parts (stacked steps only).
+    donate: update the groups' buffers in place (one-group steps).
+  """
+  loss_fn = loss_of(task, graphdefs, plan, block)
+  options = dict(
+    clip_norm=clip_norm,
+    accumulation_steps=accumulation_steps,
+    learning_rate_fn=learning_rate_fn,
+  )
+  if stacked:
+    return build_mesh_step(loss_fn, tx, mesh, has_shared=has_shared, **options)
+  shardings = None
+  if mesh is not None:
+    shardings = (
+      layout_lib.replicated(mesh),
+      layout_lib.batch_sharding(mesh, False),
+    )
+  return build_train_step(
+    loss_fn, tx, shardings=shardings, donate=donate, **options
+  )
+
+
+def group_state(arrays: dict, tx) -> dict:
+  """A group {"params", "rest"} with its optimizer state (`tx.init`) added
+  as "opt_state"; unchanged when tx is None (inference only)."""
+  if tx is None:
+    return dict(arrays)
+  return dict(arrays, opt_state=tx.init(arrays["params"]))
+
+
 def abstract(tree):
   """ShapeDtypeStructs of a pytree of arrays (for ahead-of-time lowering)."""
   return jax.tree.map(

@@ -155,7 +155,7 @@ def offload_memory(config: ml_collections.ConfigDict, step: dict) -> dict:
   the CPU backend the host memory is the device's RAM (`host_is_device`):
   nothing is saved there.
   """
-  from dblocks_jax.training import trainer as trainer_lib
+  from dblocks_jax.training import placement as placement_lib
 
   blocks = step["block_state_bytes"]
   parts = step["shared_state_bytes"] + step["fixed_bytes"]
@@ -164,7 +164,7 @@ def offload_memory(config: ml_collections.ConfigDict, step: dict) -> dict:
   held = {"without": parts + sum(blocks), "with": parts + max(blocks)}
   out = {
     "enabled": bool(config.blocks.offload),
-    "host_memory_kind": trainer_lib.host_memory_kind(jax.devices()[0]),
+    "host_memory_kind": placement_lib.host_memory_kind(jax.devices()[0]),
     "host_is_device": jax.default_backend() == "cpu",
   }
   for name, bytes_ in held.items():

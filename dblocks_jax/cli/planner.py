@@ -7,9 +7,9 @@ batch of `plan.per_device_batch` and a `model.remat` policy of `plan.remat`.
 Its block step is lowered and compiled ahead of time for one device, on
 abstract inputs: the model is built with `nnx.eval_shape` (no parameter is
 ever allocated), the optimizer state with `jax.eval_shape`, the batch is the
-family's `batch_spec`; the step is the trainer's (`steps.block_loss` and
-`steps.build_train_step`, as `Trainer.lower_step` builds it for one device
-group). Every distinct block size of an uneven split is compiled.
+family's `batch_spec`; the step is the trainer's (`steps.make_step`, as
+`Trainer.lower_step` builds it, for one device group). Every distinct
+block size of an uneven split is compiled.
 
 Device bytes, from XLA's `memory_analysis()` (arguments: the trained
 block's parameters, optimizer state and rest, the shared and fixed parts
@@ -123,19 +123,14 @@ def abstract_experiment(config) -> families.Experiment:
 
 def _compiled_block_step(config, experiment, graphdefs, groups, block: int):
   """The block step of `block` compiled for one device on abstract inputs
-  (the step `Trainer.lower_step` lowers for one device group)."""
+  (`steps.make_step`, the step the trainer runs, without a mesh)."""
   family = families.get(config.model.name)
   tx, schedule = common.optimizer_from_config(config)
-  plan = experiment.plan
-  loss_fn = steps.block_loss(
+  step = steps.make_step(
     experiment.task,
     graphdefs,
-    graphdefs.blocks[block],
-    plan.noise,
-    plan.train_ranges,
-  )
-  step = steps.build_train_step(
-    loss_fn,
+    experiment.plan,
+    block,
     tx,
     clip_norm=config.optimizer.clip_norm,
     accumulation_steps=config.accumulation_steps,
@@ -160,7 +155,7 @@ def candidate_cost(config) -> dict:
   tx, _ = common.optimizer_from_config(config)
 
   def group(arrays):
-    return dict(arrays, opt_state=jax.eval_shape(tx.init, arrays["params"]))
+    return jax.eval_shape(lambda a: steps.group_state(a, tx), arrays)
 
   groups = {
     "shared": group(shared) if jax.tree.leaves(shared["params"]) else {},

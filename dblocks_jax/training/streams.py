@@ -22,6 +22,17 @@ class Streams:
   def __init__(self, iterators: Mapping):
     self.iterators = dict(iterators)
 
+  @classmethod
+  def checkpointable_of(cls, data) -> "Streams | None":
+    """`data` (None, an iterator, {stream: iterator} or Streams) as
+    Streams whose positions a checkpoint can hold, or None (nothing to
+    save or restore: no data, or iterators without get_state/set_state)."""
+    if data is None:
+      return None
+    if not isinstance(data, Streams):
+      data = cls(data if isinstance(data, Mapping) else {None: data})
+    return data if data.checkpointable else None
+
   def next(self, stream) -> dict:
     return next(self.iterators[stream])
 

@@ -20,3 +20,17 @@ def check_topology(workdir, topology: dict, recorded: dict | None) -> None:
     f"workdir {workdir} holds a run with a different topology"
     f" ({'; '.join(changed)}); use a new --workdir or the run's settings."
   )
+
+
+def layout_topology(plan, layout, sharing: str) -> dict:
+  """The topology fields of a run's plan (blocks, layers, boundaries,
+  sharing) and of its job's layout (trained blocks, block groups)."""
+  topology = {}
+  if plan is not None:
+    topology.update(plan.topology())
+    topology["sharing"] = sharing
+  if layout.partial:
+    topology["trained_blocks"] = list(layout.blocks)
+  if layout.num_groups > 1:
+    topology["block_groups"] = layout.num_groups
+  return topology
