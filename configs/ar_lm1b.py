@@ -25,7 +25,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False)
+  args = common.parse_arg(arg)
   c = common.ar_language(
     **common.LM1B_LM,
     num_layers=12,
@@ -36,8 +36,4 @@ def get_config(arg=None):
     epochs=10,
   )
   common.lm1b_lm_run(c)
-  if args.smoke:
-    common.as_ar_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_ar_smoke)

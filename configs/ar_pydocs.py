@@ -45,9 +45,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, e2e=False, judge=False, steps=1000, paper_noise=False
-  )
+  args = common.parse_arg(arg, judge=False, steps=1000, paper_noise=False)
   c = common.ar_language(
     **common.PYDOCS_LM,
     num_layers=8,
@@ -56,7 +54,7 @@ def get_config(arg=None):
     mlp_dim=352,
     num_blocks=4,
   )
-  c.total_steps = args.steps * c.blocks.num_blocks
+  common.set_steps(c, args.steps)
   common.pydocs_lm_run(c)
   if args.judge:  # 1.5 x the width, trained end to end; judges the others.
     c.model.width = c.model.cond_dim = 192
@@ -66,8 +64,4 @@ def get_config(arg=None):
     c.diffusion.p_mean = -0.7
     c.diffusion.p_std = 0.5
     c.blocks.sigma_sampling = "log_uniform"
-  if args.smoke:
-    common.as_ar_smoke(c)
-  if args.e2e or args.judge:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_ar_smoke, e2e=args.e2e or args.judge)

@@ -1,9 +1,11 @@
-"""Shared config pieces: argument parsing, the ViT classification recipe and
-the DiT generation recipe.
+"""Shared config pieces: argument parsing, the image datasets' facts, and
+the recipes of the five families, each composed of the small sections
+below: the ViT classification recipe, the DiT generation recipe and the
+masked-diffusion, autoregressive and recurrent-depth LM recipes (over one
+language recipe), with their smoke settings.
 
-Every field a run reads is defined here or in the config file that calls
-`vit_classification` or `dit_generation`; nothing has a default hidden in
-code.
+Every field a run reads is defined here or in the config file that calls a
+recipe; nothing has a default hidden in code.
 """
 
 import ml_collections
@@ -13,11 +15,13 @@ from dblocks_jax.models import dit
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
-  """Parses "smoke,e2e,num_blocks=4" into a ConfigDict over `defaults`.
+  """Parses "smoke,e2e,num_blocks=4" into a ConfigDict over `defaults` and
+  the two arguments every config takes (`finish`): smoke and e2e, False.
 
   A bare name sets a bool default to True; `key=value` is converted to the
   type of the default.
   """
+  defaults = {"smoke": False, "e2e": False, **defaults}
   out = ml_collections.ConfigDict(defaults)
   for item in filter(None, (arg or "").split(",")):
     key, _, value = item.partition("=")
@@ -31,6 +35,48 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     else:
       out[key] = kind(value)
   return out
+
+
+def finish(c, args, *smoke, e2e=None) -> ml_collections.ConfigDict:
+  """The end of every config: with `args.smoke`, each of the `smoke`
+  settings in turn (tiny, seconds on a CPU); then with `e2e` (default
+  `args.e2e`), the end-to-end baseline."""
+  if args.smoke:
+    for settings in smoke:
+      settings(c)
+  baseline = args.e2e if e2e is None else e2e
+  return as_end_to_end(c) if baseline else c
+
+
+def set_steps(c: ml_collections.ConfigDict, steps: int) -> None:
+  """A run of `steps` baseline steps: B x as many block-wise steps (the
+  same layer evaluations)."""
+  c.total_steps = steps * c.blocks.num_blocks
+
+
+# Each image dataset's (image_shape, num_classes, training examples).
+_IMAGES = {
+  "digits": ((8, 8, 1), 10, 1497),
+  "fashion_mnist": ((28, 28, 1), 10, 60_000),
+  "cifar10": ((32, 32, 3), 10, 50_000),
+  "cifar100": ((32, 32, 3), 100, 50_000),
+  "tiny_imagenet": ((64, 64, 3), 200, 100_000),
+  "imagenet_latents": ((32, 32, 4), 1000, 1_281_167),
+}
+_IMAGES["fashion_mnist_idx"] = _IMAGES["fashion_mnist"]  # Its IDX files.
+
+
+def image_data(dataset: str) -> dict:
+  """The image recipes' `dataset`, `image_shape`, `num_classes` and
+  `num_train` arguments for `dataset`: `vit_classification(
+  **image_data("cifar100"), ...)`."""
+  image_shape, num_classes, num_train = _IMAGES[dataset]
+  return dict(
+    dataset=dataset,
+    image_shape=image_shape,
+    num_classes=num_classes,
+    num_train=num_train,
+  )
 
 
 def _run(c, *, epochs, steps_per_epoch, num_blocks, batch_size):
@@ -53,27 +99,14 @@ def _run(c, *, epochs, steps_per_epoch, num_blocks, batch_size):
   c.note = ""  # Why the config's settings; printed by --mode=compare.
 
 
-def _blocks_and_diffusion(c, *, num_blocks):
-  _blocks(c, num_blocks=num_blocks)
-  # How a block draws sigma in its range: "lognormal" (the paper: the
-  # truncated log-normal) or "log_uniform" (every part of the range alike).
-  c.blocks.sigma_sampling = "lognormal"
-  c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.sigma_min = 0.002
-  c.diffusion.sigma_max = 80.0
-  c.diffusion.p_mean = -1.2
-  c.diffusion.p_std = 1.2
-  c.diffusion.sigma_data = 0.5
-  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
-
-
 def _blocks(c, *, num_blocks):
   c.blocks = ml_collections.ConfigDict()
   c.blocks.num_blocks = num_blocks
   c.blocks.layer_distribution = ()  # () = equal split; e.g. (2, 4, 6).
   c.blocks.partition = "equiprobable"  # equiprobable | log_uniform | explicit
-  # For partition="explicit": B+1 sigmas in block order (block 0 is the
-  # noisiest), from sigma_max down to sigma_min.
+  # For partition="explicit": B+1 sigmas (the masked-diffusion LM: times,
+  # from 1 down to 0) in block order (block 0 is the noisiest, or most
+  # masked), from sigma_max down to sigma_min.
   c.blocks.boundaries = ()
   c.blocks.gamma = 0.05  # Overlap: log-width fraction added on each side.
   c.blocks.sharing = "shared"  # shared (official) | independent
@@ -131,29 +164,64 @@ def _memory_and_plan(c):
   c.plan.devices = 0
 
 
-def _sampler(c, *, num_steps, guidance_scale):
+def _recipe(model, num_train, num_blocks, epochs, batch_size):
+  """What every recipe starts from: the run (epochs of `num_train`
+  examples, drop_last as the official), `model.name` (frequency_dim 256,
+  precision and remat), the blocks, and the memory and plan modes."""
+  c = ml_collections.ConfigDict()
+  _run(
+    c,
+    epochs=epochs,
+    steps_per_epoch=num_train // batch_size,
+    num_blocks=num_blocks,
+    batch_size=batch_size,
+  )
+  c.model = ml_collections.ConfigDict({"name": model, "frequency_dim": 256})
+  _precision_and_remat(c.model)
+  _blocks(c, num_blocks=num_blocks)
+  _memory_and_plan(c)
+  return c
+
+
+def _edm(c, *, num_steps, **sampler):
+  """The EDM noise process (the paper's settings) and its routed sampler of
+  `num_steps` grid points (0 = B evaluations) with the family's `sampler`
+  fields."""
+  # How a block draws sigma in its range: "lognormal" (the paper: the
+  # truncated log-normal) or "log_uniform" (every part of the range alike).
+  c.blocks.sigma_sampling = "lognormal"
+  c.diffusion = ml_collections.ConfigDict()
+  c.diffusion.sigma_min = 0.002
+  c.diffusion.sigma_max = 80.0
+  c.diffusion.p_mean = -1.2
+  c.diffusion.p_std = 1.2
+  c.diffusion.sigma_data = 0.5
+  c.diffusion.max_weight = 0.0  # EDM weight clamp; 0 = none (official).
   c.sampler = ml_collections.ConfigDict()
-  c.sampler.num_steps = num_steps  # 0 = B evaluations (the ViT default).
+  c.sampler.num_steps = num_steps
   c.sampler.method = "euler"  # euler | heun
   c.sampler.grid = "cdf"  # cdf (official) | karras
   c.sampler.rho = 7.0
-  c.sampler.guidance_scale = guidance_scale  # 1 = no guidance.
+  c.sampler.update(sampler)
 
 
 def _optimizer(
-  c, *, learning_rate, warmup_steps, schedule, weight_decay, clip_norm
+  c, *, learning_rate, warmup_steps, weight_decay, clip_norm=1.0, **changes
 ):
+  """AdamW, cosine decay to `min_learning_rate` after the warmup (or the
+  `changes`: schedule, min_learning_rate, b2)."""
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = learning_rate
   c.optimizer.min_learning_rate = 5e-5
-  c.optimizer.schedule = schedule  # cosine (to min_learning_rate) | constant
+  c.optimizer.schedule = "cosine"  # cosine (to min_learning_rate) | constant
   c.optimizer.warmup_steps = warmup_steps
   c.optimizer.weight_decay = weight_decay
   c.optimizer.b1 = 0.9
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8
   c.optimizer.clip_norm = clip_norm  # Global norm over what a step updates.
+  c.optimizer.update(changes)
 
 
 def _data(c, *, dataset, image_shape, num_classes, normalisation):
@@ -198,54 +266,42 @@ def vit_classification(
   warmup_epochs: float,
 ) -> ml_collections.ConfigDict:
   """The DiffusionBlocks ViT recipe (method_spec 2.1, 4) for one dataset."""
-  c = ml_collections.ConfigDict()
-  steps_per_epoch = num_train // batch_size  # drop_last, as the official.
-  _run(
+  c = _recipe("vit", num_train, num_blocks, epochs, batch_size)
+  c.model.update(
+    num_layers=num_layers,
+    width=width,
+    num_heads=num_heads,
+    mlp_dim=mlp_dim,  # Official: 3072 (HF ViTConfig default) at any width.
+    patch_size=patch_size,
+    cond_dim=width // 6,  # Official cond_hidden_size = hidden // 6.
+    dropout=0.1,
+    attention_dropout=0.1,
+    layer_norm_eps=1e-12,
+    # "official": SiLU after each adaLN Linear (the official ViT's quirk);
+    # "dit": Linear(SiLU(cond)) as in DiT.
+    modulation="official",
+    # Where F is read: "label" (the official code: the noisy-label token) or
+    # "cls" (the paper's text: a separate CLS token before it).
+    readout_token="label",
+    image_dropout=0.0,  # Zero the image in training, for guidance.
+  )
+  _edm(
     c,
-    epochs=epochs,
-    steps_per_epoch=steps_per_epoch,
-    num_blocks=num_blocks,
-    batch_size=batch_size,
+    num_steps=0,
+    guidance_scale=1.0,  # 1 = no guidance.
+    # The official estimate is softmax(logits) @ E with the RAW table
+    # although the targets are normalised rows; True uses the normalised
+    # rows.
+    normalized_table=False,
+    # The denoised estimate between steps: "soft" = softmax(logits) @ table
+    # (official) or "hard" = the argmax class's row.
+    estimate="soft",
   )
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "vit"
-  c.model.num_layers = num_layers
-  c.model.width = width
-  c.model.num_heads = num_heads
-  c.model.mlp_dim = (
-    mlp_dim  # Official: 3072 (HF ViTConfig default) at any width.
-  )
-  c.model.patch_size = patch_size
-  c.model.cond_dim = width // 6  # Official cond_hidden_size = hidden // 6.
-  c.model.frequency_dim = 256
-  c.model.dropout = 0.1
-  c.model.attention_dropout = 0.1
-  c.model.layer_norm_eps = 1e-12
-  # "official": SiLU after each adaLN Linear (the official ViT's quirk);
-  # "dit": Linear(SiLU(cond)) as in DiT.
-  c.model.modulation = "official"
-  # Where F is read: "label" (the official code: the noisy-label token) or
-  # "cls" (the paper's text: a separate CLS token before it).
-  c.model.readout_token = "label"
-  _precision_and_remat(c.model)
-  c.model.image_dropout = 0.0  # Zero the image in training, for guidance.
-
-  _blocks_and_diffusion(c, num_blocks=num_blocks)
-  _sampler(c, num_steps=0, guidance_scale=1.0)
-  # The official estimate is softmax(logits) @ E with the RAW table although
-  # the targets are normalised rows; True uses the normalised rows.
-  c.sampler.normalized_table = False
-  # The denoised estimate between steps: "soft" = softmax(logits) @ table
-  # (official) or "hard" = the argmax class's row.
-  c.sampler.estimate = "soft"
   _optimizer(
     c,
     learning_rate=learning_rate,
-    warmup_steps=int(warmup_epochs * steps_per_epoch * num_blocks),
-    schedule="cosine",
+    warmup_steps=int(warmup_epochs * c.steps_per_epoch * num_blocks),
     weight_decay=0.01,
-    clip_norm=1.0,
   )
   _data(
     c,
@@ -254,7 +310,6 @@ def vit_classification(
     num_classes=num_classes,
     normalisation="dataset",
   )
-  _memory_and_plan(c)
   return c
 
 
@@ -284,21 +339,10 @@ def dit_generation(
   rate, no weight decay and no clipping; 10% label dropout; 50 Euler steps
   with guidance 2.0. EMA, which DiT uses, is not part of this recipe yet.
   """
-  c = ml_collections.ConfigDict()
-  _run(
-    c,
-    epochs=epochs,
-    steps_per_epoch=num_train // batch_size,
-    num_blocks=num_blocks,
-    batch_size=batch_size,
-  )
+  c = _recipe("dit", num_train, num_blocks, epochs, batch_size)
   c.eval_batch_size = 250
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "dit"
   set_dit_variant(c, variant)
   c.model.mlp_ratio = 4
-  c.model.frequency_dim = 256
   # Reference default: 2 C output channels (DiT's learned variance), of which
   # EDM uses C; keeps the reference's parameter count and checkpoints.
   c.model.learn_sigma = True
@@ -307,17 +351,15 @@ def dit_generation(
   # jax.nn.dot_product_attention (cuDNN's fused attention on GPU, with q, k
   # and v in model.dtype). The same function.
   c.model.attention = "einsum"
-  _precision_and_remat(c.model)
 
-  _blocks_and_diffusion(c, num_blocks=num_blocks)
-  _sampler(c, num_steps=50, guidance_scale=2.0)
+  _edm(c, num_steps=50, guidance_scale=2.0)
   _optimizer(
     c,
     learning_rate=learning_rate,
     warmup_steps=0,
-    schedule="constant",
     weight_decay=0.0,
     clip_norm=0.0,
+    schedule="constant",
   )
   _data(
     c,
@@ -351,8 +393,23 @@ def dit_generation(
   c.sample.labels = ()  # () = cycle through the classes.
   c.sample.columns = 0  # 0 = one column per class.
   c.sample.seed = 0
+  return c
 
-  _memory_and_plan(c)
+
+def paper_dit(
+  dataset: str, *, variant: str, epochs: int, learning_rate: float
+) -> ml_collections.ConfigDict:
+  """`dit_generation` as the paper runs it on `dataset` (method_spec 2.2,
+  Table 2): B=3, batch 512, FID on Inception-v3 features."""
+  c = dit_generation(
+    **image_data(dataset),
+    variant=variant,
+    num_blocks=3,
+    epochs=epochs,
+    batch_size=512,
+    learning_rate=learning_rate,
+  )
+  c.eval.feature_network = "inception"
   return c
 
 
@@ -362,9 +419,12 @@ def as_end_to_end(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return families.end_to_end_config(c)
 
 
-def _smoke_run(c: ml_collections.ConfigDict, *, eval_batch_size: int) -> None:
-  """The run of every smoke config: B=3 equal blocks, 12 steps of 16
-  examples, logs every 4 steps, a checkpoint every 6."""
+def _smoke(c, *, eval_batch_size, warmup_steps=None, **model) -> None:
+  """The run of every smoke config: a 3-layer model with 2 heads and 32
+  frequencies (and the family's `model` fields), B=3 equal blocks, 12
+  steps of 16 examples (`warmup_steps` of them warmup, None = the
+  recipe's), logs every 4 steps, a checkpoint every 6."""
+  c.model.update(num_layers=3, num_heads=2, frequency_dim=32, **model)
   c.blocks.num_blocks = 3
   c.blocks.layer_distribution = ()
   c.total_steps = 12
@@ -372,22 +432,25 @@ def _smoke_run(c: ml_collections.ConfigDict, *, eval_batch_size: int) -> None:
   c.eval_batch_size = eval_batch_size
   c.log_every_steps = 4
   c.checkpoint_every_steps = 6
+  if warmup_steps is not None:
+    c.optimizer.warmup_steps = warmup_steps
+
+
+def _synthetic_smoke(c, image_shape) -> None:
+  """Synthetic images of `image_shape`, 256 to train on and 64 to test."""
+  c.data.name = "synthetic"
+  c.data.image_shape = c.data.synthetic_image_shape = image_shape
+  c.data.synthetic_num_train = 256
+  c.data.synthetic_num_eval = 64
 
 
 def as_smoke(c: ml_collections.ConfigDict, *, keep_data: bool = False) -> None:
   """Tiny and fast: seconds on a CPU, synthetic data of the same shape."""
-  c.model.num_layers = 3
-  c.model.width = 24
-  c.model.num_heads = 2
-  c.model.mlp_dim = 48
-  c.model.cond_dim = 8
-  c.model.frequency_dim = 32
-  _smoke_run(c, eval_batch_size=64)
-  c.optimizer.warmup_steps = 2
+  _smoke(
+    c, eval_batch_size=64, warmup_steps=2, width=24, mlp_dim=48, cond_dim=8
+  )
   if not keep_data:
-    c.data.name = "synthetic"
-    c.data.synthetic_num_train = 256
-    c.data.synthetic_num_eval = 64
+    _synthetic_smoke(c, c.data.image_shape)
 
 
 def latent_encoding(
@@ -430,23 +493,13 @@ def latent_encoding(
 
 def as_dit_smoke(c: ml_collections.ConfigDict, *, keep_data=False) -> None:
   """A tiny DiT: seconds on a CPU, synthetic data of a small shape."""
-  c.model.variant = "smoke"
-  c.model.num_layers = 3
-  c.model.width = 32
-  c.model.num_heads = 2
-  c.model.frequency_dim = 32
-  c.model.patch_size = 4
-  _smoke_run(c, eval_batch_size=32)
+  _smoke(c, eval_batch_size=32, variant="smoke", width=32, patch_size=4)
   c.sampler.num_steps = 6
   c.eval.num_samples = 64
   c.eval.feature_network = "none"
   c.sample.num_samples = 20
   if not keep_data:
-    c.data.name = "synthetic"
-    c.data.image_shape = (16, 16, c.data.image_shape[-1])
-    c.data.synthetic_image_shape = c.data.image_shape
-    c.data.synthetic_num_train = 256
-    c.data.synthetic_num_eval = 64
+    _synthetic_smoke(c, (16, 16, c.data.image_shape[-1]))
 
 
 def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
@@ -455,14 +508,13 @@ def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
   c.data.image_shape = (8, 8, 4)
   c.data.eval_split = "test"
   c.model.patch_size = 2
-  c.encode.images.name = "synthetic"
-  c.encode.images.image_shape = (16, 16, 3)
-  c.encode.images.synthetic_image_shape = (16, 16, 3)
-  c.encode.images.num_classes = c.data.num_classes
-  c.encode.images.synthetic_num_classes = c.data.num_classes
-  c.encode.images.synthetic_num_train = 40
-  c.encode.images.synthetic_num_eval = 20
-  c.encode.images.eval_split = "test"
+  images = c.encode.images
+  images.name = "synthetic"
+  images.image_shape = images.synthetic_image_shape = (16, 16, 3)
+  images.num_classes = images.synthetic_num_classes = c.data.num_classes
+  images.synthetic_num_train = 40
+  images.synthetic_num_eval = 20
+  images.eval_split = "test"
   c.eval.reference_split = "test"  # FID reference: the synthetic images.
   c.encode.splits = ("train", "test")
   c.encode.image_size = 16
@@ -473,6 +525,48 @@ def as_latent_smoke(c: ml_collections.ConfigDict) -> None:
   c.encode.vae.norm_num_groups = 4
 
 
+def _language(
+  model,
+  *,
+  corpus,
+  num_train_tokens,
+  seq_len,
+  num_blocks,
+  epochs,
+  batch_size,
+  learning_rate,
+  warmup_steps,
+  weight_decay,
+):
+  """The language models' recipe: epochs of `num_train_tokens` cut into
+  windows of `seq_len` (the longest context, `model.max_seq_len`); AdamW
+  with the family's `weight_decay`, warmup in baseline steps, cosine decay,
+  clipping at 1; the corpus, and the evaluation's and sampling's seeds."""
+  num_windows = num_train_tokens // seq_len
+  c = _recipe(model, num_windows, num_blocks, epochs, batch_size)
+  c.eval_batch_size = 64
+  c.model.max_seq_len = seq_len
+  _optimizer(
+    c,
+    learning_rate=learning_rate,
+    warmup_steps=warmup_steps * num_blocks,
+    weight_decay=weight_decay,
+  )
+  c.data = ml_collections.ConfigDict()
+  c.data.name = corpus  # pydocs (python3.11-doc) | text8 | lm1b (TFDS)
+  # pydocs: "" = /usr/share/doc/python3.11; text8: the folder that holds
+  # text8.zip (or the file itself); lm1b: the TFDS data_dir.
+  c.data.dir = ""
+  c.data.seq_len = seq_len
+  c.data.eval_split = "test"  # test | validation (text8)
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_sequences = 0  # Evaluated windows; 0 = the whole split.
+  c.eval.seed = 1
+  c.sample = ml_collections.ConfigDict()  # --mode=sample
+  c.sample.seed = 0
+  return c
+
+
 def mdm_language(
   *,
   corpus: str,
@@ -480,124 +574,81 @@ def mdm_language(
   num_layers: int,
   width: int,
   num_heads: int,
-  seq_len: int,
-  num_blocks: int,
-  epochs: int,
-  batch_size: int,
-  learning_rate: float,
-  warmup_steps: int,
+  **language,
 ) -> ml_collections.ConfigDict:
-  """The DiffusionBlocks masked-diffusion LM recipe (method_spec 2.3, MD4).
+  """The DiffusionBlocks masked-diffusion LM recipe (method_spec 2.3, MD4)
+  on `_language`'s run (its other arguments: seq_len, num_blocks, epochs,
+  batch_size, learning_rate, warmup_steps).
 
   MD4's linear schedule, the partition in equal decrements of alpha(t),
   gamma 0.05 by t-width (our choice: the paper does not say how gamma
   widens a t-interval); AdamW with weight decay 0.03 and warmup, cosine
   decay to zero (MD4's text8 recipe), clipping at 1.
   """
-  c = ml_collections.ConfigDict()
-  steps_per_epoch = num_train_characters // seq_len // batch_size
-  _run(
-    c,
-    epochs=epochs,
-    steps_per_epoch=steps_per_epoch,
-    num_blocks=num_blocks,
-    batch_size=batch_size,
+  c = _language(
+    "mdm",
+    corpus=corpus,
+    num_train_tokens=num_train_characters,
+    weight_decay=0.03,
+    **language,
   )
-  c.eval_batch_size = 64
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "mdm"
-  c.model.num_layers = num_layers
-  c.model.width = width
-  c.model.num_heads = num_heads
-  c.model.mlp_ratio = 4
-  c.model.frequency_dim = 256
-  c.model.max_seq_len = seq_len  # Rows of the learned position table.
-  _precision_and_remat(c.model)
-
-  _blocks(c, num_blocks=num_blocks)
-  # For partition="explicit": B+1 times in block order (block 0 is the most
-  # masked), from 1 down to 0.
+  c.model.update(
+    num_layers=num_layers, width=width, num_heads=num_heads, mlp_ratio=4
+  )
+  c.optimizer.min_learning_rate = 0.0
   c.diffusion = ml_collections.ConfigDict()
   c.diffusion.schedule = "linear"  # alpha(t): linear (MD4) | cosine
   c.diffusion.t_min = 1e-3  # Training never draws t below this.
   c.diffusion.time_scale = 1000.0  # The time embedder reads 1000 t.
 
   c.sampler = ml_collections.ConfigDict()
-  c.sampler.num_steps = seq_len  # Grid points, free of B.
+  c.sampler.num_steps = c.data.seq_len  # Grid points, free of B.
   c.sampler.method = "ancestral"  # MD4's ancestral unmasking.
   c.sampler.grid = "uniform"  # Equal rises of alpha per step.
 
-  _optimizer(
-    c,
-    learning_rate=learning_rate,
-    warmup_steps=warmup_steps * num_blocks,
-    schedule="cosine",
-    weight_decay=0.03,
-    clip_norm=1.0,
-  )
-  c.optimizer.min_learning_rate = 0.0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = corpus  # pydocs (python3.11-doc) | text8 (text8.zip)
-  # pydocs: "" = /usr/share/doc/python3.11; text8: the folder that holds
-  # text8.zip (or the file itself).
-  c.data.dir = ""
-  c.data.seq_len = seq_len
-  c.data.eval_split = "test"  # test | validation
-
-  c.eval = ml_collections.ConfigDict()
   # Times per sequence in the ELBO estimate, split evenly over the blocks
   # (a multiple of B), stratified within each block's t-interval.
   c.eval.num_t_samples = 12
-  c.eval.max_sequences = 0  # 0 = the whole split.
   c.eval.num_samples = 4  # Text samples written at each evaluation.
-  c.eval.seed = 1
-
-  c.sample = ml_collections.ConfigDict()  # --mode=sample
   c.sample.num_samples = 8
-  c.sample.seed = 0
-
-  _memory_and_plan(c)
   return c
+
+
+def _lm_smoke(c, *, eval_batch_size, **model) -> None:
+  """A tiny language model over 32-token windows of the Python docs."""
+  c.data.name = "pydocs"
+  c.data.dir = ""
+  c.data.seq_len = 32
+  _smoke(
+    c,
+    eval_batch_size=eval_batch_size,
+    warmup_steps=2,
+    width=32,
+    max_seq_len=32,
+    **model,
+  )
 
 
 def as_mdm_smoke(c: ml_collections.ConfigDict) -> None:
   """A tiny token DiT on the Python docs: seconds on a CPU."""
-  c.data.name = "pydocs"
-  c.data.dir = ""
-  c.model.num_layers = 3
-  c.model.width = 32
-  c.model.num_heads = 2
-  c.model.frequency_dim = 32
-  c.model.max_seq_len = 32
-  c.data.seq_len = 32
-  _smoke_run(c, eval_batch_size=32)
-  c.optimizer.warmup_steps = 2
+  _lm_smoke(c, eval_batch_size=32)
   c.sampler.num_steps = 8
-  c.eval.num_t_samples = 3
-  c.eval.max_sequences = 64
-  c.eval.num_samples = 2
+  c.eval.update(num_t_samples=3, max_sequences=64, num_samples=2)
   c.sample.num_samples = 3
 
 
 def ar_language(
   *,
-  corpus: str,
-  num_train_tokens: int,
   vocab_size: int,
   num_layers: int,
   width: int,
   num_heads: int,
   mlp_dim: int,
-  seq_len: int,
-  num_blocks: int,
-  epochs: int,
-  batch_size: int,
-  learning_rate: float,
-  warmup_steps: int,
+  **language,
 ) -> ml_collections.ConfigDict:
-  """The DiffusionBlocks autoregressive LM recipe (method_spec 2.4).
+  """The DiffusionBlocks autoregressive LM recipe (method_spec 2.4) on
+  `_language`'s run (its other arguments: corpus, num_train_tokens,
+  seq_len, num_blocks, epochs, batch_size, learning_rate, warmup_steps).
 
   A Llama-style transformer (RMSNorm, RoPE, SwiGLU) with AdaLN noise
   conditioning; the 2T layout; EDM over token embeddings with the paper's
@@ -606,97 +657,58 @@ def ar_language(
   not state is our choice: cosine decay to a tenth, weight decay 0.1 and
   clipping at 1 (Llama-2's), sigma per token.
   """
-  c = ml_collections.ConfigDict()
-  _run(
-    c,
-    epochs=epochs,
-    steps_per_epoch=num_train_tokens // seq_len // batch_size,
-    num_blocks=num_blocks,
-    batch_size=batch_size,
+  c = _language("ar", weight_decay=0.1, **language)
+  c.model.update(
+    vocab_size=vocab_size,  # The tokenizer's pieces.
+    num_layers=num_layers,
+    width=width,
+    num_heads=num_heads,
+    mlp_dim=mlp_dim,  # SwiGLU hidden size.
+    cond_dim=width,  # Width of the noise-level condition.
+    norm_eps=1e-5,  # RMSNorm epsilon (Llama-2).
+    rope_theta=10000.0,
   )
-  c.eval_batch_size = 64
-
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "ar"
-  c.model.vocab_size = vocab_size  # The tokenizer's pieces.
-  c.model.max_seq_len = seq_len  # The longest context generation accepts.
-  c.model.num_layers = num_layers
-  c.model.width = width
-  c.model.num_heads = num_heads
-  c.model.mlp_dim = mlp_dim  # SwiGLU hidden size.
-  c.model.cond_dim = width  # Width of the noise-level condition.
-  c.model.frequency_dim = 256
-  c.model.norm_eps = 1e-5  # RMSNorm epsilon (Llama-2).
-  c.model.rope_theta = 10000.0
-  _precision_and_remat(c.model)
-
-  _blocks_and_diffusion(c, num_blocks=num_blocks)
   c.blocks.gamma = 0.1
+  _edm(
+    c,
+    num_steps=0,  # B steps per token.
+    estimate="soft",  # soft: softmax(logits) @ E | hard: argmax row
+    normalized_table=True,  # The estimate uses the target rows.
+    top_p=0.95,  # The baseline's nucleus sampling.
+    # Scales DiffusionBlocks' starting noise: 1 = the official chain (a
+    # sampler of the model's distribution); lower sharpens, 0 is
+    # deterministic.
+    temperature=1.0,
+  )
   # token: every noisy token draws its own sigma in the block's range;
   # sequence: one sigma per sequence.
   c.diffusion.sigma_per = "token"
-
-  _sampler(c, num_steps=0, guidance_scale=1.0)  # B steps per token.
-  del c.sampler.guidance_scale
-  c.sampler.estimate = "soft"  # soft: softmax(logits) @ E | hard: argmax row
-  c.sampler.normalized_table = True  # The estimate uses the target rows.
-  c.sampler.top_p = 0.95  # The baseline's nucleus sampling.
-  # Scales DiffusionBlocks' starting noise: 1 = the official chain (a
-  # sampler of the model's distribution); lower sharpens, 0 is deterministic.
-  c.sampler.temperature = 1.0
-
-  _optimizer(
-    c,
-    learning_rate=learning_rate,
-    warmup_steps=warmup_steps * num_blocks,
-    schedule="cosine",
-    weight_decay=0.1,
-    clip_norm=1.0,
-  )
-  c.optimizer.min_learning_rate = learning_rate / 10
+  c.optimizer.min_learning_rate = c.optimizer.learning_rate / 10
   c.optimizer.b2 = 0.95  # Llama-2's.
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = corpus  # pydocs (python3.11-doc) | lm1b (TFDS)
-  # pydocs: "" = /usr/share/doc/python3.11; lm1b: the TFDS data_dir.
-  c.data.dir = ""
   # A SentencePiece model; "" trains a BPE of model.vocab_size pieces on the
   # pydocs training split (LM1B needs one: Llama-2's tokenizer.model).
   c.data.tokenizer = ""
-  c.data.seq_len = seq_len
-  c.data.eval_split = "test"
-
-  c.eval = ml_collections.ConfigDict()
-  c.eval.max_sequences = 0  # Next-token accuracy windows; 0 = the split.
   c.eval.num_prompts = 64  # Held-out prompts; 0 = no continuations.
   c.eval.samples_per_prompt = 5
   c.eval.prompt_length = 32
   c.eval.continuation_length = 32
-  c.eval.seed = 1
   # The judge of generative perplexity and MAUVE: the workdir of an ar_*
   # :e2e run on the same corpus and tokenizer ("" = no judge).
   c.eval.judge_workdir = ""
   c.eval.mauve_scaling = 2.0  # The paper's (v4); the mauve package's is 5.
-
-  c.sample = ml_collections.ConfigDict()  # --mode=sample
-  c.sample.seed = 0
-
-  _memory_and_plan(c)
   return c
 
 
+# The CPU-sized language runs on the Python docs, shared by the three LM
+# families' configs so that they compare: windows, epochs and optimizer.
+PYDOCS_RUN = dict(
+  seq_len=64, epochs=1, batch_size=32, learning_rate=1e-3, warmup_steps=200
+)
 # The language corpora's data and optimizer settings, shared by the
 # autoregressive and recurrent-depth configs so that their runs compare
 # (and share a judge): `ar_language(**PYDOCS_LM, ...)`.
 PYDOCS_LM = dict(
-  corpus="pydocs",
-  num_train_tokens=3_875_713,
-  vocab_size=2048,
-  seq_len=64,
-  epochs=1,
-  batch_size=32,
-  learning_rate=1e-3,
-  warmup_steps=200,
+  corpus="pydocs", num_train_tokens=3_875_713, vocab_size=2048, **PYDOCS_RUN
 )
 LM1B_LM = dict(  # The paper's (method_spec 2.4).
   corpus="lm1b",
@@ -714,9 +726,8 @@ def pydocs_lm_run(c: ml_collections.ConfigDict) -> None:
   1,000 prompts x 5 (SEDD's protocol), accuracy on 1,024 test windows."""
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
-  c.eval.max_sequences = 1024
-  c.eval.num_prompts = 1000
   c.eval_batch_size = 250
+  c.eval.update(max_sequences=1024, num_prompts=1000)
 
 
 def lm1b_lm_run(c: ml_collections.ConfigDict) -> None:
@@ -725,33 +736,30 @@ def lm1b_lm_run(c: ml_collections.ConfigDict) -> None:
   c.log_every_steps = 500
   c.checkpoint_every_steps = 5000
   c.eval_batch_size = 128
-  c.eval.max_sequences = 4096
-  c.eval.num_prompts = 1000
-  c.eval.prompt_length = 50
-  c.eval.continuation_length = 50
+  c.eval.update(
+    max_sequences=4096,
+    num_prompts=1000,
+    prompt_length=50,
+    continuation_length=50,
+  )
 
 
 def as_ar_smoke(c: ml_collections.ConfigDict) -> None:
   """A tiny Llama on the Python docs with a 512-piece BPE: seconds."""
-  c.data.name = "pydocs"
-  c.data.dir = ""
   c.data.tokenizer = ""
-  c.model.vocab_size = 512
-  c.model.num_layers = 3
-  c.model.width = 32
-  c.model.num_heads = 2
-  c.model.mlp_dim = 64
-  c.model.cond_dim = 32
-  c.model.frequency_dim = 32
-  c.model.max_seq_len = 32
-  c.data.seq_len = 32
-  _smoke_run(c, eval_batch_size=16)
-  c.optimizer.warmup_steps = 2
-  c.eval.max_sequences = 32
-  c.eval.num_prompts = 2
-  c.eval.samples_per_prompt = 2
-  c.eval.prompt_length = 8
-  c.eval.continuation_length = 8
+  _lm_smoke(c, eval_batch_size=16, vocab_size=512, mlp_dim=64, cond_dim=32)
+  c.eval.update(
+    max_sequences=32,
+    num_prompts=2,
+    samples_per_prompt=2,
+    prompt_length=8,
+    continuation_length=8,
+  )
+
+
+# Huginn's default layout (method_spec 2.5): `recurrent_language(**HUGINN,
+# ...)`.
+HUGINN = dict(prelude_layers=2, recurrent_layers=4, coda_layers=2)
 
 
 def recurrent_language(

@@ -22,23 +22,8 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, e2e=False, variant="S/2", epochs=100
+  args = common.parse_arg(arg, variant="S/2", epochs=100)
+  c = common.paper_dit(
+    "cifar10", variant=args.variant, epochs=args.epochs, learning_rate=1e-4
   )
-  c = common.dit_generation(
-    dataset="cifar10",
-    image_shape=(32, 32, 3),
-    num_classes=10,
-    num_train=50_000,
-    variant=args.variant,
-    num_blocks=3,
-    epochs=args.epochs,
-    batch_size=512,
-    learning_rate=1e-4,
-  )
-  c.eval.feature_network = "inception"
-  if args.smoke:
-    common.as_dit_smoke(c)  # No FID.
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_dit_smoke)  # Smoke: no FID.

@@ -26,15 +26,11 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, e2e=False, variant="S/4", epochs=0, tfds=False, cpu=False
-  )
+  args = common.parse_arg(arg, variant="S/4", epochs=0, tfds=False, cpu=False)
+  dataset = "fashion_mnist" if args.tfds else "fashion_mnist_idx"
   epochs = args.epochs or (3 if args.cpu else 50)
   c = common.dit_generation(
-    dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
-    image_shape=(28, 28, 1),
-    num_classes=10,
-    num_train=60_000,
+    **common.image_data(dataset),
     variant=args.variant,
     num_blocks=3,
     epochs=epochs,
@@ -46,8 +42,4 @@ def get_config(arg=None):
     c.model.variant = "custom"
     c.model.num_layers, c.model.width, c.model.num_heads = 6, 64, 4
     c.eval.num_samples = 4_000
-  if args.smoke:
-    common.as_dit_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_dit_smoke)

@@ -38,18 +38,11 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, e2e=False, variant="L/2", epochs=100
-  )
-  c = common.dit_generation(
-    dataset="imagenet_latents",
-    image_shape=(32, 32, 4),
-    num_classes=1000,
-    num_train=1_281_167,
+  args = common.parse_arg(arg, variant="L/2", epochs=100)
+  c = common.paper_dit(
+    "imagenet_latents",
     variant=args.variant,
-    num_blocks=3,
     epochs=args.epochs,
-    batch_size=512,
     learning_rate=5e-5,
   )
   c.data.flip = False  # Mirrors are encoded as views (encode.flip).
@@ -63,12 +56,7 @@ def get_config(arg=None):
     splits=("train",),
   )
   # FID of decoded samples against validation crops (see the docstring).
-  c.eval.feature_network = "inception"
   c.eval.reference_split = "validation"
   c.eval.num_samples = 1_000
-  if args.smoke:
-    common.as_dit_smoke(c)  # No FID.
-    common.as_latent_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  # Smoke: no FID.
+  return common.finish(c, args, common.as_dit_smoke, common.as_latent_smoke)

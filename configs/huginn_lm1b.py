@@ -26,23 +26,18 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, baseline=False, e2e=False)
+  args = common.parse_arg(arg, baseline=False)
+  baseline = args.baseline or args.e2e  # The same.
   c = common.recurrent_language(
     **common.LM1B_LM,
-    prelude_layers=2,
-    recurrent_layers=4,
-    coda_layers=2,
+    **common.HUGINN,
     width=512,
     num_heads=8,
     mlp_dim=1408,
-    epochs=5 if args.baseline or args.e2e else 15,
+    epochs=5 if baseline else 15,
     mean_depth=32.0,
     backprop_depth=8,
     inference_depth=32,
   )
   common.lm1b_lm_run(c)
-  if args.smoke:
-    common.as_recurrent_smoke(c)
-  if args.baseline or args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_recurrent_smoke, e2e=baseline)

@@ -27,14 +27,10 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, baseline=False, e2e=False, steps=1000
-  )
+  args = common.parse_arg(arg, baseline=False, steps=1000)
   c = common.recurrent_language(
     **common.PYDOCS_LM,
-    prelude_layers=2,
-    recurrent_layers=4,
-    coda_layers=2,
+    **common.HUGINN,
     width=128,
     num_heads=4,
     mlp_dim=352,
@@ -42,10 +38,7 @@ def get_config(arg=None):
     backprop_depth=4,
     inference_depth=8,
   )
-  c.total_steps = args.steps
+  common.set_steps(c, args.steps)
   common.pydocs_lm_run(c)
-  if args.smoke:
-    common.as_recurrent_smoke(c)
-  if args.baseline or args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  baseline = args.baseline or args.e2e
+  return common.finish(c, args, common.as_recurrent_smoke, e2e=baseline)

@@ -25,27 +25,18 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False, steps=2500)
+  args = common.parse_arg(arg, steps=2500)
   c = common.mdm_language(
+    **common.PYDOCS_RUN,
     corpus="pydocs",
     num_train_characters=7_850_577,
     num_layers=6,
     width=128,
     num_heads=4,
-    seq_len=64,
     num_blocks=3,
-    epochs=1,
-    batch_size=32,
-    learning_rate=1e-3,
-    warmup_steps=200,
   )
-  c.total_steps = args.steps * c.blocks.num_blocks
+  common.set_steps(c, args.steps)
   c.log_every_steps = 100
-  c.eval_every_steps = 0
   c.checkpoint_every_steps = 500
   c.eval.max_sequences = 2048
-  if args.smoke:
-    common.as_mdm_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_mdm_smoke)

@@ -26,7 +26,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False, epochs=100)
+  args = common.parse_arg(arg, epochs=100)
   c = common.mdm_language(
     corpus="text8",
     num_train_characters=90_000_000,
@@ -41,11 +41,5 @@ def get_config(arg=None):
     warmup_steps=2000,
   )
   c.log_every_steps = 200
-  c.eval_every_steps = 0
   c.checkpoint_every_steps = 5000
-  c.eval.max_sequences = 0
-  if args.smoke:
-    common.as_mdm_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_mdm_smoke)

@@ -37,12 +37,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False, official=False)
+  args = common.parse_arg(arg, official=False)
   c = common.vit_classification(
-    dataset="digits",
-    image_shape=(8, 8, 1),
-    num_classes=10,
-    num_train=1497,
+    **common.image_data("digits"),
     num_layers=4,
     width=64,
     num_heads=4,
@@ -78,8 +75,9 @@ def get_config(arg=None):
     c.blocks.sigma_sampling = "log_uniform"
     c.sampler.normalized_table = True
     c.sampler.estimate = "hard"
-  if args.smoke:
-    common.as_smoke(c, keep_data=True)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, _smoke)
+
+
+def _smoke(c):
+  """The smoke run on the digits themselves (bundled, no download)."""
+  common.as_smoke(c, keep_data=True)

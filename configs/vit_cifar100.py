@@ -16,12 +16,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False)
+  args = common.parse_arg(arg)
   c = common.vit_classification(
-    dataset="cifar100",
-    image_shape=(32, 32, 3),
-    num_classes=100,
-    num_train=50_000,
+    **common.image_data("cifar100"),
     num_layers=12,
     width=128,
     num_heads=4,
@@ -34,8 +31,4 @@ def get_config(arg=None):
     warmup_epochs=10,
   )
   c.data.randaugment = True  # The paper's "flip + RandAugment" recipe.
-  if args.smoke:
-    common.as_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_smoke)

@@ -24,14 +24,10 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(
-    arg, smoke=False, e2e=False, tfds=False, epochs=15, tuned=False
-  )
+  args = common.parse_arg(arg, tfds=False, epochs=15, tuned=False)
+  dataset = "fashion_mnist" if args.tfds else "fashion_mnist_idx"
   c = common.vit_classification(
-    dataset="fashion_mnist" if args.tfds else "fashion_mnist_idx",
-    image_shape=(28, 28, 1),
-    num_classes=10,
-    num_train=60_000,
+    **common.image_data(dataset),
     num_layers=6,
     width=64,
     num_heads=4,
@@ -54,8 +50,4 @@ def get_config(arg=None):
     c.blocks.layer_distribution = (4, 1, 1)
     c.sampler.normalized_table = True
     c.sampler.estimate = "hard"
-  if args.smoke:
-    common.as_smoke(c)
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_smoke)

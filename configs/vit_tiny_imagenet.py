@@ -14,12 +14,9 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, smoke=False, e2e=False)
+  args = common.parse_arg(arg)
   c = common.vit_classification(
-    dataset="tiny_imagenet",
-    image_shape=(64, 64, 3),
-    num_classes=200,
-    num_train=100_000,
+    **common.image_data("tiny_imagenet"),
     num_layers=12,
     width=768,
     num_heads=12,
@@ -35,10 +32,10 @@ def get_config(arg=None):
   c.data.eval_split = "val"
   c.data.crop_padding = 0
   c.data.random_resized_crop = True  # Official Tiny-ImageNet augmentation.
-  if args.smoke:
-    common.as_smoke(c)
-    c.blocks.num_blocks = 2
-    c.model.num_layers = 2
-  if args.e2e:
-    c = common.as_end_to_end(c)
-  return c
+  return common.finish(c, args, common.as_smoke, _smoke)
+
+
+def _smoke(c):
+  """The smoke run keeps B=2, one layer each."""
+  c.blocks.num_blocks = 2
+  c.model.num_layers = 2

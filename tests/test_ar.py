@@ -24,6 +24,7 @@ from dblocks_jax.evaluate import diversity
 from dblocks_jax.evaluate import judge as judging
 from dblocks_jax.evaluate.judge import Judge
 from dblocks_jax.families import ar as ar_family
+from dblocks_jax.families import evaluation as wiring
 from dblocks_jax.families import runs, train
 from dblocks_jax.models import ar
 from dblocks_jax.nn import llama
@@ -411,7 +412,11 @@ def test_a_judge_gives_generative_perplexity_and_mauve(trained, baseline_run):
 def test_judge_perplexity_is_the_exponent_of_the_mean_nll(baseline_run):
   judge_dir, _ = baseline_run
   tok = tokenizers.load(str(judge_dir / ar_family.TOKENIZER_FILE))
-  judge = Judge(str(judge_dir), vocab_size=512, tokenizer_proto=tok.proto)
+  judge = wiring.load_judge(
+    str(judge_dir), vocab_size=512, tokenizer_proto=tok.proto
+  )
+  assert isinstance(judge, Judge)
+  assert judge.description["judge_workdir"] == str(judge_dir)
   tokens = np.asarray(_tokens((3, 12), seed=2)) % 512
   config = ar_pydocs.get_config("smoke,e2e")
   _, _, trainer = runs.restore_run(config, str(judge_dir))
@@ -430,11 +435,41 @@ def test_a_judge_of_another_vocabulary_or_method_is_refused(
   _, blockwise_dir, _ = trained
   tok = tokenizers.load(str(judge_dir / ar_family.TOKENIZER_FILE))
   with pytest.raises(ConfigError, match="512-piece vocabulary"):
-    Judge(str(judge_dir), vocab_size=1024, tokenizer_proto=tok.proto)
+    wiring.load_judge(
+      str(judge_dir), vocab_size=1024, tokenizer_proto=tok.proto
+    )
   with pytest.raises(ConfigError, match="another tokenizer"):
-    Judge(str(judge_dir), vocab_size=512, tokenizer_proto=b"other")
+    wiring.load_judge(str(judge_dir), vocab_size=512, tokenizer_proto=b"other")
   with pytest.raises(ConfigError, match="end-to-end AR LM"):
-    Judge(str(blockwise_dir), vocab_size=512, tokenizer_proto=tok.proto)
+    wiring.load_judge(
+      str(blockwise_dir), vocab_size=512, tokenizer_proto=tok.proto
+    )
+
+
+def test_the_judge_takes_any_causal_lm():
+  """The library's judge reads no run: an LM callable and its arrays. A
+  uniform LM over 7 tokens has perplexity 7; features are the last
+  token's."""
+
+  class Uniform:
+    def __init__(self, arrays):
+      self.scale = arrays["scale"]
+
+    def __call__(self, tokens):
+      return jnp.zeros((*tokens.shape, 7)) * self.scale
+
+    def features(self, tokens):
+      return jax.nn.one_hot(tokens, 7) * self.scale
+
+  arrays = {"scale": jnp.ones(())}
+  judge = Judge(Uniform, arrays, description={"judge": "uniform"})
+  tokens = np.arange(15).reshape(3, 5) % 7
+  got = judge.perplexity(tokens[:, :2], tokens[:, 2:], batch_size=2)
+  assert got == pytest.approx(7.0, rel=1e-5)
+  np.testing.assert_array_equal(
+    judge.features(tokens, batch_size=2), np.eye(7)[tokens[:, -1]]
+  )
+  assert judge.description == {"judge": "uniform"}
 
 
 def test_mauve_separates_distributions():

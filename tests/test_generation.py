@@ -15,10 +15,13 @@ from PIL import Image
 from configs import dit_fashion_mnist, vit_fashion_mnist
 from dblocks_jax import data, diffusion, families
 from dblocks_jax.blockwise import inference
+from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.cli import evaluation, memory, sampling
+from dblocks_jax.data.info import normalisation
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.evaluate import features, fid
 from dblocks_jax.families import common, runs, train
+from dblocks_jax.families import evaluation as wiring
 from dblocks_jax.tasks import DiffusionGeneration, Sampler
 
 
@@ -234,17 +237,45 @@ def test_fid_with_a_trained_classifier(dit_config, tmp_path):
 
 def test_the_classifier_loads_at_its_first_call(tmp_path):
   classifier = _trained_classifier(tmp_path, (16, 16, 1))
-  network = features.ClassifierFeatures(classifier)
+  network = wiring.classifier_features(classifier)
+  assert isinstance(network, features.ClassifierFeatures)
   assert network.params.loads == 0 and network.step == 6
+  assert network.description == {
+    "feature_network": "classifier",
+    "classifier_workdir": os.path.abspath(classifier),
+    "classifier_step": 6,
+    "classifier_data": "synthetic",
+  }
   pixels = np.random.default_rng(0).uniform(size=(3, 16, 16, 1))
   first = network(pixels)
   network.release()
   assert not network.params.on_device
   np.testing.assert_array_equal(network(pixels), first)  # The host copy.
   assert network.params.loads == 1 and first.shape[0] == 3
+  # The features are the restored classifier's head input, of the pixels
+  # normalised as in training: its head maps them to its logits.
+  config = runs.read_run_config(classifier)
+  _, _, trainer = runs.restore_run(config, classifier)
+  shared = parts_lib.merge(trainer.graphdefs.shared, trainer.arrays()["shared"])
+  mean, std = normalisation(common.data_options(config))
+  inputs = ((pixels - np.asarray(mean)) / np.asarray(std)).astype(np.float32)
+  logits = trainer.predict({"image": inputs})
+  trainer.close()
+  head = shared["model"].head(jnp.asarray(first))
+  np.testing.assert_allclose(head, logits, rtol=1e-4, atol=1e-4)
   shutil.rmtree(os.path.join(classifier, "checkpoints"))
   with pytest.raises(ConfigError, match="has no checkpoint"):
-    features.ClassifierFeatures(classifier)
+    wiring.classifier_features(classifier)
+
+
+def test_only_a_run_whose_task_gives_features_is_a_classifier(tmp_path):
+  """A DiT run is refused (its task has no `features`), before any
+  checkpoint is looked for."""
+  config = dit_fashion_mnist.get_config("smoke,e2e")
+  workdir = str(tmp_path / "dit")
+  runs.write_config(workdir, config, {})
+  with pytest.raises(ConfigError, match="end-to-end ViT classifier"):
+    wiring.classifier_features(workdir)
 
 
 def test_fid_feature_network_errors(dit_config, tmp_path):

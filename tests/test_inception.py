@@ -24,6 +24,7 @@ from flax import nnx
 from configs import dit_cifar10, dit_fashion_mnist, dit_imagenet
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import features, pixels
+from dblocks_jax.families import evaluation
 from dblocks_jax.models.pretrained import (
   inception,
   inception_weights,
@@ -219,16 +220,18 @@ def test_config_defaults_and_the_weights_flag(tmp_path, network):
   assert imagenet.eval.feature_network == "inception"
   assert imagenet.eval.reference_split == "validation"
   # Inception takes the decoded 256x256 RGB pixels, not the 32x32x4 latents.
-  assert pixels.pixel_shape(imagenet) == (256, 256, 3)
-  network.check_shape(pixels.pixel_shape(imagenet))
+  assert evaluation.pixel_shape(imagenet) == (256, 256, 3)
+  assert pixels.pixel_shape((32, 32, 4), downsample_factor=8) == (256, 256, 3)
+  assert pixels.pixel_shape((28, 28, 1)) == (28, 28, 1)
+  network.check_shape(evaluation.pixel_shape(imagenet))
   assert dit_imagenet.get_config("smoke").eval.feature_network == "none"
   assert dit_fashion_mnist.get_config().eval.feature_network == "classifier"
   with pytest.raises(ConfigError, match="--config.eval.inception_weights="):
-    features.from_config(config)
+    evaluation.feature_network(config)
   with config.unlocked():
     config.eval.inception_weights = str(tmp_path / "missing.pth")
   with pytest.raises(ConfigError, match="releases/download/fid_weights"):
-    features.from_config(config)
+    evaluation.feature_network(config)
 
 
 def test_making_the_network_reads_no_tensor(weights_file, monkeypatch):

@@ -18,10 +18,11 @@ from configs import dit_imagenet
 from dblocks_jax import data, evaluate, families
 from dblocks_jax.cli import encode, sampling
 from dblocks_jax.data import latents, sources
+from dblocks_jax.data.image_utils import center_crop
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 from dblocks_jax.evaluate import fid, generation, reference
-from dblocks_jax.families import common, train
+from dblocks_jax.families import common, evaluation, train
 from dblocks_jax.families import dit as dit_family
 from dblocks_jax.models.pretrained import inception_weights, vae, vae_weights
 
@@ -32,7 +33,7 @@ def encoded(tmp_path_factory):
   needs("safetensors", "weights")
   root = tmp_path_factory.mktemp("latents")
   config = dit_imagenet.get_config("smoke")
-  model = vae.AutoencoderKL(encode.vae_config(config), rngs=nnx.Rngs(0))
+  model = vae.AutoencoderKL(evaluation.vae_config(config), rngs=nnx.Rngs(0))
   config.encode.vae_weights = str(root / "vae.safetensors")
   vae_weights.save_vae(model, config.encode.vae_weights)
   config.data.dir = str(root / "latents")
@@ -61,7 +62,7 @@ def test_latents_are_the_vae_posterior_of_both_views(encoded):
   config, model = encoded
   images = DataOptions.from_mapping(config.encode.images)
   raw = sources.load_split(images, sources.TRAIN_FIELD)[21]
-  crop = encode.center_crop(raw["image"], 16).astype(np.float32)
+  crop = center_crop(raw["image"], 16).astype(np.float32)
   stored = latents.LatentSource(config.data.dir, "train")[21]
   assert stored["label"] == raw["label"]
   for view, pixels in enumerate((crop, crop[:, ::-1])):
@@ -80,10 +81,10 @@ def test_latents_are_the_vae_posterior_of_both_views(encoded):
 def test_center_crop():
   wide = np.zeros((20, 40, 1), np.uint8)
   wide[:, 20:] = 255  # Right half white.
-  out = encode.center_crop(wide, 16)
+  out = center_crop(wide, 16)
   assert out.shape == (16, 16, 3) and out.dtype == np.uint8
   assert out[:, 0].max() < 60 and out[:, -1].min() > 200  # Orientation kept.
-  assert np.all(encode.center_crop(np.full((64, 48, 3), 7, np.uint8), 16) == 7)
+  assert np.all(center_crop(np.full((64, 48, 3), 7, np.uint8), 16) == 7)
 
 
 def test_encoding_resumes_at_the_missing_shard(encoded, tmp_path):
@@ -196,7 +197,7 @@ def _reference_crops(config) -> np.ndarray:
   )
   source = sources.load_split(images, sources.EVAL_FIELD)
   return np.stack(
-    [encode.center_crop(source[i]["image"], 16) for i in range(len(source))]
+    [center_crop(source[i]["image"], 16) for i in range(len(source))]
   )
 
 
@@ -213,16 +214,25 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
   sample_fn = dit_family.sample_fn(trainer, sampler)
   network = RecordingFeatures()
   cache = str(tmp_path / "cache")
-  result = evaluate.evaluate_samples(
-    sample_fn, network, config, inference_steps=3, cache_dir=cache
+  settings = evaluation.sample_settings(config, inference_steps=3)
+  assert settings.seed == config.seed + 1 and settings.batch_size == 32
+  pieces = dict(
+    feature_network=network,
+    sample_pixels=evaluation.sample_pixels(config),
+    reference=evaluation.reference_images(config),
+    cache_dir=cache,
   )
+  assert pieces["sample_pixels"].decoder is not None
+  result = evaluate.evaluate_samples(sample_fn, settings, **pieces)
+  assert result["inference_steps"] == 3
+  assert result["sampler"] == config.sampler.method
   # Reference statistics first: the source images, cropped as encoding does.
   first, *samples = network.calls
   crops = _reference_crops(config)
   assert len(crops) == 20
   np.testing.assert_array_equal(first, crops / np.float32(255))
   # Then the samples, decoded by the VAE: pixels [8 f, 8 f, 3], not latents.
-  f = encode.vae_config(config).downsample_factor
+  f = evaluation.vae_config(config).downsample_factor
   assert [s.shape[1:] for s in samples] == [(8 * f, 8 * f, 3)] * 2
   assert [len(s) for s in samples] == [32, 8]
   latent = generation.generate(
@@ -243,19 +253,49 @@ def test_fid_on_latents_decodes_samples_and_uses_image_references(
 
   # Cached: a second evaluation scores only the samples.
   network.calls.clear()
-  again = evaluate.evaluate_samples(
-    sample_fn, network, config, inference_steps=3, cache_dir=cache
-  )
+  again = evaluate.evaluate_samples(sample_fn, settings, **pieces)
   assert len(network.calls) == 2 and again["fid"] == result["fid"]
   # The same images as a pixel dataset (uncropped) have another cache entry.
   as_pixels = copy.deepcopy(config)
   as_pixels.data = config.encode.images.copy_and_resolve_references()
   path = fid.cache_path(
     cache,
-    dict(network.description, **reference.description(as_pixels)),
+    dict(
+      network.description, **evaluation.reference_images(as_pixels).description
+    ),
   )
   assert path != result["reference_statistics"]
-  assert reference.kind(as_pixels) == "data"
+  assert evaluation.reference_kind(as_pixels) == "data"
+
+
+def test_reference_images_take_explicit_options(encoded):
+  """The library's reference images read no config: a dataset's options,
+  the kind and the crop."""
+  config, _ = encoded
+  options = DataOptions.from_mapping(config.encode.images).replace(
+    eval_split=config.eval.reference_split
+  )
+  images = reference.ReferenceImages("encode", options, crop=16)
+  assert images.description == dict(
+    dataset="synthetic",
+    split="test",
+    image_shape=[16, 16, 3],
+    reference_data="encode",
+    center_crop=16,
+  )
+  wired = evaluation.reference_images(config)
+  assert (wired.kind, wired.options, wired.crop) == ("encode", options, 16)
+  batches = list(images.pixel_batches(8))
+  assert [len(b) for b in batches] == [8, 8, 4]
+  np.testing.assert_array_equal(
+    np.concatenate(batches), _reference_crops(config)
+  )
+  as_data = reference.ReferenceImages("data", options)
+  assert as_data.description == dict(
+    dataset="synthetic", split="test", image_shape=list(options.image_shape)
+  )
+  with pytest.raises(ValueError, match="crop"):
+    reference.ReferenceImages("encode", options)
 
 
 def test_reference_data_errors(encoded):
@@ -263,14 +303,14 @@ def test_reference_data_errors(encoded):
   config = copy.deepcopy(config)
   config.eval.reference_data = "data"
   with pytest.raises(ConfigError, match="eval.reference_data='data'"):
-    reference.kind(config)
+    evaluation.reference_kind(config)
   config.eval.reference_data = "pixels"
   with pytest.raises(ConfigError, match="eval.reference_data='pixels'"):
-    reference.kind(config)
+    evaluation.reference_kind(config)
   config.eval.reference_data = "encode"
   config.encode.image_size = 32
   with pytest.raises(ConfigError, match="encode.image_size"):
-    reference.description(config)
+    evaluation.reference_images(config)
 
 
 def test_missing_reference_images_say_how_to_get_them(encoded, tmp_path):
@@ -281,14 +321,16 @@ def test_missing_reference_images_say_how_to_get_them(encoded, tmp_path):
   config.eval.reference_split = "validation"
   network = RecordingFeatures()
   cache = str(tmp_path / "cache")
-  with pytest.raises(DataError, match="tfds build imagenet2012"):
-    generation.check_reference(network, config, cache)
+  images = evaluation.reference_images(config)
+  with pytest.raises(DataError, match="tfds build imagenet2012") as info:
+    generation.check_reference(network, images, cache)
+  assert "eval.reference_split='validation'" in str(info.value)
   # Cached statistics need no images.
-  description = dict(network.description, **reference.description(config))
+  description = dict(network.description, **images.description)
   path = fid.cache_path(cache, description)
   os.makedirs(cache)
   np.savez(path, mean=np.zeros(6), cov=np.eye(6))
-  generation.check_reference(network, config, cache)
+  generation.check_reference(network, images, cache)
 
 
 class _TinyInception(nnx.Module):

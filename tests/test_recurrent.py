@@ -2,6 +2,7 @@
 backpropagation, scanned iterations and cached decoding."""
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from dblocks_jax import families
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.models import ar, recurrent
 from dblocks_jax.tasks import autoregressive, recurrent_depth
+from dblocks_jax.tasks.base import step_depth
 
 LAYERS = ar.ARConfig(
   vocab_size=40,
@@ -300,8 +302,11 @@ def test_training_flops_come_from_the_compiled_step():
   assert out["train_flops"] == out["step_flops"] * config.total_steps
   # The affine model holds further out: depth k + 6 compiled directly.
   experiment = families.get("recurrent").build(config)
-  k = experiment.task.backprop_depth
-  deep = dataclasses.replace(experiment.task, fixed_depth=k + 6)
+  depth = step_depth(experiment.task)
+  k = depth.backprop
+  assert k == experiment.task.backprop_depth
+  deep = depth.fixed(k + 6)
+  assert deep == dataclasses.replace(experiment.task, fixed_depth=k + 6)
   direct = flops.step_flops(config, dataclasses.replace(experiment, task=deep))
   at_k_plus_1 = out["flops_at_k_plus_1"]
   assert direct == pytest.approx(
@@ -309,3 +314,54 @@ def test_training_flops_come_from_the_compiled_step():
   )
   blockwise = flops.training_flops(huginn_pydocs.get_config("smoke"))
   assert blockwise["block_flops"] == [blockwise["step_flops"]]
+
+
+def test_the_task_says_whether_its_steps_draw_a_depth():
+  """FLOPs ask the task: the baseline draws Huginn's depth per step; the
+  block-wise task (and every other) runs one program."""
+  baseline = families.get("recurrent").build(
+    huginn_pydocs.get_config("smoke,baseline")
+  )
+  task = baseline.task
+  depth = step_depth(task)
+  keys = jax.random.split(jax.random.key(0), 4)
+  expected = [
+    recurrent.sample_depth(key, task.mean_depth, task.depth_sigma)
+    for key in keys
+  ]
+  np.testing.assert_array_equal(jax.vmap(depth.draw)(keys), expected)
+  assert depth.fixed(3).fixed_depth == 3 and task.fixed_depth == 0
+  blockwise = families.get("recurrent").build(huginn_pydocs.get_config("smoke"))
+  assert step_depth(blockwise.task) is None
+
+
+def test_the_recurrent_evaluation_adds_the_training_flops(monkeypatch):
+  """The generic evaluator adds step and training FLOPs (counted once) for
+  a family that reports them; the autoregressive family does not."""
+  from dblocks_jax.families import ar as ar_family
+  from dblocks_jax.families import evaluation, flops
+
+  counted = []
+
+  def training_flops(config):
+    counted.append(config)
+    return {"step_flops": 5.0}
+
+  def evaluator(self, config, experiment, workdir):
+    return lambda trainer: {"accuracy": 0.5}
+
+  monkeypatch.setattr(flops, "training_flops", training_flops)
+  monkeypatch.setattr(ar_family.ARFamily, "evaluator", evaluator)
+  config = huginn_pydocs.get_config("smoke")
+  family = families.get("recurrent")
+  evaluate = evaluation.evaluator(family, config, None, "/nonexistent")
+  trainer = types.SimpleNamespace(step_count=3)
+  assert evaluate(trainer) == {
+    "accuracy": 0.5,
+    "step_flops": 5.0,
+    "train_flops": 15.0,
+  }
+  trainer.step_count = 4
+  assert evaluate(trainer)["train_flops"] == 20.0 and counted == [config]
+  plain = evaluation.evaluator(families.get("ar"), config, None, "")
+  assert plain(trainer) == {"accuracy": 0.5}

@@ -22,45 +22,15 @@ import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
-from PIL import Image
 
 from dblocks_jax.data import latents, sources
+from dblocks_jax.data.image_utils import center_crop
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
+from dblocks_jax.families.evaluation import vae_config
 from dblocks_jax.models.pretrained import vae as vae_lib
 from dblocks_jax.models.pretrained import vae_weights
 from dblocks_jax.training import metrics
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """uint8 [H, W, C] (any size, grey or RGB) -> uint8 [size, size, 3]."""
-  pil = Image.fromarray(
-    np.asarray(image).squeeze(-1) if image.shape[-1] == 1 else image
-  )
-  pil = pil.convert("RGB")
-  while min(pil.size) >= 2 * size:
-    pil = pil.resize(tuple(s // 2 for s in pil.size), Image.Resampling.BOX)
-  scale = size / min(pil.size)
-  pil = pil.resize(
-    tuple(round(s * scale) for s in pil.size), Image.Resampling.BICUBIC
-  )
-  array = np.asarray(pil)
-  top = (array.shape[0] - size) // 2
-  left = (array.shape[1] - size) // 2
-  return array[top : top + size, left : left + size]
-
-
-def vae_config(config: ml_collections.ConfigDict) -> vae_lib.VAEConfig:
-  v = config.encode.vae
-  return vae_lib.VAEConfig(
-    in_channels=3,
-    out_channels=3,
-    latent_channels=int(v.latent_channels),
-    block_out_channels=tuple(int(c) for c in v.block_out_channels),
-    layers_per_block=int(v.layers_per_block),
-    norm_num_groups=int(v.norm_num_groups),
-    scaling_factor=float(v.scaling_factor),
-  )
 
 
 def _meta(config, vae: vae_lib.VAEConfig, num_classes: int) -> dict:

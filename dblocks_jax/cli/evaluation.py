@@ -9,7 +9,7 @@ import os
 
 import ml_collections
 
-from dblocks_jax.families import runs
+from dblocks_jax.families import evaluation, runs
 from dblocks_jax.training import metrics
 
 
@@ -17,7 +17,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str):
   """Evaluates the newest checkpoint in `workdir`; returns eval.json."""
   workdir = os.path.abspath(workdir)
   family, experiment, trainer = runs.restore_run(config, workdir)
-  result = family.evaluator(config, experiment, workdir)(trainer)
+  evaluate = evaluation.evaluator(family, config, experiment, workdir)
+  result = evaluate(trainer)
   result.update(step=trainer.step_count, method=experiment.method)
   metrics.MetricWriter(workdir).write_json("eval.json", result)
   trainer.close()

@@ -85,11 +85,5 @@ def dataset_info(data_config: DataOptions) -> DatasetInfo:
   found = sources.describe(data_config)
   mean, std = normalisation(data_config)
   return DatasetInfo(
-    name=data_config.name,
-    num_classes=found.num_classes,
-    image_shape=found.image_shape,
-    num_train=found.num_train,
-    num_eval=found.num_eval,
-    mean=mean,
-    std=std,
+    name=data_config.name, mean=mean, std=std, **found._asdict()
   )

@@ -11,11 +11,14 @@ different feature spaces are not comparable.
     any size (resized to 299x299). The weight file is downloaded once by the
     user (`inception_weights.FID_WEIGHTS_URL`; eval.inception_weights); it
     is checked when the network is made and loaded at its first call.
-  "classifier": `ClassifierFeatures`, a ViT classifier trained by this
+  "classifier": `ClassifierFeatures`, an image classifier trained by this
     project (the end-to-end baseline of a `vit_*` config) on the same
-    dataset: its final-LayerNorm CLS token, the classifier head's input. It
-    serves data for which Inception features mean little (Fashion-MNIST).
+    dataset: the classifier head's input (the ViT's final-LayerNorm CLS
+    token). It serves data for which Inception features mean little
+    (Fashion-MNIST).
   "none": no feature network; sampling without FID.
+
+`families.evaluation.feature_network` makes one as a config names it.
 """
 
 import os
@@ -25,66 +28,44 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax.blockwise import parts as parts_lib
-from dblocks_jax.data.info import normalisation
-from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.evaluate.pixels import LazyParams, call_padded, pixel_shape
+from dblocks_jax.evaluate.pixels import LazyParams, call_padded
 from dblocks_jax.models.pretrained import inception, inception_weights
 
 FEATURE_NETWORKS = ("inception", "classifier", "none")
 
 
 class ClassifierFeatures:
-  """Features of a trained end-to-end ViT classifier run (its workdir).
+  """Features of a trained image classifier (a checkpoint of a run).
 
-  Making one reads the run's config and finds its newest checkpoint, and
-  builds nothing: the classifier is restored at the first call (`params`)
-  and leaves the device at `release` (a host copy serves the next call).
+  Making one builds nothing: the classifier is loaded at the first call
+  (`params`) and leaves the device at `release` (a host copy serves the
+  next call).
+
+  Args:
+    load: `() -> (features, params)`: the classifier's parameters (a pytree
+      of arrays) and `features(params, pixels) -> [batch, width]`, pixels
+      [batch, H, W, C] in [0, 1] (jittable; it normalises them as the
+      classifier was trained).
+    image_shape: [H, W, C] of the images the classifier takes.
+    workdir: the classifier's run (for `description`).
+    step: its checkpoint's step (for `description`).
+    dataset: the data it was trained on (for `description`).
   """
 
-  def __init__(self, workdir: str):
-    from dblocks_jax.families import runs
-    from dblocks_jax.training import checkpoint
-
+  def __init__(self, load, *, image_shape, workdir: str, step: int, dataset):
     self.workdir = os.path.abspath(workdir)
-    self._config = runs.read_run_config(self.workdir)
-    if self._config.model.name != "vit" or self._config.method != "e2e":
-      raise ConfigError(
-        f"eval.classifier_workdir={self.workdir} holds a"
-        f" {self._config.method} {self._config.model.name} run; FID features"
-        " need the end-to-end ViT classifier (a vit_* config with :e2e)"
-        " trained on the same data."
-      )
-    directory = os.path.join(self.workdir, "checkpoints")
-    with checkpoint.Checkpointer(directory, read_only=True) as ckpt:
-      self.step = ckpt.latest_step()
-    if self.step is None:
-      raise ConfigError(
-        f"eval.classifier_workdir={self.workdir} has no checkpoint; train"
-        " the classifier first (a vit_* config with :e2e)."
-      )
-    self.image_shape = tuple(self._config.data.image_shape)
-    self.dataset = self._config.data.name
+    self.step = int(step)
+    self.dataset = dataset
+    self.image_shape = tuple(int(d) for d in image_shape)
+    self._load_features = load
     self.params = LazyParams(self._load)
     self._features = None  # Jitted at the first call.
 
   def _load(self):
-    from dblocks_jax.families import runs
-
-    _, _, trainer = runs.restore_run(self._config, self.workdir, step=self.step)
-    graphdefs, shared = trainer.graphdefs, trainer.arrays()["shared"]
-    trainer.close()
-    mean, std = normalisation(DataOptions.from_mapping(self._config.data))
-    mean, std = jnp.asarray(mean), jnp.asarray(std)
-
-    @jax.jit
-    def features(shared, pixels):
-      model = parts_lib.merge(graphdefs.shared, shared)["model"]
-      return model.features((pixels - mean) / std)
-
-    self._features = features
-    return shared
+    features, params = self._load_features()
+    self._features = jax.jit(features)
+    return params
 
   def release(self) -> None:
     """Frees the classifier's device memory until the next call."""
@@ -177,39 +158,3 @@ class InceptionFeatures:
       pixels,
       self._batch,
     )
-
-
-def from_config(config):
-  """The feature network of `config.eval`, or None for "none".
-
-  Its input is the samples' pixels: decoded images for latent datasets.
-  """
-  name = config.eval.feature_network
-  if name not in FEATURE_NETWORKS:
-    raise ConfigError(
-      f"eval.feature_network={name!r} is unknown; choose one of"
-      f" {FEATURE_NETWORKS}."
-    )
-  if name == "none":
-    return None
-  if name == "inception":
-    weights = config.eval.get("inception_weights", "")
-    if not weights:
-      raise ConfigError(
-        "eval.feature_network='inception' needs eval.inception_weights:"
-        " pytorch-fid's FID Inception weights, downloaded once from"
-        f" {inception_weights.FID_WEIGHTS_URL}; pass"
-        f" {inception_weights.FLAG} (or --config.eval.feature_network=none)."
-      )
-    network = InceptionFeatures(weights)
-    network.check_shape(pixel_shape(config))
-    return network
-  if not config.eval.classifier_workdir:
-    raise ConfigError(
-      "eval.feature_network='classifier' needs eval.classifier_workdir: the"
-      " workdir of an end-to-end ViT trained on the same data, e.g."
-      " --config.eval.classifier_workdir=runs/fm_e2e"
-    )
-  network = ClassifierFeatures(config.eval.classifier_workdir)
-  network.check_shape(pixel_shape(config))
-  return network

@@ -1,5 +1,6 @@
 """Sampling a trained generator: routed sampler, image grids, FID."""
 
+import dataclasses
 import os
 
 import jax
@@ -7,7 +8,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from dblocks_jax.evaluate import fid, pixels, reference
+from dblocks_jax.evaluate import fid, pixels
 
 
 def class_labels(num_samples: int, num_classes: int) -> np.ndarray:
@@ -80,31 +81,37 @@ def feature_statistics(feature_network, batches, *, log_every: int = 0):
   return running.result()
 
 
-def _description(feature_network, config) -> dict:
-  return dict(feature_network.description, **reference.description(config))
+def _description(feature_network, reference) -> dict:
+  return dict(feature_network.description, **reference.description)
 
 
-def check_reference(feature_network, config, cache_dir: str) -> None:
+def check_reference(feature_network, reference, cache_dir: str) -> None:
   """Raises now, not after training, when the reference statistics are
-  neither cached nor computable (the reference images are missing)."""
-  path = fid.cache_path(cache_dir, _description(feature_network, config))
+  neither cached nor computable (the reference images are missing).
+
+  Args:
+    feature_network: its `description` keys the cache.
+    reference: a `reference.ReferenceImages`.
+    cache_dir: where reference statistics are cached.
+  """
+  path = fid.cache_path(cache_dir, _description(feature_network, reference))
   if not os.path.exists(path):
-    reference.check(config)
+    reference.check()
 
 
 def frechet_evaluation(
-  pixel_batches, feature_network, config, cache_dir: str
+  pixel_batches, feature_network, reference, cache_dir: str, *, batch_size
 ) -> dict:
-  """FID of uint8 sample batches against the reference images.
+  """FID of uint8 sample batches [b, H, W, C] against the reference images.
 
-  The reference (`eval.reference_data`, `eval.reference_split`; see
-  `evaluate.reference`) statistics are computed once per feature network and
+  The statistics of `reference` (a `reference.ReferenceImages`, read in
+  batches of `batch_size`) are computed once per feature network and
   reference, and cached in `cache_dir`.
   """
-  description = _description(feature_network, config)
+  description = _description(feature_network, reference)
 
   def compute():
-    batches = reference.pixel_batches(config, config.eval_batch_size)
+    batches = reference.pixel_batches(batch_size)
     return feature_statistics(feature_network, batches, log_every=20)
 
   ref_mean, ref_cov, path = fid.cached_reference_statistics(
@@ -118,45 +125,82 @@ def frechet_evaluation(
   }
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """How a generator's evaluation samples.
+
+  Attributes:
+    num_samples: images to sample, the classes balanced (`class_labels`).
+    num_classes: classes of the labels.
+    seed: the samples' key is `key(seed)`.
+    batch_size: images per sampler call (and per feature-network call).
+    inference_steps: the sampler's steps (for eval.json).
+    sampler: the sampler's method (for eval.json).
+    guidance_scale: its classifier-free guidance (for eval.json).
+  """
+
+  num_samples: int
+  num_classes: int
+  seed: int
+  batch_size: int
+  inference_steps: int
+  sampler: str
+  guidance_scale: float
+
+
 def evaluate_samples(
   sample_fn,
-  feature_network,
-  config,
+  settings: SampleSettings,
   *,
-  inference_steps: int,
-  cache_dir,
+  feature_network=None,
   sample_pixels=None,
-):
-  """Samples `eval.num_samples` images (balanced classes) and scores them.
+  reference=None,
+  cache_dir: str = "",
+) -> dict:
+  """Samples `settings.num_samples` images (balanced classes) and scores
+  them.
 
-  With a feature network, the samples become pixels through `sample_pixels`
-  (a `pixels.SamplePixels`, built here when None: latents are decoded by the
-  VAE) and are scored against the reference images.
+  Args:
+    sample_fn: `sample(labels [b], key) -> [b, H, W, C]` in the data space.
+    settings: the sampling.
+    feature_network: pixels [b, H, W, C] in [0, 1] -> [b, d] features, with
+      a `description`; None: no FID.
+    sample_pixels: samples -> uint8 pixels (a `pixels.SamplePixels`: latents
+      are decoded by the VAE); needed with a feature network.
+    reference: the reference images (a `reference.ReferenceImages`); needed
+      with a feature network.
+    cache_dir: where reference statistics are cached.
 
   Returns:
     eval.json fields: the number of samples, the sampler, and with a feature
     network the FID and what it was measured against.
   """
-  e, s = config.eval, config.sampler
-  labels = class_labels(e.num_samples, config.data.num_classes)
+  labels = class_labels(settings.num_samples, settings.num_classes)
   images = generate(
     sample_fn,
     labels,
-    jax.random.key(config.seed + 1),
-    batch_size=config.eval_batch_size,
+    jax.random.key(settings.seed),
+    batch_size=settings.batch_size,
     progress_every=10,
   )
   result = {
     "num_samples": int(len(images)),
-    "inference_steps": int(inference_steps),
-    "sampler": s.method,
-    "guidance_scale": float(s.guidance_scale),
+    "inference_steps": int(settings.inference_steps),
+    "sampler": settings.sampler,
+    "guidance_scale": float(settings.guidance_scale),
   }
   if feature_network is not None:
-    sample_pixels = sample_pixels or pixels.SamplePixels(config)
-    batches = sample_pixels.batches(images, config.eval_batch_size)
+    if sample_pixels is None or reference is None:
+      raise ValueError("a feature network needs sample_pixels and reference.")
+    batches = sample_pixels.batches(images, settings.batch_size)
     result.update(
-      frechet_evaluation(batches, feature_network, config, cache_dir)
+      frechet_evaluation(
+        batches,
+        feature_network,
+        reference,
+        cache_dir,
+        batch_size=settings.batch_size,
+      )
     )
   return result
 
@@ -166,49 +210,52 @@ class SampleEvaluator:
   with a feature network, their FID (`evaluate_samples`).
 
   Making one is the check at the start of training, and loads no network:
-  the feature network's weight file (`features.from_config`) and, for
-  latents, the VAE's (`pixels.SamplePixels`) exist and are well formed, and
-  the reference statistics are cached or their images present. Inception
-  and the VAE decoder are loaded at the first evaluation and leave the
-  device after each one (a host copy serves the next), so they never sit on
-  the device while training runs.
+  the reference statistics are cached or their images present (the feature
+  network's and the VAE's weight files were checked when they were made).
+  Inception and the VAE decoder are loaded at the first evaluation and
+  leave the device after each one (a host copy serves the next), so they
+  never sit on the device while training runs.
 
   Args:
-    config: the run's config (`eval.*`, `data.*`, `encode.*`, `sampler.*`).
     sample_fn: `sample_fn(trainer)` -> `sample(labels [b], key)` ->
       [b, H, W, C] samples in the data space.
-    inference_steps: the sampler's steps (for eval.json).
+    settings: the sampling (`SampleSettings`).
+    feature_network: None (no FID), or the feature network of the FID, with
+      `sample_pixels` and `reference` (as `evaluate_samples`).
     cache_dir: where reference statistics are cached.
-
-  Attributes:
-    feature_network: from `features.from_config` (None for "none").
-    sample_pixels: the samples' path to pixels (None without a feature
-      network).
   """
 
-  def __init__(self, config, sample_fn, *, inference_steps: int, cache_dir):
-    from dblocks_jax.evaluate import features
-
-    self.config = config
+  def __init__(
+    self,
+    sample_fn,
+    settings: SampleSettings,
+    *,
+    feature_network=None,
+    sample_pixels=None,
+    reference=None,
+    cache_dir: str = "",
+  ):
     self.sample_fn = sample_fn
-    self.inference_steps = int(inference_steps)
+    self.settings = settings
     self.cache_dir = cache_dir
-    self.feature_network = features.from_config(config)
-    self.sample_pixels = None
-    if self.feature_network is not None:
-      # Fails now, not after training: VAE weights, reference images.
-      self.sample_pixels = pixels.SamplePixels(config)
-      check_reference(self.feature_network, config, cache_dir)
+    self.feature_network = feature_network
+    self.sample_pixels = self.reference = None
+    if feature_network is not None:
+      if sample_pixels is None or reference is None:
+        raise ValueError("a feature network needs sample_pixels and reference.")
+      self.sample_pixels, self.reference = sample_pixels, reference
+      # Fails now, not after training: the reference images.
+      check_reference(self.feature_network, reference, cache_dir)
 
   def __call__(self, trainer) -> dict:
     try:
       return evaluate_samples(
         self.sample_fn(trainer),
-        self.feature_network,
-        self.config,
-        inference_steps=self.inference_steps,
-        cache_dir=self.cache_dir,
+        self.settings,
+        feature_network=self.feature_network,
         sample_pixels=self.sample_pixels,
+        reference=self.reference,
+        cache_dir=self.cache_dir,
       )
     finally:
       self.release()

@@ -16,62 +16,33 @@ config with `:e2e`, usually larger), named by its workdir.
   continuation and its reference share most of their context and MAUVE
   says little: 0.995 for a model whose generative perplexity is 5x the
   references' on the Python docs).
+
+`families.evaluation.load_judge` restores the judge of a workdir.
 """
 
 import functools
-import os
 
 import jax
 import numpy as np
 import optax
 
 from dblocks_jax import errors
-from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.data import sequences
-from dblocks_jax.errors import ConfigError
-from dblocks_jax.families import runs
-
-TOKENIZER_FILE = "tokenizer.model"
 
 
 class Judge:
-  """The end-to-end AR LM of `workdir`, checked against the evaluated
-  model's vocabulary (`vocab_size`) and tokenizer (`tokenizer_proto`)."""
+  """A trained causal LM as the judge of generated text.
 
-  def __init__(self, workdir: str, *, vocab_size: int, tokenizer_proto: bytes):
-    config = runs.read_run_config(workdir)
-    if config.model.name != "ar" or config.method != "e2e":
-      raise ConfigError(
-        f"eval.judge_workdir={workdir} holds a {config.method}"
-        f" {config.model.name} run; the judge is an end-to-end AR LM (an"
-        " ar_* config with :e2e) trained on the same corpus."
-      )
-    if config.model.vocab_size != vocab_size:
-      raise ConfigError(
-        f"the judge in eval.judge_workdir={workdir} has a"
-        f" {config.model.vocab_size}-piece vocabulary but model.vocab_size="
-        f"{vocab_size}; train the judge with the same tokenizer."
-      )
-    path = os.path.join(workdir, TOKENIZER_FILE)
-    if not os.path.isfile(path):
-      raise ConfigError(
-        f"{path} is missing: the judge's run has not finished an evaluation;"
-        " evaluate it (--mode=eval) to write its tokenizer."
-      )
-    with open(path, "rb") as f:
-      if f.read() != tokenizer_proto:
-        raise ConfigError(
-          f"the judge in eval.judge_workdir={workdir} was trained with"
-          " another tokenizer; train it with the evaluated run's"
-          " data.tokenizer."
-        )
-    _, _, trainer = runs.restore_run(config, workdir)
-    self.workdir, self.step = os.path.abspath(workdir), trainer.step_count
-    graphdefs, arrays = trainer.graphdefs, trainer.arrays()
-    trainer.close()
+  Args:
+    model: `model(arrays)` -> the LM: `lm(tokens [b, t]) -> logits [b, t,
+      vocab]` and `lm.features(tokens) -> [b, t, width]` (the head's input);
+      called inside `jax.jit`.
+    arrays: the LM's arrays (on the device).
+    description: what identifies the judge (for eval.json).
+  """
 
-    def model(arrays):
-      return parts_lib.merge(graphdefs.shared, arrays["shared"])["model"]
+  def __init__(self, model, arrays, *, description: dict):
+    self.description = dict(description)
 
     @functools.partial(jax.jit, static_argnums=2)
     def nll(arrays, tokens, start):
@@ -86,10 +57,6 @@ class Judge:
 
     self._nll = lambda tokens, start: nll(arrays, tokens, start)
     self._features = lambda tokens: features(arrays, tokens)
-
-  @property
-  def description(self) -> dict:
-    return {"judge_workdir": self.workdir, "judge_step": self.step}
 
   def perplexity(self, prompts, continuations, *, batch_size: int) -> float:
     """exp(NLL per token) of `continuations` [n, C] after `prompts`

@@ -1,9 +1,10 @@
 """Samples -> uint8 pixels, for image grids and feature networks.
 
-Pixel datasets: the inverse of the data normalisation. Latent datasets
-(`data.name="latents"`): the SD-VAE decoder first (`LatentDecoder`), whose
-output space is [-1, 1] (mean 0.5, std 0.5 in pixel units). `SamplePixels`
-is the one path that `--mode=sample` and the FID evaluation share.
+Pixel datasets: the inverse of the data normalisation. Latent datasets: the
+SD-VAE decoder first (`LatentDecoder`), whose output space is [-1, 1] (mean
+0.5, std 0.5 in pixel units). `SamplePixels` is the one path that
+`--mode=sample` and the FID evaluation share (`families.evaluation` makes
+it as a config names it).
 """
 
 from collections.abc import Iterator
@@ -13,10 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from dblocks_jax.cli.encode import vae_config
-from dblocks_jax.data import latents as latents_lib
-from dblocks_jax.data.info import normalisation
-from dblocks_jax.data.options import DataOptions
+from dblocks_jax.models.pretrained import vae as vae_lib
 from dblocks_jax.models.pretrained import vae_weights
 
 DECODED_MEAN = DECODED_STD = (0.5, 0.5, 0.5)  # VAE images are in [-1, 1].
@@ -38,20 +36,18 @@ def call_padded(fn, batch: np.ndarray, size: int) -> np.ndarray:
   return np.asarray(fn(jnp.asarray(np.pad(batch, pad))))[:n]
 
 
-def is_latent(config) -> bool:
-  return config.data.name == "latents"
-
-
-def pixel_shape(config) -> tuple[int, int, int]:
+def pixel_shape(image_shape, downsample_factor: int = 0) -> tuple[int, ...]:
   """[H, W, C] of a sample's pixels, reading no data.
 
-  `data.image_shape`, or for latents [h, w, c] the decoded [h f, w f, 3]
-  (f the downsampling factor of the VAE of `encode.vae`).
+  Args:
+    image_shape: [h, w, c] of the samples.
+    downsample_factor: 0 for pixel samples; for latent samples, the factor
+      f of the VAE that decodes them to [h f, w f, 3].
   """
-  h, w, c = (int(d) for d in config.data.image_shape)
-  if not is_latent(config):
+  h, w, c = (int(d) for d in image_shape)
+  if not downsample_factor:
     return h, w, c
-  f = vae_config(config).downsample_factor
+  f = int(downsample_factor)
   return h * f, w * f, 3
 
 
@@ -93,19 +89,22 @@ class LazyParams:
 class LatentDecoder:
   """Scaled latents [b, h, w, c] -> images [b, h f, w f, 3] in [-1, 1].
 
-  The weights (`encode.vae_weights`, or those recorded in the latent
-  dataset's meta.json when that is empty) are checked when this is made
-  (`vae_weights.check_file`) and loaded at the first call (`params`), so
-  the VAE is not on the device before it, nor after `release`. Jitted once:
-  a batch smaller than the first one is padded to its size.
+  The weights are checked when this is made (`vae_weights.check_file`) and
+  loaded at the first call (`params`), so the VAE is not on the device
+  before it, nor after `release`. Jitted once: a batch smaller than the
+  first one is padded to its size.
+
+  Args:
+    weights: the SD VAE's safetensors file.
+    vae: its architecture.
+    scaling_factor: the latents' scale (latents / scale are decoded).
   """
 
-  def __init__(self, config):
-    meta = latents_lib.read_meta(config.data.dir)
-    self.weights = config.encode.vae_weights or meta["vae"]["weights"]
+  def __init__(self, weights: str, vae: vae_lib.VAEConfig, scaling_factor):
+    self.weights = weights
     vae_weights.check_file(self.weights)
-    self._vae = vae_config(config)
-    self._scale = float(meta["scaling_factor"])
+    self._vae = vae
+    self._scale = float(scaling_factor)
     self._decode = None  # Jitted at the first call.
     self.params = LazyParams(self._load)
     self._batch = 0
@@ -133,17 +132,20 @@ class LatentDecoder:
 
 
 class SamplePixels:
-  """Data-space samples [n, ...] -> uint8 pixels [n, H, W, C] (`pixel_shape`),
-  in batches; latents go through a `LatentDecoder` made here (its weight
-  file checked now, the VAE loaded at the first call)."""
+  """Data-space samples [n, ...] -> uint8 pixels [n, H, W, C], in batches.
 
-  def __init__(self, config):
-    self.shape = pixel_shape(config)
-    self.decoder = LatentDecoder(config) if is_latent(config) else None
-    if self.decoder is None:
-      self.mean, self.std = normalisation(DataOptions.from_mapping(config.data))
-    else:
-      self.mean, self.std = DECODED_MEAN, DECODED_STD
+  Args:
+    shape: [H, W, C] of the pixels (`pixel_shape`).
+    mean, std: [C] the data normalisation that `to_pixels` inverts
+      (`DECODED_MEAN`, `DECODED_STD` for decoded latents).
+    decoder: latents -> images (a `LatentDecoder`, its weight file checked
+      when made, the VAE loaded at its first call); None for pixel samples.
+  """
+
+  def __init__(self, shape, mean, std, decoder=None):
+    self.shape = tuple(int(d) for d in shape)
+    self.mean, self.std = mean, std
+    self.decoder = decoder
 
   def batches(self, images: np.ndarray, batch_size: int) -> Iterator:
     """Yields uint8 [<= batch_size, H, W, C], in order."""

@@ -11,7 +11,8 @@ and edits no trainer:
 
 This package is the config layer: the families, the run set-up that turns
 a config into a trainer (`common`), a run's workdir (`runs`), a config's
-whole run (`train.train_and_evaluate`) and its training FLOPs (`flops`).
+whole run (`train.train_and_evaluate`), its training FLOPs (`flops`) and
+the config wiring of the evaluation (`evaluation`).
 """
 
 import importlib

@@ -29,9 +29,11 @@ Evaluation (`eval.json`):
     the judge (`evaluate.judge`).
 """
 
+import dataclasses
 import functools
 import json
 import os
+from typing import Any
 
 import numpy as np
 
@@ -49,26 +51,12 @@ TOKENIZER_FILE = "tokenizer.model"
 
 def model_config(config) -> ar.ARConfig:
   """`config.model` as the LM's explicit hyper-parameters."""
-  m = config.model
-  if config.data.seq_len > m.max_seq_len:
-    raise ConfigError(
-      f"data.seq_len={config.data.seq_len} is longer than the context"
-      f" (model.max_seq_len={m.max_seq_len}); lower data.seq_len or raise"
-      " model.max_seq_len."
-    )
-  return ar.ARConfig(
-    vocab_size=m.vocab_size,
-    max_seq_len=m.max_seq_len,
-    num_layers=m.num_layers,
-    width=m.width,
-    num_heads=m.num_heads,
-    mlp_dim=m.mlp_dim,
-    cond_dim=m.cond_dim,
-    frequency_dim=m.frequency_dim,
-    norm_eps=m.norm_eps,
-    rope_theta=m.rope_theta,
-    remat=common.model_remat(config),
-    **common.model_dtypes(config),
+  common.check_seq_len(config, "the context")
+  return common.model_spec(
+    ar.ARConfig,
+    config,
+    *("vocab_size", "max_seq_len", "num_layers", "width", "num_heads"),
+    *("mlp_dim", "cond_dim", "frequency_dim", "norm_eps", "rope_theta"),
   )
 
 
@@ -170,50 +158,54 @@ def diffusion_task(config) -> NextTokenDiffusion:
   }
   with errors.config_fields(fields):
     return NextTokenDiffusion(
-      sigma_data=d.sigma_data,
-      max_weight=d.max_weight,
-      sigma_per=d.sigma_per,
-      estimate=s.estimate,
-      normalized_table=s.normalized_table,
-      top_p=s.top_p,
-      temperature=s.temperature,
+      **common.fields(d, "sigma_data", "max_weight", "sigma_per"),
+      **common.fields(
+        s, "estimate", "normalized_table", "top_p", "temperature"
+      ),
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+  """The `data.eval_split` token ids, its held-out prompts and their true
+  continuations (`held_out_prompts`), and the corpus's tokenizer."""
+
+  ids: np.ndarray
+  prompts: np.ndarray
+  references: np.ndarray
+  tokenizer: Any
+
+
+def held_out(config) -> HeldOut:
+  """The held-out data of an evaluation or of `--mode=sample`."""
+  corpus = corpus_from_config(config)
+  ids = corpus.split(config.data.eval_split)
+  return HeldOut(ids, *held_out_prompts(config, ids), corpus.tokenizer)
 
 
 class ARFamily:
   """Autoregressive language modelling: see the module docstring."""
 
   def build(self, config, *, held_blocks=None) -> Experiment:
-    from flax import nnx
-
-    method = common.check_method(config)
-    common.check_parallel(config)
+    method = common.check_build(config)
     spec = model_config(config)
     if method == "e2e":
-      network = ar.LlamaLM(spec, rngs=nnx.Rngs(params=config.seed))
-      model = common.BlockwiseModel.end_to_end({"model": network})
+      model = common.end_to_end_model(
+        config, lambda rngs: ar.LlamaLM(spec, rngs=rngs)
+      )
       with errors.config_fields({"top_p": "sampler.top_p"}):
         task = CausalLM(top_p=config.sampler.top_p)
       return Experiment("e2e", model, task, None)
 
     plan = common.plan_from_config(config)
-    shared_mode = config.blocks.sharing == "shared"
-
-    def shell(rngs):
-      parts = ar.make_shell(spec, rngs)
-      if shared_mode:
-        parts["targets"] = ar.make_targets(spec, trainable=True, rngs=rngs)
-      return parts
-
-    def fixed(rngs):
-      return {"targets": ar.make_targets(spec, trainable=False, rngs=rngs)}
-
-    model = common.blockwise_model(
+    model = common.target_table_model(
       config,
       plan,
-      shell=shell,
+      shell=lambda rngs: ar.make_shell(spec, rngs),
+      targets=lambda trainable, rngs: ar.make_targets(
+        spec, trainable=trainable, rngs=rngs
+      ),
       layers=lambda n, rngs: ar.make_layers(spec, n, rngs),
-      fixed=None if shared_mode else fixed,
       held_blocks=held_blocks,
     )
     return Experiment("dblocks", model, diffusion_task(config), plan)
@@ -227,29 +219,20 @@ class ARFamily:
 
   def evaluator(self, config, experiment, workdir):
     """Next-token accuracy and continuations (see the module docstring)."""
-    corpus = corpus_from_config(config)
-    ids = corpus.split(config.data.eval_split)
-    prompts, references = held_out_prompts(config, ids)
+    held = held_out(config)
     sampler = common.sampler_from_config(config, experiment.plan)
     judge = (
-      judge_from_config(config, corpus.tokenizer) if len(prompts) else None
+      judge_from_config(config, held.tokenizer) if len(held.prompts) else None
     )
 
     def run(trainer) -> dict:
       os.makedirs(workdir, exist_ok=True)
-      corpus.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
-      result = next_token_accuracy(trainer, config, ids, sampler)
-      if len(prompts):
+      held.tokenizer.save(os.path.join(workdir, TOKENIZER_FILE))
+      result = next_token_accuracy(trainer, config, held.ids, sampler)
+      if len(held.prompts):
         result.update(
           write_continuations(
-            trainer,
-            config,
-            sampler,
-            prompts,
-            references,
-            corpus.tokenizer,
-            workdir,
-            judge=judge,
+            trainer, config, sampler, held, workdir, judge=judge
           )
         )
       result["split"] = config.data.eval_split
@@ -288,21 +271,12 @@ class ARFamily:
   def write_samples(self, config, experiment, trainer, workdir) -> dict:
     """`--mode=sample`: continuations of held-out prompts (the `eval.*`
     prompt settings, `sample.seed`) to `samples/step_<N>.jsonl`."""
-    corpus = corpus_from_config(config)
-    ids = corpus.split(config.data.eval_split)
-    prompts, references = held_out_prompts(config, ids)
-    if not len(prompts):
+    held = held_out(config)
+    if not len(held.prompts):
       raise ConfigError("eval.num_prompts=0: set it to at least 1 to sample.")
     sampler = common.sampler_from_config(config, experiment.plan)
     out = write_continuations(
-      trainer,
-      config,
-      sampler,
-      prompts,
-      references,
-      corpus.tokenizer,
-      workdir,
-      seed=config.sample.seed,
+      trainer, config, sampler, held, workdir, seed=config.sample.seed
     )
     out.update(
       step=trainer.step_count,
@@ -419,22 +393,15 @@ def continuations(
 
 
 def write_continuations(
-  trainer,
-  config,
-  sampler,
-  prompts,
-  references,
-  tokenizer,
-  workdir,
-  *,
-  seed=None,
-  judge=None,
+  trainer, config, sampler, held: HeldOut, workdir, *, seed=None, judge=None
 ) -> dict:
-  """Generates `eval.samples_per_prompt` continuations of every prompt and
-  writes `samples/step_<N>.jsonl` (one line per continuation: the prompt,
-  the continuation and the reference, as text and ids); with a `judge`, also
-  their generative perplexity and MAUVE against the references."""
+  """Generates `eval.samples_per_prompt` continuations of every held-out
+  prompt and writes `samples/step_<N>.jsonl` (one line per continuation: the
+  prompt, the continuation and the reference, as text and ids); with a
+  `judge`, also their generative perplexity and MAUVE against the
+  references."""
   e = config.eval
+  prompts, references, tokenizer = held.prompts, held.references, held.tokenizer
   generated = continuations(
     trainer,
     sampler,
@@ -509,9 +476,9 @@ def judge_from_config(config, tokenizer):
   """The judge of `eval.judge_workdir`, or None when it is empty."""
   if not config.eval.judge_workdir:
     return None
-  from dblocks_jax.evaluate.judge import Judge
+  from dblocks_jax.families import evaluation
 
-  return Judge(
+  return evaluation.load_judge(
     config.eval.judge_workdir,
     vocab_size=config.model.vocab_size,
     tokenizer_proto=tokenizer.proto,

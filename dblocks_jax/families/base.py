@@ -8,6 +8,9 @@
 
 A generator also has `write_samples(config, experiment, trainer, workdir)
 -> dict` and `describe_samples(result) -> str`, which `--mode=sample` uses.
+A family whose `reports_training_flops` is true has its evaluation add the
+training FLOPs so far (`evaluation.evaluator`, which the training and
+`--mode=eval` call in place of `evaluator`).
 
 `build` reads the config (this is the config layer: models, tasks and the
 engine below it take explicit arguments); `batch_spec` gives the shapes of

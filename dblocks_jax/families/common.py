@@ -48,16 +48,41 @@ def model_remat(config) -> str:
     return remat_lib.remat_name(config.model.remat)
 
 
+def fields(section, *names) -> dict:
+  """{name: section.<name>}: fields of a config section, as arguments."""
+  return {name: getattr(section, name) for name in names}
+
+
+def model_spec(make, config, *names, **more):
+  """A family's model config: `make` of the `model.<names>` fields, the
+  `more` arguments, `model.remat` and the checked dtypes."""
+  return make(
+    **fields(config.model, *names),
+    **more,
+    remat=model_remat(config),
+    **model_dtypes(config),
+  )
+
+
+def check_seq_len(config, context: str) -> None:
+  """`data.seq_len` must fit `model.max_seq_len`, the length of the
+  model's `context`."""
+  seq_len, max_len = config.data.seq_len, config.model.max_seq_len
+  if seq_len > max_len:
+    raise ConfigError(
+      f"data.seq_len={seq_len} is longer than {context}"
+      f" (model.max_seq_len={max_len}); lower data.seq_len or raise"
+      " model.max_seq_len."
+    )
+
+
 def noise_from_config(config) -> EDM:
   """The EDM process of `config.diffusion` (and `blocks.sigma_sampling`)."""
   d = config.diffusion
+  names = ("sigma_min", "sigma_max", "p_mean", "p_std", "sigma_data")
   with errors.config_fields():
     return EDM(
-      sigma_min=d.sigma_min,
-      sigma_max=d.sigma_max,
-      p_mean=d.p_mean,
-      p_std=d.p_std,
-      sigma_data=d.sigma_data,
+      **fields(d, *names),
       sampling=config.blocks.sigma_sampling,
       rho=config.sampler.rho,
     )
@@ -103,6 +128,22 @@ def sampler_from_config(config, plan) -> Sampler | None:
     return Sampler.of(plan, s.num_steps, s.grid, s.method)
 
 
+def check_build(config) -> str:
+  """The opening of every family's `build`: `method`, checked, and the
+  block-parallel settings checked against it."""
+  method = check_method(config)
+  check_parallel(config)
+  return method
+
+
+def end_to_end_model(config, network) -> BlockwiseModel:
+  """The baseline's one network, `network(rngs)`, seeded by `seed`."""
+  from flax import nnx
+
+  rngs = nnx.Rngs(params=config.seed)
+  return BlockwiseModel.end_to_end({"model": network(rngs)})
+
+
 def blockwise_model(
   config, plan, *, shell, layers, fixed=None, held_blocks=None
 ):
@@ -118,6 +159,33 @@ def blockwise_model(
       fixed_seed=config.blocks.target_table_seed,
       held_blocks=held_blocks,
     )
+
+
+def target_table_model(
+  config, plan, *, shell, targets, layers, held_blocks=None
+):
+  """`blockwise_model` with a target table, `targets(trainable, rngs)`:
+  trained with the shared parts (`blocks.sharing="shared"`) or fixed from
+  its own seed (`independent`)."""
+  shared_mode = config.blocks.sharing == "shared"
+
+  def shell_with_targets(rngs):
+    parts = shell(rngs)
+    if shared_mode:
+      parts["targets"] = targets(True, rngs)
+    return parts
+
+  def fixed(rngs):
+    return {"targets": targets(False, rngs)}
+
+  return blockwise_model(
+    config,
+    plan,
+    shell=shell_with_targets,
+    layers=layers,
+    fixed=None if shared_mode else fixed,
+    held_blocks=held_blocks,
+  )
 
 
 def learning_rate_fn(config) -> optax.Schedule:
@@ -280,6 +348,23 @@ def check_image_data(config) -> None:
       f"{declared[1]} do not match dataset {info.name!r}"
       f" ({list(actual[0])}, {actual[1]} classes); set them to the dataset's."
     )
+
+
+def image_classes(config) -> tuple[tuple[int, int, int], int]:
+  """(`data.image_shape` as a tuple, `data.num_classes`)."""
+  return tuple(config.data.image_shape), config.data.num_classes
+
+
+class ImageData:
+  """The image families' `train_data` and `batch_spec`: augmented batches
+  of images and labels, the data checked against `data.*` first."""
+
+  def train_data(self, config, specs) -> dict:
+    check_image_data(config)
+    return image_train_data(config, specs)
+
+  def batch_spec(self, config) -> dict:
+    return image_batch_spec(config)
 
 
 def image_train_data(config, specs) -> dict:

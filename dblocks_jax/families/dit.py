@@ -23,30 +23,23 @@ def model_config(config) -> dit.DiTConfig:
   m = config.model
   attention = m.get("attention", "einsum")
   common.check_choice(attention, ATTENTION_KINDS, "model.attention")
-  return dit.DiTConfig(
-    num_layers=m.num_layers,
-    width=m.width,
-    num_heads=m.num_heads,
-    patch_size=m.patch_size,
-    mlp_ratio=m.mlp_ratio,
-    frequency_dim=m.frequency_dim,
-    learn_sigma=m.learn_sigma,
+  return common.model_spec(
+    dit.DiTConfig,
+    config,
+    *("num_layers", "width", "num_heads", "patch_size", "mlp_ratio"),
+    *("frequency_dim", "learn_sigma"),
     null_class=m.label_dropout > 0,
     attention=attention,
-    remat=common.model_remat(config),
-    **common.model_dtypes(config),
   )
 
 
-class DiTFamily:
+class DiTFamily(common.ImageData):
   """DiT generation: see the module docstring."""
 
   def build(self, config, *, held_blocks=None) -> Experiment:
-    method = common.check_method(config)
-    common.check_parallel(config)
+    method = common.check_build(config)
     spec = model_config(config)
-    image_shape = tuple(config.data.image_shape)
-    num_classes = config.data.num_classes
+    image_shape, num_classes = common.image_classes(config)
     blockwise = method == "dblocks"
     plan = common.plan_from_config(config, single_block=not blockwise)
     if not blockwise:
@@ -70,25 +63,19 @@ class DiTFamily:
       )
     return Experiment(method, model, task, plan)
 
-  def train_data(self, config, specs) -> dict:
-    common.check_image_data(config)
-    return common.image_train_data(config, specs)
-
-  def batch_spec(self, config) -> dict:
-    return common.image_batch_spec(config)
-
   def evaluator(self, config, experiment, workdir):
     """Samples and (with a feature network) their FID: a
-    `generation.SampleEvaluator`, which checks the weight files and the
-    reference now and loads Inception and the VAE at the first evaluation."""
-    from dblocks_jax.evaluate import generation
+    `generation.SampleEvaluator` (`evaluation.sample_evaluator`), which
+    checks the weight files and the reference now and loads Inception and
+    the VAE at the first evaluation."""
+    from dblocks_jax.families import evaluation
 
     common.check_image_data(config)
     sampler = common.sampler_from_config(config, experiment.plan)
     cache_dir = config.eval.reference_cache_dir or os.path.join(
       workdir, "fid_reference"
     )
-    return generation.SampleEvaluator(
+    return evaluation.sample_evaluator(
       config,
       lambda trainer: sample_fn(trainer, sampler),
       inference_steps=sampler.num_steps,
@@ -104,6 +91,7 @@ class DiTFamily:
     import numpy as np
 
     from dblocks_jax import evaluate
+    from dblocks_jax.families import evaluation
 
     sampler = common.sampler_from_config(config, experiment.plan)
     s = config.sample
@@ -120,7 +108,8 @@ class DiTFamily:
       jax.random.key(s.seed),
       batch_size=min(config.eval_batch_size, len(labels)),
     )
-    pixels = evaluate.SamplePixels(config)(images, config.eval_batch_size)
+    to_pixels = evaluation.sample_pixels(config)
+    pixels = to_pixels(images, config.eval_batch_size)
     step = trainer.step_count
     out_dir = os.path.join(workdir, "samples")
     os.makedirs(out_dir, exist_ok=True)

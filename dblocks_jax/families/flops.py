@@ -4,14 +4,18 @@
 (nothing runs) and reads XLA's FLOP count: forward, backward and the
 optimizer update, as compiled. XLA counts the body of a loop once whatever
 its trip count, so a step must be compiled without loops to be counted:
-the block-wise steps have none; the recurrent-depth baseline is compiled
-with a fixed, unrolled depth (`RecurrentDepthLM.fixed_depth`).
+the block-wise steps have none; a task whose steps draw their depth (the
+recurrent-depth baseline: `tasks.base.StepDepth`) is compiled at fixed,
+unrolled depths.
 
-The baseline's cost is affine in its drawn depth r beyond the
-backpropagated k iterations (those run forward only; any r <= k costs what
-r = k does). `training_flops` compiles it at r = k, k + 1, k + 2 and k + 3,
-checks that the last two increments agree, and averages the cost over
-200,000 draws of the depth.
+Such a step's cost is affine in its drawn depth r beyond the backpropagated
+k iterations (those run forward only; any r <= k costs what r = k does).
+`training_flops` compiles it at r = k, k + 1, k + 2 and k + 3, checks that
+the last two increments agree, and averages the cost over 200,000 draws of
+the depth.
+
+`with_training_flops` adds the training FLOPs so far to an evaluator's
+result (`families.evaluation.evaluator`, for a family that reports them).
 """
 
 import dataclasses
@@ -21,6 +25,7 @@ import numpy as np
 
 from dblocks_jax import families
 from dblocks_jax.families import common
+from dblocks_jax.tasks.base import StepDepth, step_depth
 
 
 def compiled_flops(compiled) -> float:
@@ -40,13 +45,13 @@ def step_flops(config, experiment=None, block: int = 0) -> float:
   return compiled_flops(lowered.compile())
 
 
-def _recurrent_baseline(config, experiment) -> dict:
-  task = experiment.task
-  k = task.backprop_depth
+def _drawn_depth(config, experiment, depth: StepDepth) -> dict:
+  """Mean FLOPs of a step whose depth is drawn (see the module docstring)."""
+  k = depth.backprop
 
-  def at_depth(depth):
-    fixed = dataclasses.replace(task, fixed_depth=depth)
-    return step_flops(config, dataclasses.replace(experiment, task=fixed))
+  def at_depth(r):
+    fixed = dataclasses.replace(experiment, task=depth.fixed(r))
+    return step_flops(config, fixed)
 
   tracked_only = at_depth(k)  # Every depth r <= k costs this.
   counts = [at_depth(k + i) for i in (1, 2, 3)]
@@ -55,14 +60,9 @@ def _recurrent_baseline(config, experiment) -> dict:
     raise RuntimeError(
       f"the step's FLOPs are not affine in the depth: {counts}"
     )
-  from dblocks_jax.models import recurrent
 
   keys = jax.random.split(jax.random.key(0), 200_000)
-  depths = np.asarray(
-    jax.vmap(
-      lambda key: recurrent.sample_depth(key, task.mean_depth, task.depth_sigma)
-    )(keys)
-  )
+  depths = np.asarray(jax.vmap(depth.draw)(keys))
   per_depth = np.where(
     depths <= k, tracked_only, counts[0] + (depths - k - 1) * per_iteration
   )
@@ -76,12 +76,13 @@ def _recurrent_baseline(config, experiment) -> dict:
 
 
 def training_flops(config) -> dict:
-  """FLOPs per training step (the mean over blocks, or over the baseline's
-  depths) and over the run's `total_steps`."""
+  """FLOPs per training step (the mean over blocks, or over the drawn
+  depths of a task whose steps draw one) and over the run's `total_steps`."""
   family = families.get(config.model.name)
   experiment = family.build(config)
-  if getattr(experiment.task, "backprop_depth", 0):
-    out = _recurrent_baseline(config, experiment)
+  depth = step_depth(experiment.task)
+  if depth is not None:
+    out = _drawn_depth(config, experiment, depth)
   elif experiment.plan is not None:
     blocks = range(experiment.plan.num_blocks)
     per_block = [step_flops(config, experiment, b) for b in blocks]
@@ -91,3 +92,21 @@ def training_flops(config) -> dict:
   out["total_steps"] = int(config.total_steps)
   out["train_flops"] = out["step_flops"] * int(config.total_steps)
   return out
+
+
+def with_training_flops(evaluate, config):
+  """`evaluate(trainer) -> dict` plus the training FLOPs so far:
+  `step_flops` (`training_flops`, counted once, at the first call) and
+  `train_flops` = the trainer's step x step_flops, for quality against
+  compute."""
+  counted = {}
+
+  def run(trainer) -> dict:
+    result = evaluate(trainer)
+    if not counted:
+      counted.update(training_flops(config))
+    result["step_flops"] = counted["step_flops"]
+    result["train_flops"] = counted["step_flops"] * trainer.step_count
+    return result
+
+  return run

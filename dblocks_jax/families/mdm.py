@@ -33,24 +33,13 @@ def model_config(config) -> mdm.MDMConfig:
   """`config.model` as the token DiT's explicit hyper-parameters."""
   from dblocks_jax.data import text
 
-  m = config.model
-  seq_len = config.data.seq_len
-  if seq_len > m.max_seq_len:
-    raise ConfigError(
-      f"data.seq_len={seq_len} is longer than the position table"
-      f" (model.max_seq_len={m.max_seq_len}); lower data.seq_len or raise"
-      " model.max_seq_len."
-    )
-  return mdm.MDMConfig(
+  common.check_seq_len(config, "the position table")
+  return common.model_spec(
+    mdm.MDMConfig,
+    config,
+    *("max_seq_len", "num_layers", "width", "num_heads", "mlp_ratio"),
+    "frequency_dim",
     vocab_size=text.VOCAB_SIZE,
-    max_seq_len=m.max_seq_len,
-    num_layers=m.num_layers,
-    width=m.width,
-    num_heads=m.num_heads,
-    mlp_ratio=m.mlp_ratio,
-    frequency_dim=m.frequency_dim,
-    remat=common.model_remat(config),
-    **common.model_dtypes(config),
   )
 
 
@@ -103,8 +92,7 @@ class MDMFamily:
   """Masked-diffusion language modelling: see the module docstring."""
 
   def build(self, config, *, held_blocks=None) -> Experiment:
-    method = common.check_method(config)
-    common.check_parallel(config)
+    method = common.check_build(config)
     spec = model_config(config)
     blockwise = method == "dblocks"
     plan = common.plan_from_config(
@@ -154,14 +142,9 @@ class MDMFamily:
       )
       result["split"] = config.data.eval_split
       if config.eval.num_samples:
-        samples = generate(
-          trainer,
-          sampler,
-          num_samples=config.eval.num_samples,
-          seq_len=config.data.seq_len,
-          seed=config.eval.seed,
+        result["samples"] = write_sample_text(
+          trainer, sampler, config, workdir, config.eval
         )
-        result["samples"] = write_text(workdir, trainer.step_count, samples)
       result.update(sampler=sampler.method, inference_steps=sampler.num_steps)
       return result
 
@@ -179,16 +162,10 @@ class MDMFamily:
     """`--mode=sample`: `sample.num_samples` sequences of `data.seq_len`
     characters to `samples/step_<N>.txt`, one per line."""
     sampler = sampler_from_config(config, experiment.plan)
-    samples = generate(
-      trainer,
-      sampler,
-      num_samples=config.sample.num_samples,
-      seq_len=config.data.seq_len,
-      seed=config.sample.seed,
-    )
+    s = config.sample
     return {
-      "txt": write_text(workdir, trainer.step_count, samples),
-      "num_samples": len(samples),
+      "txt": write_sample_text(trainer, sampler, config, workdir, s),
+      "num_samples": int(s.num_samples),
       "step": trainer.step_count,
       "inference_steps": int(sampler.num_steps),
       "sampler": sampler.method,
@@ -301,6 +278,20 @@ def generate(
   masked = jnp.full((num_samples, seq_len), trainer.task.mask_id, jnp.int32)
   tokens = predict(trainer.arrays(), {"tokens": masked}, jax.random.key(seed))
   return [text.decode(row) for row in np.asarray(tokens)]
+
+
+def write_sample_text(trainer, sampler, config, workdir, section) -> str:
+  """`section.num_samples` sequences of `data.seq_len` characters (seed
+  `section.seed`; `section`: `config.eval` or `config.sample`) written to
+  `samples/step_<N>.txt`, one per line; returns the path."""
+  samples = generate(
+    trainer,
+    sampler,
+    num_samples=section.num_samples,
+    seq_len=config.data.seq_len,
+    seed=section.seed,
+  )
+  return write_text(workdir, trainer.step_count, samples)
 
 
 def write_text(workdir: str, step: int, samples: list[str]) -> str:

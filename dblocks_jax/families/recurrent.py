@@ -59,16 +59,14 @@ class RecurrentFamily(ar_family.ARFamily):
   """Recurrent-depth language modelling: see the module docstring."""
 
   def build(self, config, *, held_blocks=None) -> Experiment:
-    from flax import nnx
-
-    method = common.check_method(config)
-    common.check_parallel(config)
+    method = common.check_build(config)
     spec = model_config(config)
     k = inference_depth(config)
     if method == "e2e":
       r, s = config.recurrence, config.sampler
-      network = recurrent.RecurrentLM(spec, rngs=nnx.Rngs(params=config.seed))
-      model = common.BlockwiseModel.end_to_end({"model": network})
+      model = common.end_to_end_model(
+        config, lambda rngs: recurrent.RecurrentLM(spec, rngs=rngs)
+      )
       fields = {
         "top_p": "sampler.top_p",
         "mean_depth": "recurrence.mean_depth",
@@ -79,37 +77,27 @@ class RecurrentFamily(ar_family.ARFamily):
       with errors.config_fields(fields):
         task = RecurrentDepthLM(
           top_p=s.top_p,
-          mean_depth=r.mean_depth,
-          depth_sigma=r.depth_sigma,
-          backprop_depth=r.backprop_depth,
+          **common.fields(r, "mean_depth", "depth_sigma", "backprop_depth"),
           inference_depth=k,
         )
       return Experiment("e2e", model, task, None)
 
     block_layers = spec.recurrent_layers + spec.coda_layers
     plan = common.plan_from_config(config, num_layers=block_layers)
-    shared_mode = config.blocks.sharing == "shared"
 
     def shell(rngs):
       parts = ar.make_shell(spec.layers, rngs)
       parts.update(recurrent.make_prelude(spec, rngs))
-      if shared_mode:
-        parts["targets"] = ar.make_targets(
-          spec.layers, trainable=True, rngs=rngs
-        )
       return parts
 
-    def fixed(rngs):
-      return {
-        "targets": ar.make_targets(spec.layers, trainable=False, rngs=rngs)
-      }
-
-    model = common.blockwise_model(
+    model = common.target_table_model(
       config,
       plan,
       shell=shell,
+      targets=lambda trainable, rngs: ar.make_targets(
+        spec.layers, trainable=trainable, rngs=rngs
+      ),
       layers=lambda n, rngs: ar.make_layers(spec.layers, n, rngs),
-      fixed=None if shared_mode else fixed,
       held_blocks=held_blocks,
     )
     return Experiment("dblocks", model, ar_family.diffusion_task(config), plan)
@@ -117,24 +105,9 @@ class RecurrentFamily(ar_family.ARFamily):
   def inference_steps(self, config, sampler) -> int:
     return inference_depth(config)
 
-  def evaluator(self, config, experiment, workdir):
-    """The autoregressive evaluation, plus the training FLOPs so far:
-    `train_flops` = step x the compiled step's FLOPs (`families.flops`,
-    counted once per run), for quality against compute."""
-    from dblocks_jax.families import flops
-
-    evaluate = super().evaluator(config, experiment, workdir)
-    counted = {}
-
-    def run(trainer) -> dict:
-      result = evaluate(trainer)
-      if not counted:
-        counted.update(flops.training_flops(config))
-      result["step_flops"] = counted["step_flops"]
-      result["train_flops"] = counted["step_flops"] * trainer.step_count
-      return result
-
-    return run
+  # The evaluation adds the training FLOPs so far, for quality against
+  # compute (`families.evaluation.evaluator`, `flops.with_training_flops`).
+  reports_training_flops = True
 
   def describe(self, result) -> str:
     line = super().describe(result)

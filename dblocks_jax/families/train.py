@@ -14,7 +14,7 @@ import ml_collections
 from absl import logging
 
 from dblocks_jax import families
-from dblocks_jax.families import common, runs
+from dblocks_jax.families import common, evaluation, runs
 from dblocks_jax.training import metrics
 
 
@@ -61,7 +61,7 @@ def _run(config, family, experiment, trainer, workdir: str) -> dict:
   streams = family.train_data(config, trainer.stream_specs(config.batch_size))
   evaluate = None
   if trainer.can_evaluate():
-    evaluate = family.evaluator(config, experiment, workdir)
+    evaluate = evaluation.evaluator(family, config, experiment, workdir)
 
   # ----- Train (resumes from the newest checkpoint) -------------------------
   trainer.fit(

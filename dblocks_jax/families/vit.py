@@ -20,65 +20,39 @@ from dblocks_jax.tasks.classification import (
 
 def model_config(config) -> vit.ViTConfig:
   """`config.model` as the ViT's explicit hyper-parameters."""
-  m = config.model
   with errors.config_fields():
-    return vit.ViTConfig(
-      num_layers=m.num_layers,
-      width=m.width,
-      num_heads=m.num_heads,
-      mlp_dim=m.mlp_dim,
-      patch_size=m.patch_size,
-      cond_dim=m.cond_dim,
-      frequency_dim=m.frequency_dim,
-      dropout=m.dropout,
-      attention_dropout=m.attention_dropout,
-      layer_norm_eps=m.layer_norm_eps,
-      modulation=m.modulation,
-      readout_token=m.readout_token,
-      remat=common.model_remat(config),
-      **common.model_dtypes(config),
+    return common.model_spec(
+      vit.ViTConfig,
+      config,
+      *("num_layers", "width", "num_heads", "mlp_dim", "patch_size"),
+      *("cond_dim", "frequency_dim", "dropout", "attention_dropout"),
+      *("layer_norm_eps", "modulation", "readout_token"),
     )
 
 
-class ViTFamily:
+class ViTFamily(common.ImageData):
   """ViT classification: see the module docstring."""
 
   def build(self, config, *, held_blocks=None) -> Experiment:
-    from flax import nnx
-
-    method = common.check_method(config)
-    common.check_parallel(config)
+    method = common.check_build(config)
     spec = model_config(config)
-    image_shape = tuple(config.data.image_shape)
-    num_classes = config.data.num_classes
+    image_shape, num_classes = common.image_classes(config)
     if method == "e2e":
-      network = vit.BaselineViT(
-        spec, image_shape, num_classes, rngs=nnx.Rngs(params=config.seed)
+      model = common.end_to_end_model(
+        config,
+        lambda rngs: vit.BaselineViT(spec, image_shape, num_classes, rngs=rngs),
       )
-      model = common.BlockwiseModel.end_to_end({"model": network})
       return Experiment("e2e", model, EndToEndClassification(), None)
 
     plan = common.plan_from_config(config)
-    shared_mode = config.blocks.sharing == "shared"
-
-    def shell(rngs):
-      parts = vit.make_shell(spec, image_shape, num_classes, rngs)
-      if shared_mode:
-        parts["targets"] = vit.make_targets(
-          spec, num_classes, trainable=True, rngs=rngs
-        )
-      return parts
-
-    def fixed(rngs):
-      targets = vit.make_targets(spec, num_classes, trainable=False, rngs=rngs)
-      return {"targets": targets}
-
-    model = common.blockwise_model(
+    model = common.target_table_model(
       config,
       plan,
-      shell=shell,
+      shell=lambda rngs: vit.make_shell(spec, image_shape, num_classes, rngs),
+      targets=lambda trainable, rngs: vit.make_targets(
+        spec, num_classes, trainable=trainable, rngs=rngs
+      ),
       layers=lambda n, rngs: vit.make_layers(spec, n, rngs),
-      fixed=None if shared_mode else fixed,
       held_blocks=held_blocks,
     )
     d, s = config.diffusion, config.sampler
@@ -93,13 +67,6 @@ class ViTFamily:
         guidance_scale=s.guidance_scale,
       )
     return Experiment("dblocks", model, task, plan)
-
-  def train_data(self, config, specs) -> dict:
-    common.check_image_data(config)
-    return common.image_train_data(config, specs)
-
-  def batch_spec(self, config) -> dict:
-    return common.image_batch_spec(config)
 
   def evaluator(self, config, experiment, workdir):
     """Test accuracy with the config's sampler."""

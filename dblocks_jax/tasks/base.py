@@ -18,7 +18,9 @@ without noise. A task may also define `evaluate(predict, batches, key) ->
 dict` (e.g. accuracy), which `Trainer.evaluate` calls, and
 `batch_fields(parts, example) -> {name: Field}` (`tasks.batches`): the
 fields it reads, their dtypes, ranks and the range of class or token ids,
-against which the trainer checks every batch.
+against which the trainer checks every batch, and `step_depth() ->
+StepDepth` when its training steps draw how deep they run (`step_depth`;
+the FLOPs count asks it).
 """
 
 import dataclasses
@@ -93,6 +95,35 @@ class Sampler:
       tuple(np.asarray(self.blocks).tolist()),
       self.method,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class StepDepth:
+  """How the cost of a training step depends on a depth drawn per step.
+
+  A task whose steps draw a depth r (the recurrent-depth baseline) runs a
+  loop whose trip count varies, and XLA's cost analysis counts a loop body
+  once; the FLOPs count (`families.flops`) compiles the step at fixed depths
+  instead and averages over the draws.
+
+  Attributes:
+    backprop: k, the iterations that carry gradients: a step costs the same
+      at every r <= k, and affinely more beyond.
+    draw: `draw(key) -> r`, a step's depth (int scalar; vmappable).
+    fixed: `fixed(r) -> task`, the task with every step at depth r, every
+      iteration written out (no loop).
+  """
+
+  backprop: int
+  draw: Callable[[jax.Array], jax.Array]
+  fixed: Callable[[int], Any]
+
+
+def step_depth(task) -> StepDepth | None:
+  """`task.step_depth()`; None (the default, for a task without it): every
+  training step runs the same program."""
+  method = getattr(task, "step_depth", None)
+  return None if method is None else method()
 
 
 @runtime_checkable

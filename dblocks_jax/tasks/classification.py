@@ -245,5 +245,10 @@ class EndToEndClassification:
     del key, sampler
     return parts_for_block(0)["model"](batch[self.input_key])
 
+  def features(self, parts, inputs: jax.Array) -> jax.Array:
+    """inputs [batch, ...] (normalised as in training) -> [batch, width]:
+    the classifier head's input (e.g. FID features of images)."""
+    return parts["model"].features(inputs)
+
   def evaluate(self, predict, batches: Iterable, key) -> dict:
     return base.accuracy(predict, batches, key, label_key=self.label_key)

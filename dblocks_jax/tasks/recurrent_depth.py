@@ -19,6 +19,7 @@ import optax
 
 from dblocks_jax.models import recurrent
 from dblocks_jax.tasks.autoregressive import CausalLM, _next_token_metrics
+from dblocks_jax.tasks.base import StepDepth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +55,16 @@ class RecurrentDepthLM(CausalLM):
         f"backprop_depth={self.backprop_depth} must lie in [1, mean_depth="
         f"{self.mean_depth:g}]: the truncation cannot exceed the mean depth."
       )
+
+  def step_depth(self) -> StepDepth:
+    """The drawn depth of a training step, for counting its FLOPs."""
+    return StepDepth(
+      backprop=self.backprop_depth,
+      draw=lambda key: recurrent.sample_depth(
+        key, self.mean_depth, self.depth_sigma
+      ),
+      fixed=lambda depth: dataclasses.replace(self, fixed_depth=depth),
+    )
 
   def loss(self, parts, batch, level, key, *, train: bool = True):
     del level, train
