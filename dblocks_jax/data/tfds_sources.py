@@ -188,6 +188,13 @@ def describe(
   """
   builder = _builder(name, data_dir)
   features = builder.info.features
+  if None in features["image"].shape:  # Images of many sizes (ImageNet).
+    if not builder.is_prepared():
+      raise _not_prepared(name, data_dir)
+    raise DataError(
+      f"{name} has images of many sizes {features['image'].shape}; it is a"
+      " source for --mode=encode (data.name=latents trains on its latents)"
+    )
   image_shape = tuple(int(d) for d in features["image"].shape)
   num_classes = int(features["label"].num_classes)
   if builder.is_prepared():
