@@ -48,7 +48,7 @@ from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise.parts import BlockwiseModel
 from dblocks_jax.blockwise.plan import BlockPlan
 from dblocks_jax.errors import Preempted
-from dblocks_jax.tasks.base import Sampler, Task
+from dblocks_jax.tasks.base import Task
 from dblocks_jax.tasks.batches import BatchChecker
 from dblocks_jax.training import metrics as metrics_lib
 from dblocks_jax.training import run_checkpoints, workdir_lock
@@ -63,7 +63,7 @@ from dblocks_jax.training.topology import layout_topology
 from dblocks_jax.training.updates import Updates, initial_state
 
 
-class Trainer:
+class Trainer(Inference):
   """Trains `model` on `task` with `optimizer`; see the module docstring.
 
   Args:
@@ -145,8 +145,6 @@ class Trainer:
       checkpoint_every=checkpoint_every,
       keep_checkpoints=keep_checkpoints,
     )
-    self.plan = plan
-    self.task = task
     self.workdir = None if workdir is None else os.path.abspath(workdir)
     self.seed = int(seed)
     self.total_steps = int(total_steps)
@@ -170,8 +168,14 @@ class Trainer:
     self._topology = dict(topology or {})
     self._topology.update(layout_topology(plan, self.layout, sharing))
 
-    # ----- Optimizers and the state, placed ----------------------------------
-    self.graphdefs, shared, blocks, fixed = parts_lib.split(model)
+    # ----- Inference, optimizers and the state, placed -----------------------
+    graphdefs, shared, blocks, fixed = parts_lib.split(model)
+    checker = BatchChecker(
+      self._task_fields() if hasattr(task, "batch_fields") else None,
+      type(task).__name__,
+      batch_spec,
+    )
+    Inference.__init__(self, task, graphdefs, plan, self.seed, checker)
     self.optimizers = optim.GroupOptimizers.create(
       optimizer,
       shared_optimizer,
@@ -194,12 +198,7 @@ class Trainer:
       )
     )
 
-    # ----- Batches, steps, logs, checkpoints, inference ----------------------
-    self._batches = BatchChecker(
-      self._task_fields() if hasattr(task, "batch_fields") else None,
-      type(task).__name__,
-      batch_spec,
-    )
+    # ----- Steps, logs, checkpoints -------------------------------------------
     self._lock = None
     if self.trains and self.workdir is not None and jax.process_index() == 0:
       self._lock = workdir_lock.acquire(self.workdir)  # One writer.
@@ -212,9 +211,6 @@ class Trainer:
       self.writer,
       blockwise=plan is not None,
       kept=self.checkpoints.kept,
-    )
-    self.inference = Inference(
-      task, self.graphdefs, plan, self.seed, self._batches, self.arrays
     )
     self.updates = Updates(
       task,
@@ -481,59 +477,11 @@ class Trainer:
     logging.warning(message)
     raise Preempted(message, signal_name, step)
 
-  # ----- Inference (`training.inference`) -------------------------------------
-
-  @property
-  def inference_key(self) -> jax.Array:
-    """The default key of `predict` and `evaluate`: key(seed + 1)."""
-    return self.inference.key
+  # ----- Inference (the base class, `training.inference`) --------------------
 
   def arrays(self) -> dict:
     """What inference reads (`Placement.inference_arrays`)."""
     return self.placement.inference_arrays()
-
-  def sampler(
-    self, num_steps: int = 0, grid: str = "", method: str = "euler"
-  ) -> Sampler | None:
-    """The routed sampler of the plan (None without a plan)."""
-    return self.inference.sampler(num_steps, grid, method)
-
-  def predict(self, batch, *, key=None, sampler: Sampler | None = None):
-    """`task.predict` with the current parameters (evaluation mode): what
-    `evaluate(batches, key=key)` predicts for its first batch.
-
-    Args:
-      batch: the inputs, e.g. {"image": [b, ...]} (checked as training
-        batches are, without the fields only training reads).
-      key: PRNG key; the noise is drawn from fold_in(key, 0) (default:
-        `inference_key`).
-      sampler: the routed grid (default: `sampler()`, B Euler steps).
-    """
-    return self.inference.predict(batch, key=key, sampler=sampler)
-
-  def predict_fn(self, sampler: Sampler | None):
-    """The jitted `predict(arrays, batch, key)` of a sampler (cached)."""
-    return self.inference.predict_fn(sampler)
-
-  def compiled(self, key: tuple, build: Callable[[], Callable]) -> Callable:
-    """`build()` once per `key` for this trainer, then the same function
-    (for evaluation's jitted functions: a family's generator reuses its
-    compilation when evaluating again during training)."""
-    return self.inference.compiled(key, build)
-
-  def evaluate(
-    self, batches, *, sampler: Sampler | None = None, key=None
-  ) -> dict:
-    """`task.evaluate` over `batches` (e.g. accuracy).
-
-    Args:
-      batches: evaluation batches (a `mask` field marks padding rows); each
-        is checked as training batches are.
-      sampler: the routed grid (default: B Euler steps).
-      key: PRNG key; batch i's noise is drawn from fold_in(key, i)
-        (default: `inference_key`).
-    """
-    return self.inference.evaluate(batches, sampler=sampler, key=key)
 
   # ----- Checkpoints (`training.run_checkpoints`) -----------------------------
 
