@@ -21,13 +21,13 @@ Arguments: smoke (a tiny model on the Python docs, seconds), e2e (the AR
 baseline).
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg)
-  c = common.ar_language(
-    **common.LM1B_LM,
+  c = language.ar_language(
+    **language.LM1B_LM,
     num_layers=12,
     width=768,
     num_heads=12,
@@ -35,5 +35,5 @@ def get_config(arg=None):
     num_blocks=4,
     epochs=10,
   )
-  common.lm1b_lm_run(c)
-  return common.finish(c, args, common.as_ar_smoke)
+  language.lm1b_lm_run(c)
+  return common.finish(c, args, language.as_ar_smoke)

@@ -41,13 +41,13 @@ layer evaluations), judge (the judge), steps=N (baseline steps; default
 1,000), paper_noise (the paper's EDM noise distribution).
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, judge=False, steps=1000, paper_noise=False)
-  c = common.ar_language(
-    **common.PYDOCS_LM,
+  c = language.ar_language(
+    **language.PYDOCS_LM,
     num_layers=8,
     width=128,
     num_heads=4,
@@ -55,7 +55,7 @@ def get_config(arg=None):
     num_blocks=4,
   )
   common.set_steps(c, args.steps)
-  common.pydocs_lm_run(c)
+  language.pydocs_lm_run(c)
   if args.judge:  # 1.5 x the width, trained end to end; judges the others.
     c.model.width = c.model.cond_dim = 192
     c.model.num_heads = 6
@@ -64,4 +64,6 @@ def get_config(arg=None):
     c.diffusion.p_mean = -0.7
     c.diffusion.p_std = 0.5
     c.blocks.sigma_sampling = "log_uniform"
-  return common.finish(c, args, common.as_ar_smoke, e2e=args.e2e or args.judge)
+  return common.finish(
+    c, args, language.as_ar_smoke, e2e=args.e2e or args.judge
+  )

@@ -18,12 +18,12 @@ FID: --config.eval.feature_network=none).
 Arguments: smoke, e2e, variant=S/2, epochs=N (default 100).
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="S/2", epochs=100)
-  c = common.paper_dit(
+  c = images.paper_dit(
     "cifar10", variant=args.variant, epochs=args.epochs, learning_rate=1e-4
   )
-  return common.finish(c, args, common.as_dit_smoke)  # Smoke: no FID.
+  return common.finish(c, args, images.as_dit_smoke)  # Smoke: no FID.

@@ -22,15 +22,15 @@ cpu (the CPU-sized comparison of docs/results.md: a DiT of 6 layers, width
 baseline epochs; FID on 4,000 samples).
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="S/4", epochs=0, tfds=False, cpu=False)
   dataset = "fashion_mnist" if args.tfds else "fashion_mnist_idx"
   epochs = args.epochs or (3 if args.cpu else 50)
-  c = common.dit_generation(
-    **common.image_data(dataset),
+  c = images.dit_generation(
+    **images.image_data(dataset),
     variant=args.variant,
     num_blocks=3,
     epochs=epochs,
@@ -42,4 +42,4 @@ def get_config(arg=None):
     c.model.variant = "custom"
     c.model.num_layers, c.model.width, c.model.num_heads = 6, 64, 4
     c.eval.num_samples = 4_000
-  return common.finish(c, args, common.as_dit_smoke)
+  return common.finish(c, args, images.as_dit_smoke)

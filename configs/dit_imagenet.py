@@ -34,12 +34,12 @@ DiT reports against, is computed over the training split instead:
 Arguments: smoke, e2e, variant=L/2, epochs=N (default 100).
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, variant="L/2", epochs=100)
-  c = common.paper_dit(
+  c = images.paper_dit(
     "imagenet_latents",
     variant=args.variant,
     epochs=args.epochs,
@@ -48,7 +48,7 @@ def get_config(arg=None):
   c.data.flip = False  # Mirrors are encoded as views (encode.flip).
   c.data.train_split = "train"
   c.data.eval_split = "validation"
-  common.latent_encoding(
+  images.latent_encoding(
     c,
     images="imagenet2012",
     image_size=256,
@@ -59,4 +59,4 @@ def get_config(arg=None):
   c.eval.reference_split = "validation"
   c.eval.num_samples = 1_000
   # Smoke: no FID.
-  return common.finish(c, args, common.as_dit_smoke, common.as_latent_smoke)
+  return common.finish(c, args, images.as_dit_smoke, images.as_latent_smoke)

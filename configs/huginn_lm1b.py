@@ -22,15 +22,15 @@ Arguments: smoke (a tiny model on the Python docs, seconds), baseline
 (Huginn's training, 5 epochs; `e2e` is the same).
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, baseline=False)
   baseline = args.baseline or args.e2e  # The same.
-  c = common.recurrent_language(
-    **common.LM1B_LM,
-    **common.HUGINN,
+  c = language.recurrent_language(
+    **language.LM1B_LM,
+    **language.HUGINN,
     width=512,
     num_heads=8,
     mlp_dim=1408,
@@ -39,5 +39,5 @@ def get_config(arg=None):
     backprop_depth=8,
     inference_depth=32,
   )
-  common.lm1b_lm_run(c)
-  return common.finish(c, args, common.as_recurrent_smoke, e2e=baseline)
+  language.lm1b_lm_run(c)
+  return common.finish(c, args, language.as_recurrent_smoke, e2e=baseline)

@@ -23,14 +23,14 @@ Arguments: smoke (a tiny model, seconds), baseline (Huginn's training;
 `e2e` is the same), steps=N (training steps; default 1,000).
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, baseline=False, steps=1000)
-  c = common.recurrent_language(
-    **common.PYDOCS_LM,
-    **common.HUGINN,
+  c = language.recurrent_language(
+    **language.PYDOCS_LM,
+    **language.HUGINN,
     width=128,
     num_heads=4,
     mlp_dim=352,
@@ -39,6 +39,6 @@ def get_config(arg=None):
     inference_depth=8,
   )
   common.set_steps(c, args.steps)
-  common.pydocs_lm_run(c)
+  language.pydocs_lm_run(c)
   baseline = args.baseline or args.e2e
-  return common.finish(c, args, common.as_recurrent_smoke, e2e=baseline)
+  return common.finish(c, args, language.as_recurrent_smoke, e2e=baseline)

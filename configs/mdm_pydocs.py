@@ -21,13 +21,13 @@ Arguments: smoke (a tiny model, seconds), e2e (the end-to-end MDM: B=1,
 the same layer evaluations), steps=N (baseline steps; default 2,500).
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, steps=2500)
-  c = common.mdm_language(
-    **common.PYDOCS_RUN,
+  c = language.mdm_language(
+    **language.PYDOCS_RUN,
     corpus="pydocs",
     num_train_characters=7_850_577,
     num_layers=6,
@@ -39,4 +39,4 @@ def get_config(arg=None):
   c.log_every_steps = 100
   c.checkpoint_every_steps = 500
   c.eval.max_sequences = 2048
-  return common.finish(c, args, common.as_mdm_smoke)
+  return common.finish(c, args, language.as_mdm_smoke)

@@ -22,12 +22,12 @@ Arguments: smoke (a tiny model on the Python docs, seconds on a CPU), e2e
 (the end-to-end MDM: B=1, the same layer evaluations), epochs=N.
 """
 
-from configs import common
+from configs import common, language
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, epochs=100)
-  c = common.mdm_language(
+  c = language.mdm_language(
     corpus="text8",
     num_train_characters=90_000_000,
     num_layers=12,
@@ -42,4 +42,4 @@ def get_config(arg=None):
   )
   c.log_every_steps = 200
   c.checkpoint_every_steps = 5000
-  return common.finish(c, args, common.as_mdm_smoke)
+  return common.finish(c, args, language.as_mdm_smoke)

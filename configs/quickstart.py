@@ -33,13 +33,13 @@ first sampler step decides the class (docs/results.md, "Quickstart"):
 sigma, the soft estimate on the raw table), which reaches far less here.
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, official=False)
-  c = common.vit_classification(
-    **common.image_data("digits"),
+  c = images.vit_classification(
+    **images.image_data("digits"),
     num_layers=4,
     width=64,
     num_heads=4,
@@ -80,4 +80,4 @@ def get_config(arg=None):
 
 def _smoke(c):
   """The smoke run on the digits themselves (bundled, no download)."""
-  common.as_smoke(c, keep_data=True)
+  images.as_smoke(c, keep_data=True)

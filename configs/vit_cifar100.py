@@ -12,13 +12,13 @@ Arguments: smoke (tiny, synthetic data), e2e (the end-to-end baseline).
 Data: `tfds build cifar100 --file_format=array_record` once (needs TensorFlow).
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg)
-  c = common.vit_classification(
-    **common.image_data("cifar100"),
+  c = images.vit_classification(
+    **images.image_data("cifar100"),
     num_layers=12,
     width=128,
     num_heads=4,
@@ -31,4 +31,4 @@ def get_config(arg=None):
     warmup_epochs=10,
   )
   c.data.randaugment = True  # The paper's "flip + RandAugment" recipe.
-  return common.finish(c, args, common.as_smoke)
+  return common.finish(c, args, images.as_smoke)

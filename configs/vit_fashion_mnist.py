@@ -20,14 +20,14 @@ of the normalised table as the hand-off estimate; the first block then holds
   python -m dblocks_jax.main --config=configs/vit_fashion_mnist.py:tuned --workdir=runs/fm_tuned
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, tfds=False, epochs=15, tuned=False)
   dataset = "fashion_mnist" if args.tfds else "fashion_mnist_idx"
-  c = common.vit_classification(
-    **common.image_data(dataset),
+  c = images.vit_classification(
+    **images.image_data(dataset),
     num_layers=6,
     width=64,
     num_heads=4,
@@ -50,4 +50,4 @@ def get_config(arg=None):
     c.blocks.layer_distribution = (4, 1, 1)
     c.sampler.normalized_table = True
     c.sampler.estimate = "hard"
-  return common.finish(c, args, common.as_smoke)
+  return common.finish(c, args, images.as_smoke)

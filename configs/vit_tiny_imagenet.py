@@ -10,13 +10,13 @@ Data: the extracted tiny-imagenet-200 folder (train/ and val/), data.dir.
 Arguments: smoke, e2e.
 """
 
-from configs import common
+from configs import common, images
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg)
-  c = common.vit_classification(
-    **common.image_data("tiny_imagenet"),
+  c = images.vit_classification(
+    **images.image_data("tiny_imagenet"),
     num_layers=12,
     width=768,
     num_heads=12,
@@ -32,7 +32,7 @@ def get_config(arg=None):
   c.data.eval_split = "val"
   c.data.crop_padding = 0
   c.data.random_resized_crop = True  # Official Tiny-ImageNet augmentation.
-  return common.finish(c, args, common.as_smoke, _smoke)
+  return common.finish(c, args, images.as_smoke, _smoke)
 
 
 def _smoke(c):

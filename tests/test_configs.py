@@ -17,10 +17,12 @@ from dblocks_jax.families import train
 from dblocks_jax.models.pretrained import vae, vae_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = ("common.py", "images.py", "language.py")
 CONFIGS = sorted(
   os.path.basename(p)[:-3]
   for p in glob.glob(os.path.join(ROOT, "configs", "*.py"))
-  if not os.path.basename(p).startswith(("_", "common"))
+  # The recipes the configs are composed of are not configs.
+  if os.path.basename(p) not in ("__init__.py", *RECIPES)
 )
 
 

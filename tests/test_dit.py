@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import common, dit_fashion_mnist, dit_imagenet
+from configs import dit_fashion_mnist, dit_imagenet, images
 from dblocks_jax import diffusion, families
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families.dit import model_config as dit_model_config
@@ -30,7 +30,7 @@ REFERENCE_TRAINABLE = {
 
 def _config(variant="S/2", **model):
   c = dit_imagenet.get_config()
-  common.set_dit_variant(c, variant)
+  images.set_dit_variant(c, variant)
   for k, v in model.items():
     c.model[k] = v
   return c
