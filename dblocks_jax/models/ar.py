@@ -52,10 +52,9 @@ class ARConfig(precision.ComputeSettings):
     frequency_dim: sinusoid size of the noise-level embedder.
     norm_eps: RMSNorm epsilon.
     rope_theta: RoPE base.
-    remat: what each layer keeps for backward (`nn.remat`): "none",
-      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
-    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
-    param_dtype: the dtype the parameters are stored in.
+
+  The compute settings remat, dtype and param_dtype (keyword-only) are
+  `nn.precision.ComputeSettings`'s.
   """
 
   vocab_size: int = 32000
@@ -68,9 +67,6 @@ class ARConfig(precision.ComputeSettings):
   frequency_dim: int = 256
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
-  remat: str = "none"
-  dtype: str = "float32"
-  param_dtype: str = "float32"
 
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
@@ -121,12 +117,8 @@ class DenoiserReadout(nnx.Module):
     rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm = nnx.RMSNorm(
-      width,
-      epsilon=norm_eps,
-      dtype=jnp.float32,
-      param_dtype=param_dtype,
-      rngs=rngs,
+    self.norm = precision.rms_norm(
+      width, epsilon=norm_eps, param_dtype=param_dtype, rngs=rngs
     )
     self.adaln = init.linear(cond_dim, 2 * width, zero=True, **kw)
     self.head = init.linear(width, vocab_size, zero=True, **kw)
@@ -175,27 +167,11 @@ class LlamaLM(nnx.Module):
 
   def __init__(self, spec: ARConfig, *, rngs: nnx.Rngs):
     self.spec = spec
-    kw = spec.dtypes()
-    self.embed = nnx.Param(
-      init.NORMAL_002(
-        rngs.params(), (spec.vocab_size, spec.width), kw["param_dtype"]
-      )
-    )
+    self.embed = token_embedding(spec, rngs)
     self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
-    self.norm = nnx.RMSNorm(
-      spec.width,
-      epsilon=spec.norm_eps,
-      dtype=jnp.float32,
-      param_dtype=kw["param_dtype"],
-      rngs=rngs,
-    )
-    self.head = init.linear(
-      spec.width,
-      spec.vocab_size,
-      use_bias=False,
-      kernel_init=init.NORMAL_002,
-      **kw,
-      rngs=rngs,
+    self.norm = final_norm(spec, rngs)
+    self.head = llama.linear(
+      spec.width, spec.vocab_size, **spec.dtypes(), rngs=rngs
     )
 
   def features(self, tokens: jax.Array) -> jax.Array:
@@ -231,6 +207,26 @@ class LlamaLM(nnx.Module):
       prefixes=prefixes,
     )
     return precision.float32(self.head(self.norm(h))), kvs
+
+
+def token_embedding(spec: ARConfig, rngs) -> nnx.Param:
+  """The baselines' token table [vocab_size, width], N(0, 0.02), stored in
+  `param_dtype`."""
+  shape = (spec.vocab_size, spec.width)
+  return nnx.Param(
+    init.NORMAL_002(rngs.params(), shape, spec.dtypes()["param_dtype"])
+  )
+
+
+def final_norm(spec: ARConfig, rngs) -> nnx.RMSNorm:
+  """An RMSNorm over the width (float32): the baselines' final norm (and
+  the recurrent-depth state's)."""
+  return precision.rms_norm(
+    spec.width,
+    epsilon=spec.norm_eps,
+    param_dtype=spec.dtypes()["param_dtype"],
+    rngs=rngs,
+  )
 
 
 def causal_mask(length: int) -> jax.Array:

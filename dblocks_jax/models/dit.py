@@ -110,9 +110,40 @@ class DiTStem(nnx.Module):
     return precision.residual(self.patch_embed(images)) + position[None]
 
 
-class DiTReadout(nnx.Module):
-  """DiT's final layer: tokens, cond -> [batch, H, W, out_channels], float32
-  (F, which the EDM preconditioning reads)."""
+class FinalLayer(nnx.Module):
+  """DiT's final layer: LayerNorm (no affine), adaLN shift/scale, a zero
+  Linear. (h [batch, tokens, width], cond [batch, width]) -> [batch, tokens,
+  out_features], float32."""
+
+  def __init__(
+    self,
+    width: int,
+    out_features: int,
+    *,
+    dtype=jnp.float32,
+    param_dtype=jnp.float32,
+    rngs,
+  ):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = precision.layer_norm(
+      width,
+      epsilon=LAYER_NORM_EPS,
+      affine=False,
+      param_dtype=param_dtype,
+      rngs=rngs,
+    )
+    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", **kw)
+    self.linear = init.linear(width, out_features, zero=True, **kw)
+
+  def __call__(self, h: jax.Array, cond: jax.Array) -> jax.Array:
+    shift, scale = self.adaln(cond)
+    out = self.linear(adaln.modulate(self.norm(h), shift, scale))
+    return precision.float32(out)
+
+
+class DiTReadout(FinalLayer):
+  """DiT's final layer and unpatchify: tokens, cond -> [batch, H, W,
+  out_channels], float32 (F, which the EDM preconditioning reads)."""
 
   def __init__(
     self,
@@ -125,28 +156,16 @@ class DiTReadout(nnx.Module):
     param_dtype=jnp.float32,
     rngs,
   ):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     self.image_shape = tuple(image_shape)
     self.patch_size = patch_size
-    self.norm = nnx.LayerNorm(
-      width,
-      epsilon=LAYER_NORM_EPS,
-      use_bias=False,
-      use_scale=False,
-      dtype=jnp.float32,
-      param_dtype=param_dtype,
-      rngs=rngs,
-    )
-    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", **kw)
-    self.linear = init.linear(
-      width, patch_size * patch_size * out_channels, zero=True, **kw
+    out_features = patch_size * patch_size * out_channels
+    super().__init__(
+      width, out_features, dtype=dtype, param_dtype=param_dtype, rngs=rngs
     )
 
   def __call__(self, tokens: jax.Array, cond: jax.Array) -> jax.Array:
-    shift, scale = self.adaln(cond)
-    out = self.linear(adaln.modulate(self.norm(tokens), shift, scale))
-    out = precision.float32(out)
     h, w, _ = self.image_shape
+    out = super().__call__(tokens, cond)
     return embed.unpatchify(out, self.patch_size, h, w)
 
 
@@ -164,12 +183,11 @@ class DiTConfig(precision.ComputeSettings):
     frequency_dim: sinusoid size of the timestep embedder.
     learn_sigma: keep the reference's 2 C output channels (EDM uses C).
     null_class: the label table has the extra null-class row (guidance).
-    remat: what each layer keeps for backward (`nn.remat`): "none",
-      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
     attention: "einsum" (written out) or "dot_product"
       (`jax.nn.dot_product_attention`); the same function.
-    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
-    param_dtype: the dtype the parameters are stored in.
+
+  The compute settings remat, dtype and param_dtype (keyword-only) are
+  `nn.precision.ComputeSettings`'s.
   """
 
   num_layers: int = 12
@@ -180,10 +198,7 @@ class DiTConfig(precision.ComputeSettings):
   frequency_dim: int = 256
   learn_sigma: bool = True
   null_class: bool = True
-  remat: str = "none"
   attention: str = "einsum"
-  dtype: str = "float32"
-  param_dtype: str = "float32"
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":

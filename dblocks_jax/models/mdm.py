@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models import dit
-from dblocks_jax.nn import adaln, embed, init, precision
+from dblocks_jax.nn import embed, init, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,10 +46,9 @@ class MDMConfig(precision.ComputeSettings):
     num_heads: attention heads.
     mlp_ratio: MLP hidden size / width.
     frequency_dim: sinusoid size of the timestep embedder.
-    remat: what each layer keeps for backward (`nn.remat`): "none",
-      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
-    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
-    param_dtype: the dtype the parameters are stored in.
+
+  The compute settings remat, dtype and param_dtype (keyword-only) are
+  `nn.precision.ComputeSettings`'s.
   """
 
   vocab_size: int = 27
@@ -59,9 +58,6 @@ class MDMConfig(precision.ComputeSettings):
   num_heads: int = 12
   mlp_ratio: int = 4
   frequency_dim: int = 256
-  remat: str = "none"
-  dtype: str = "float32"
-  param_dtype: str = "float32"
 
   @property
   def mask_id(self) -> int:
@@ -75,10 +71,8 @@ class MDMConfig(precision.ComputeSettings):
       num_heads=self.num_heads,
       mlp_ratio=self.mlp_ratio,
       frequency_dim=self.frequency_dim,
-      remat=self.remat,
       attention="dot_product",
-      dtype=self.dtype,
-      param_dtype=self.param_dtype,
+      **self.compute_settings(),
     )
 
 
@@ -113,36 +107,10 @@ class TokenStem(nnx.Module):
     return self.tokens[...][tokens] + self.positions[...][:length]
 
 
-class TokenReadout(nnx.Module):
-  """(h [batch, length, width], cond [batch, width]) -> logits [batch,
-  length, vocab], float32: DiT's final layer with a vocabulary head."""
-
-  def __init__(
-    self,
-    width: int,
-    vocab_size: int,
-    *,
-    dtype=jnp.float32,
-    param_dtype=jnp.float32,
-    rngs,
-  ):
-    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm = nnx.LayerNorm(
-      width,
-      epsilon=dit.LAYER_NORM_EPS,
-      use_bias=False,
-      use_scale=False,
-      dtype=jnp.float32,
-      param_dtype=param_dtype,
-      rngs=rngs,
-    )
-    self.adaln = adaln.AdaLNModulation(width, width, 2, mode="dit", **kw)
-    self.linear = init.linear(width, vocab_size, zero=True, **kw)
-
-  def __call__(self, h: jax.Array, cond: jax.Array) -> jax.Array:
-    shift, scale = self.adaln(cond)
-    logits = self.linear(adaln.modulate(self.norm(h), shift, scale))
-    return precision.float32(logits)
+class TokenReadout(dit.FinalLayer):
+  """DiT's final layer with a vocabulary head: (h [batch, length, width],
+  cond [batch, width]) -> logits [batch, length, vocab], float32.
+  `TokenReadout(width, vocab_size, dtype=, param_dtype=, rngs=)`."""
 
 
 def make_layers(spec: MDMConfig, num_layers: int, rngs):

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.models import ar
-from dblocks_jax.nn import init, precision
+from dblocks_jax.nn import llama, precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,32 +83,16 @@ class RecurrentLM(nnx.Module):
   def __init__(self, spec: RecurrentConfig, *, rngs: nnx.Rngs):
     self.spec = spec
     s = spec.layers
-    kw = s.dtypes()
-    self.embed = nnx.Param(
-      init.NORMAL_002(rngs.params(), (s.vocab_size, s.width), kw["param_dtype"])
-    )
+    self.embed = ar.token_embedding(s, rngs)
     front = make_prelude(spec, rngs)
     self.prelude, self.adapter = front["prelude"], front["adapter"]
     self.core = ar.make_layers(
       s, spec.recurrent_layers, rngs, conditioned=False
     )
-    norm = dict(
-      epsilon=s.norm_eps,
-      dtype=jnp.float32,
-      param_dtype=kw["param_dtype"],
-      rngs=rngs,
-    )
-    self.state_norm = nnx.RMSNorm(s.width, **norm)
+    self.state_norm = ar.final_norm(s, rngs)
     self.coda = ar.make_layers(s, spec.coda_layers, rngs, conditioned=False)
-    self.norm = nnx.RMSNorm(s.width, **norm)
-    self.head = init.linear(
-      s.width,
-      s.vocab_size,
-      use_bias=False,
-      kernel_init=init.NORMAL_002,
-      **kw,
-      rngs=rngs,
-    )
+    self.norm = ar.final_norm(s, rngs)
+    self.head = llama.linear(s.width, s.vocab_size, **s.dtypes(), rngs=rngs)
 
   # ----- Pieces ---------------------------------------------------------------
 
@@ -256,14 +240,7 @@ def make_prelude(spec: RecurrentConfig, rngs) -> dict[str, nnx.Module]:
   s = spec.layers
   return {
     "prelude": ar.make_layers(s, spec.prelude_layers, rngs, conditioned=False),
-    "adapter": init.linear(
-      2 * s.width,
-      s.width,
-      use_bias=False,
-      kernel_init=init.NORMAL_002,
-      **s.dtypes(),
-      rngs=rngs,
-    ),
+    "adapter": llama.linear(2 * s.width, s.width, **s.dtypes(), rngs=rngs),
   }
 
 

@@ -114,12 +114,8 @@ class DiffusionReadout(nnx.Module):
     rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.norm = nnx.LayerNorm(
-      width,
-      epsilon=layer_norm_eps,
-      dtype=jnp.float32,
-      param_dtype=param_dtype,
-      rngs=rngs,
+    self.norm = precision.layer_norm(
+      width, epsilon=layer_norm_eps, param_dtype=param_dtype, rngs=rngs
     )
     self.adaln = adaln.AdaLNModulation(
       cond_dim, width, 2, mode=modulation, **kw
@@ -158,10 +154,9 @@ class ViTConfig(precision.ComputeSettings):
     modulation: "official" (SiLU after the adaLN Linear) or "dit".
     readout_token: "label" (the official code: F read at the noisy-label
       token) or "cls" (the paper: a separate CLS token).
-    remat: what each layer keeps for backward (`nn.remat`): "none",
-      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
-    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
-    param_dtype: the dtype the parameters are stored in.
+
+  The compute settings remat, dtype and param_dtype (keyword-only) are
+  `nn.precision.ComputeSettings`'s.
   """
 
   num_layers: int = 12
@@ -176,9 +171,6 @@ class ViTConfig(precision.ComputeSettings):
   layer_norm_eps: float = 1e-12
   modulation: str = "official"
   readout_token: str = "label"
-  remat: str = "none"
-  dtype: str = "float32"
-  param_dtype: str = "float32"
 
   def __post_init__(self):
     super().__post_init__()
@@ -208,10 +200,9 @@ class BaselineViT(nnx.Module):
     )
     self.layers = make_layers(spec, spec.num_layers, rngs, conditioned=False)
     kw = spec.dtypes()
-    self.norm = nnx.LayerNorm(
+    self.norm = precision.layer_norm(
       spec.width,
       epsilon=spec.layer_norm_eps,
-      dtype=jnp.float32,
       param_dtype=kw["param_dtype"],
       rngs=rngs,
     )

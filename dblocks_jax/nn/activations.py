@@ -33,8 +33,9 @@ import math
 
 import jax
 import jax.numpy as jnp
-from jax.extend import core
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad, batching
+
+from dblocks_jax.nn import primitives
 
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
@@ -126,12 +127,8 @@ def _batch(args, dims, *, approximate):
 # GELU's tangent slope(x) t, linear in t. As a primitive, reverse mode
 # (linearize, then transpose) keeps x alone whatever the remat policy: no
 # function of x is computed in the forward pass for the backward one.
-slope_times_p = core.Primitive("dblocks_gelu_slope_times")
-slope_times_p.def_impl(_slope_times)
-slope_times_p.def_abstract_eval(_abstract_eval)
-mlir.register_lowering(
-  slope_times_p, mlir.lower_fun(_slope_times, multiple_results=False)
+slope_times_p = primitives.lax_primitive(
+  "dblocks_gelu_slope_times", _slope_times, _abstract_eval, _batch
 )
 ad.defjvp(slope_times_p, _jvp_x, _jvp_t)
 ad.primitive_transposes[slope_times_p] = _transpose
-batching.primitive_batchers[slope_times_p] = _batch

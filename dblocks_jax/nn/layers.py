@@ -45,38 +45,27 @@ class TransformerLayer(nnx.Module):
   ):
     norm = dict(
       epsilon=layer_norm_eps,
-      use_bias=norm_affine,
-      use_scale=norm_affine,
-      dtype=jnp.float32,
+      affine=norm_affine,
       param_dtype=param_dtype,
       rngs=rngs,
     )
-    precision_kw = dict(dtype=dtype, param_dtype=param_dtype)
-    self.norm1 = nnx.LayerNorm(width, **norm)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    # What the attention and the MLP share.
+    sublayer = dict(dropout=dropout, kernel_init=kernel_init, **kw)
+    self.norm1 = precision.layer_norm(width, **norm)
     self.attention = attention.SelfAttention(
       width,
       num_heads,
       attention_dropout=attention_dropout,
-      dropout=dropout,
-      kernel_init=kernel_init,
       kind=attention_kind,
-      **precision_kw,
-      rngs=rngs,
+      **sublayer,
     )
-    self.norm2 = nnx.LayerNorm(width, **norm)
+    self.norm2 = precision.layer_norm(width, **norm)
     self.mlp = attention.Mlp(
-      width,
-      mlp_dim,
-      dropout=dropout,
-      gelu_approximate=gelu_approximate,
-      kernel_init=kernel_init,
-      **precision_kw,
-      rngs=rngs,
+      width, mlp_dim, gelu_approximate=gelu_approximate, **sublayer
     )
     self.adaln = (
-      adaln.AdaLNModulation(
-        cond_dim, width, 6, mode=modulation, **precision_kw, rngs=rngs
-      )
+      adaln.AdaLNModulation(cond_dim, width, 6, mode=modulation, **kw)
       if cond_dim is not None
       else None
     )
@@ -97,39 +86,6 @@ class TransformerLayer(nnx.Module):
     x = x + gate1[:, None] * self.attention(h, mask=mask, rngs=rngs)
     h = adaln.modulate(self.norm2(x), shift2, scale2)
     return x + gate2[:, None] * self.mlp(h, rngs=rngs)
-
-
-class LayerStack(nnx.Module):
-  """A contiguous group of layers: one DiffusionBlocks block.
-
-  x: [batch, tokens, width] -> [batch, tokens, width], float32 (at least):
-  the residual stream (`nn.precision.residual`).
-  `remat` names what each layer keeps for backward (`nn.remat`: "none",
-  "full" or a `jax.checkpoint_policies` name; True/False = "full"/"none").
-  """
-
-  def __init__(
-    self, num_layers: int, *, remat: str | bool = "none", rngs, **layer_kw
-  ):
-    self.layers = nnx.List(
-      [TransformerLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
-    )
-    self.remat = remat_lib.remat_name(remat)
-
-  def __len__(self) -> int:
-    return len(self.layers)
-
-  def __call__(self, x, cond=None, *, mask=None, rngs=None):
-    x = precision.residual(x)
-    # The same dropout stream with any policy: `nnx.remat` carries the Rngs.
-    call = remat_lib.checkpointed(_call_layer, self.remat)
-    for layer in self.layers:
-      x = call(layer, x, cond, mask, rngs)
-    return x
-
-
-def _call_layer(layer, x, cond, mask, rngs):
-  return layer(x, cond, mask=mask, rngs=rngs)
 
 
 class Stack(nnx.Module):
@@ -157,3 +113,31 @@ class Stack(nnx.Module):
     for layer in self.layers:
       h = call(layer, h)
     return h
+
+
+class LayerStack(Stack):
+  """A contiguous group of layers: one DiffusionBlocks block.
+
+  x: [batch, tokens, width] -> [batch, tokens, width], float32 (at least):
+  the residual stream (`nn.precision.residual`).
+  `remat` names what each layer keeps for backward (`nn.remat`: "none",
+  "full" or a `jax.checkpoint_policies` name; True/False = "full"/"none").
+  """
+
+  def __init__(
+    self, num_layers: int, *, remat: str | bool = "none", rngs, **layer_kw
+  ):
+    stack = [TransformerLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
+    super().__init__(stack, remat=remat)
+
+  def __call__(self, x, cond=None, *, mask=None, rngs=None):
+    x = precision.residual(x)
+    # The same dropout stream with any policy: `nnx.remat` carries the Rngs.
+    call = remat_lib.checkpointed(_call_layer, self.remat)
+    for layer in self.layers:
+      x = call(layer, x, cond, mask, rngs)
+    return x
+
+
+def _call_layer(layer, x, cond, mask, rngs):
+  return layer(x, cond, mask=mask, rngs=rngs)

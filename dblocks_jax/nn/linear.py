@@ -41,8 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.extend import core
-from jax.interpreters import ad, batching, mlir
+from jax.interpreters import ad
+
+from dblocks_jax.nn import primitives
 
 
 def matmul(x: jax.Array, kernel: jax.Array, dtype) -> jax.Array:
@@ -134,14 +135,10 @@ def _batch(args, dims, *, dtype):
   return lax_fn(x, kernel), 0
 
 
-matmul_p = core.Primitive("dblocks_matmul")
-matmul_p.def_impl(_matmul_lax)
-matmul_p.def_abstract_eval(_abstract_eval)
-mlir.register_lowering(
-  matmul_p, mlir.lower_fun(_matmul_lax, multiple_results=False)
+matmul_p = primitives.lax_primitive(
+  "dblocks_matmul", _matmul_lax, _abstract_eval, _batch
 )
 ad.defbilinear(matmul_p, _transpose_x, _transpose_kernel)
-batching.primitive_batchers[matmul_p] = _batch
 
 
 class Linear(nnx.Linear):

@@ -25,12 +25,34 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import init, precision
+from dblocks_jax.nn import init, layers, precision
 from dblocks_jax.nn import remat as remat_lib
 
 KeyValue = tuple[jax.Array, jax.Array]
 # (keys [b, slots, heads, head_dim], values, valid [b, slots] bool).
 Prefix = tuple[jax.Array, jax.Array, jax.Array]
+
+
+def linear(
+  in_features: int,
+  out_features: int,
+  *,
+  dtype=jnp.float32,
+  param_dtype=jnp.float32,
+  rngs: nnx.Rngs,
+):
+  """Llama's Linear (`nn.init.linear`): no bias, N(0, 0.02) weights.
+
+  x: [..., in_features] -> [..., out_features] float32."""
+  return init.linear(
+    in_features,
+    out_features,
+    use_bias=False,
+    kernel_init=init.NORMAL_002,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
 
 
 def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -74,15 +96,9 @@ class Attention(nnx.Module):
     if width % num_heads:
       raise ValueError(f"width {width} is not divisible by {num_heads} heads")
     self.num_heads, self.theta, self.dtype = num_heads, theta, dtype
-    kw = dict(
-      use_bias=False,
-      kernel_init=init.NORMAL_002,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-    )
-    self.qkv = init.linear(width, 3 * width, **kw)
-    self.out = init.linear(width, width, **kw)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.qkv = linear(width, 3 * width, **kw)
+    self.out = linear(width, width, **kw)
 
   def __call__(self, x, positions, mask, *, prefix: Prefix | None = None):
     batch, tokens, width = x.shape
@@ -119,16 +135,10 @@ class SwiGLU(nnx.Module):
     param_dtype=jnp.float32,
     rngs,
   ):
-    kw = dict(
-      use_bias=False,
-      kernel_init=init.NORMAL_002,
-      dtype=dtype,
-      param_dtype=param_dtype,
-      rngs=rngs,
-    )
-    self.gate = init.linear(width, hidden, **kw)
-    self.up = init.linear(width, hidden, **kw)
-    self.down = init.linear(hidden, width, **kw)
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.gate = linear(width, hidden, **kw)
+    self.up = linear(width, hidden, **kw)
+    self.down = linear(hidden, width, **kw)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
@@ -152,12 +162,10 @@ class LlamaLayer(nnx.Module):
     rngs: nnx.Rngs,
   ):
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    norm = dict(
-      epsilon=norm_eps, dtype=jnp.float32, param_dtype=param_dtype, rngs=rngs
-    )
-    self.norm1 = nnx.RMSNorm(width, **norm)
+    norm = dict(epsilon=norm_eps, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = precision.rms_norm(width, **norm)
     self.attention = Attention(width, num_heads, theta=rope_theta, **kw)
-    self.norm2 = nnx.RMSNorm(width, **norm)
+    self.norm2 = precision.rms_norm(width, **norm)
     self.mlp = SwiGLU(width, mlp_dim, **kw)
     self.adaln = (
       init.linear(cond_dim, 6 * width, zero=True, **kw)
@@ -180,7 +188,7 @@ class LlamaLayer(nnx.Module):
     return x + gate2 * self.mlp(h), kv
 
 
-class LlamaStack(nnx.Module):
+class LlamaStack(layers.Stack):
   """A contiguous group of Llama layers: one DiffusionBlocks block, or a
   whole baseline network.
 
@@ -194,13 +202,8 @@ class LlamaStack(nnx.Module):
   def __init__(
     self, num_layers: int, *, remat: str | bool = "none", rngs, **layer_kw
   ):
-    self.layers = nnx.List(
-      [LlamaLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
-    )
-    self.remat = remat_lib.remat_name(remat)
-
-  def __len__(self) -> int:
-    return len(self.layers)
+    stack = [LlamaLayer(rngs=rngs, **layer_kw) for _ in range(num_layers)]
+    super().__init__(stack, remat=remat)
 
   def __call__(self, x, cond=None, *, positions, mask):
     """x: [b, t, width] -> [b, t, width]."""

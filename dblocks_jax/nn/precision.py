@@ -9,8 +9,9 @@ float32. Embedding lookups are gathers, with no arithmetic to do in
 `dtype`: they return their table's dtype, and the Linear they feed casts.
 
 What stays float32 whatever `dtype` is (where the casts are):
-  * norms (LayerNorm, RMSNorm): built with dtype=float32, so statistics and
-    output are float32 (`nn.layers`, `nn.llama`, the models' readouts);
+  * norms (LayerNorm, RMSNorm): built with dtype=float32 (`layer_norm`,
+    `rms_norm`), so statistics and output are float32 (`nn.layers`,
+    `nn.llama`, the models' readouts);
   * the residual stream: a layer stack casts its input up with `residual`,
     so the sum of the layers' outputs is kept in float32;
   * attention: the einsum attention of ViT and DiT (`nn.attention`) takes
@@ -24,8 +25,11 @@ What stays float32 whatever `dtype` is (where the casts are):
     samplers are float32.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from dblocks_jax.nn import remat as remat_lib
 
@@ -66,10 +70,59 @@ def below_float32(dtype) -> bool:
   return jnp.finfo(dtype).bits < 32
 
 
+def layer_norm(
+  width: int,
+  *,
+  epsilon: float,
+  affine: bool = True,
+  param_dtype=jnp.float32,
+  rngs: nnx.Rngs,
+) -> nnx.LayerNorm:
+  """LayerNorm over x: [..., width] with float32 statistics and output;
+  with `affine` a learned scale and bias, stored in `param_dtype`."""
+  return nnx.LayerNorm(
+    width,
+    epsilon=epsilon,
+    use_bias=affine,
+    use_scale=affine,
+    dtype=jnp.float32,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
+
+
+def rms_norm(
+  width: int, *, epsilon: float, param_dtype=jnp.float32, rngs: nnx.Rngs
+) -> nnx.RMSNorm:
+  """RMSNorm over x: [..., width] with float32 statistics and output; its
+  scale is stored in `param_dtype`."""
+  return nnx.RMSNorm(
+    width,
+    epsilon=epsilon,
+    dtype=jnp.float32,
+    param_dtype=param_dtype,
+    rngs=rngs,
+  )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class ComputeSettings:
-  """Base of the models' frozen config dataclasses, which have `remat`,
-  `dtype` and `param_dtype` fields: after init, `remat` holds its policy
-  name (`nn.remat.remat_name`) and the dtype names are checked."""
+  """How the layers compute: the base of the models' frozen config
+  dataclasses (`models.vit.ViTConfig`, `models.dit.DiTConfig`,
+  `models.mdm.MDMConfig`, `models.ar.ARConfig`). The fields are keyword-only
+  (a subclass's own fields keep their positions); after init, `remat` holds
+  its policy name (`nn.remat.remat_name`) and the dtype names are checked.
+
+  Attributes:
+    remat: what each layer keeps for backward (`nn.remat`): "none",
+      "full" or a `jax.checkpoint_policies` name (True/False: full/none).
+    dtype: the compute dtype of the Linears, "float32" or "bfloat16".
+    param_dtype: the dtype the parameters are stored in.
+  """
+
+  remat: str = "none"
+  dtype: str = "float32"
+  param_dtype: str = "float32"
 
   def __post_init__(self):
     object.__setattr__(self, "remat", remat_lib.remat_name(self.remat))
@@ -78,3 +131,12 @@ class ComputeSettings:
   def dtypes(self) -> dict:
     """{"dtype", "param_dtype"} as JAX dtypes, the layers' arguments."""
     return dtypes(self.dtype, self.param_dtype)
+
+  def compute_settings(self) -> dict:
+    """{"remat", "dtype", "param_dtype"}: these fields, as keyword
+    arguments of another config."""
+    return {
+      "remat": self.remat,
+      "dtype": self.dtype,
+      "param_dtype": self.param_dtype,
+    }
