@@ -1,9 +1,9 @@
-"""Seeded test data shared by tests/test_inception.py and
+"""Seeded test data shared by tests/models/test_inception.py and
 tools/inception_goldens.py (which writes the torch goldens), in plain numpy.
 
 The full FID Inception has 22M parameters, too many to keep in the repo, so
 both sides regenerate the same random weights from a seed and the repo holds
-only the torch outputs (tests/data/inception_golden.npz).
+only the torch outputs (tests/fixtures/inception_golden.npz).
 """
 
 import collections

@@ -1,4 +1,4 @@
-"""Regenerates the torch goldens of tests/test_inception.py (needs torch).
+"""Regenerates the torch goldens of tests/models/test_inception.py (torch).
 
 Not part of the package and never imported by the tests: it runs in a
 separate environment with torch, torchvision and pytorch-fid, e.g.
@@ -15,7 +15,7 @@ It builds pytorch-fid's `InceptionV3([3], resize_input=True,
 normalize_input=True, use_fid_inception=True)` without downloading weights
 (the FID blocks on a torchvision Inception-v3 with random init), sets every
 conv weight and BatchNorm tensor from `tests/inception_random.py` (seed 0),
-and writes to tests/data/:
+and writes to tests/fixtures/:
 
   inception_golden.npz: the 2048-d pool features of the two inputs of
     `golden_inputs()`, torch's bilinear (align_corners=False) interpolation
@@ -37,7 +37,7 @@ import torchvision
 from pytorch_fid import inception as fid_inception
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "tests", "data")
+DATA = os.path.join(ROOT, "tests", "fixtures")
 
 
 def _helper():

@@ -158,20 +158,22 @@ class RecurrentLM(nnx.Module):
     e = self.encode(tokens)
     state = self.initial_state(key, tokens.shape[0], positions)
 
+    iterate = _loop_body(self, positions, mask)
+
     def step(state, _=None):
-      return self.iterate(state, e, positions=positions, mask=mask), None
+      return iterate(state, e), None
 
     if not backprop_depth:
       state, _ = jax.lax.scan(step, state, length=int(depth), unroll=unroll)
       return self.readout(state, positions=positions, mask=mask)
 
-    frozen = _stop_gradient(self)
+    iterate_frozen = _loop_body(_stop_gradient(self), positions, mask)
     e_frozen = jax.lax.stop_gradient(e)
     maximum = max if unroll else jnp.maximum
     free = maximum(depth - backprop_depth, 0)
 
     def free_step(_, state):
-      return frozen.iterate(state, e_frozen, positions=positions, mask=mask)
+      return iterate_frozen(state, e_frozen)
 
     state = jax.lax.fori_loop(0, free, free_step, state, unroll=unroll)
     skipped = maximum(backprop_depth - depth, 0)  # depth < backprop_depth
@@ -242,6 +244,23 @@ def make_prelude(spec: RecurrentConfig, rngs) -> dict[str, nnx.Module]:
     "prelude": ar.make_layers(s, spec.prelude_layers, rngs, conditioned=False),
     "adapter": llama.linear(2 * s.width, s.width, **s.dtypes(), rngs=rngs),
   }
+
+
+def _loop_body(model: "RecurrentLM", positions, mask):
+  """`(state, e) -> model.iterate(state, e)` for the body of a JAX loop.
+
+  The model is rebuilt inside the body from its split arrays: an nnx
+  transform in the core (`nnx.remat`, any `model.remat` but "none") may
+  not update a module made outside the loop's trace.
+  """
+  graphdef, arrays = nnx.split(model)
+
+  def iterate(state, e):
+    # tree.map makes new Variables, of this trace (merge alone reuses them).
+    inner = nnx.merge(graphdef, jax.tree.map(lambda x: x, arrays))
+    return inner.iterate(state, e, positions=positions, mask=mask)
+
+  return iterate
 
 
 def _stop_gradient(module: nnx.Module) -> nnx.Module:

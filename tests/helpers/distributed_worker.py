@@ -1,4 +1,4 @@
-"""One process of a data-parallel run (tests/test_distributed.py).
+"""One process of a data-parallel run (tests/blockwise/test_distributed.py).
 
     python distributed_worker.py OUT PROCESS_ID NUM_PROCESSES DEVICES PORT
 

@@ -15,7 +15,9 @@ from PIL import Image
 from dblocks_jax.data import digits, idx, latents, tfds_sources, tiny_imagenet
 from dblocks_jax.errors import ConfigError, DataError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 
 
 def truncate(path, size=None) -> None:

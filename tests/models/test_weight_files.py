@@ -27,8 +27,10 @@ from dblocks_jax.errors import DataError
 from dblocks_jax.evaluate import features
 from dblocks_jax.models.pretrained import inception_weights, torch_files
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DATA = os.path.join(ROOT, "tests", "data")
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
+DATA = os.path.join(ROOT, "tests", "fixtures")
 CONVERTER = os.path.join(ROOT, "tools", "pth_to_safetensors.py")
 FORMATS = ["zip", "legacy"]
 _STORAGES = {
@@ -341,7 +343,7 @@ def _convert(source, target) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("source", ["torch_zip", "torch_legacy", "hand_zip"])
 def test_converter_writes_the_same_tensors(tmp_path, source):
-  """torch.save's own files (tests/data) and a hand-written one."""
+  """torch.save's own files (tests/fixtures) and a hand-written one."""
   needs("safetensors", "weights")
   if source == "hand_zip":
     obj, storages, expected = _benign("zip")

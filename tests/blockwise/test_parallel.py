@@ -25,7 +25,9 @@ from dblocks_jax.families import common, runs, train
 from dblocks_jax.training import placement
 from dblocks_jax.training import trainer as trainer_lib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 # Quickstart smoke with 4 one-layer blocks, each with its own stem/readout.
 FOUR_BLOCKS = (
   "--config=configs/quickstart.py:smoke,official",

@@ -21,7 +21,9 @@ import pytest
 import dblocks_jax as db
 from dblocks_jax.errors import NonFiniteLossError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 WIDTH, CLASSES = 32, 10
 
 # The model and data, as a user writes them (also run in a subprocess).

@@ -17,7 +17,9 @@ from flax import nnx
 from dblocks_jax import errors
 from dblocks_jax.training import checkpoint
 
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO_ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 _META = {"num_blocks": 3, "partition": "equiprobable"}
 
 

@@ -1,6 +1,6 @@
 """The FID Inception-v3, its torch-free weight reader, and its features.
 
-Goldens (tests/data/inception_golden.npz) come from pytorch-fid's torch
+Goldens (tests/fixtures/inception_golden.npz) come from pytorch-fid's torch
 model with seeded random weights (tools/inception_goldens.py); the tests
 regenerate the same weights in numpy (inception_random.py), load them
 through the real loader and compare. Pool features agree to 3e-7 of their
@@ -31,7 +31,7 @@ from dblocks_jax.models.pretrained import (
   torch_files,
 )
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
+DATA = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 
 
 def save_file(tensors, path):

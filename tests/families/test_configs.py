@@ -16,7 +16,9 @@ from dblocks_jax.cli import encode
 from dblocks_jax.families import train
 from dblocks_jax.models.pretrained import vae, vae_weights
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 RECIPES = ("common.py", "images.py", "language.py")
 CONFIGS = sorted(
   os.path.basename(p)[:-3]

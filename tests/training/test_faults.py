@@ -27,7 +27,9 @@ from dblocks_jax.errors import WorkdirLockedError
 from dblocks_jax.training import workdir_lock
 from dblocks_jax.training.checkpoint import Checkpointer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 # 30 steps of the official quickstart smoke config: checkpoints every 5
 # steps, an evaluation at step 15.
 RUN = (

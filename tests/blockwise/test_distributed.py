@@ -11,7 +11,9 @@ import jax
 import numpy as np
 from conftest import xla_flags
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 WORKER = os.path.join(ROOT, "tests", "helpers", "distributed_worker.py")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from random_params import random_batch, randomize_experiment
 
-from configs import quickstart
+from configs import huginn_pydocs, quickstart
 from dblocks_jax import families
 from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise import steps
@@ -142,3 +142,43 @@ def test_memory_report_covers_each_policy(smoke_config):
   bad.memory.remat_policies = ("everything",)
   with pytest.raises(ConfigError, match=r"^memory\.remat_policies='everyth"):
     memory.memory_report(bad)
+
+
+@pytest.mark.parametrize("method", ["dblocks", "e2e"])
+def test_the_recurrent_loops_take_every_policy(method):
+  """The recurrent-depth LM iterates its core inside JAX loops (scan, and
+  fori_loop for the iterations without gradients): under any policy its
+  loss and gradients equal those without remat."""
+  config = huginn_pydocs.get_config(
+    "smoke" if method == "dblocks" else "smoke,e2e"
+  )
+  config.batch_size = 4
+  family = families.get(config.model.name)
+  results = {}
+  for policy in ("none", "full", "dots_saveable"):
+    config.model.remat = policy
+    experiment = randomize_experiment(family.build(config))
+    graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
+    groups = {"shared": shared, "block": blocks[0] if blocks else {}}
+    groups = {n: g for n, g in groups.items() if jax.tree.leaves(g)}
+    loss_fn = steps.loss_of(experiment.task, graphdefs, experiment.plan, 0)
+    batch = random_batch(family, config)
+
+    def loss(params, groups=groups, loss_fn=loss_fn, batch=batch, fixed=fixed):
+      rest = {n: g["rest"] for n, g in groups.items()}
+      key = jax.random.key(1)
+      return loss_fn(params, rest, fixed, batch, key, 0)[0]
+
+    params = {n: g["params"] for n, g in groups.items()}
+    results[policy] = jax.jit(jax.value_and_grad(loss))(params)
+  expected = results["none"]
+  assert np.isfinite(float(expected[0]))
+  for policy in ("full", "dots_saveable"):
+    np.testing.assert_allclose(results[policy][0], expected[0], rtol=1e-6)
+    for x, y in zip(
+      jax.tree.leaves(results[policy][1]),
+      jax.tree.leaves(expected[1]),
+      strict=True,
+    ):
+      scale = float(np.abs(y).max())  # Recomputation reorders float sums.
+      np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6 * scale)
