@@ -35,7 +35,27 @@ from dblocks_jax.models.pretrained import inception, inception_weights
 FEATURE_NETWORKS = ("inception", "classifier", "none")
 
 
-class ClassifierFeatures:
+class _LazyNetwork:
+  """A feature network whose parameters (`params`, a `LazyParams`) load at
+  its first call and leave the device at `release`; `kind` and
+  `identity()` name its feature space."""
+
+  kind = ""
+
+  def identity(self) -> dict:
+    raise NotImplementedError
+
+  @property
+  def description(self) -> dict:
+    """What identifies this feature space (for caches and eval.json)."""
+    return {"feature_network": self.kind, **self.identity()}
+
+  def release(self) -> None:
+    """Frees the network's device memory until the next call."""
+    self.params.release()
+
+
+class ClassifierFeatures(_LazyNetwork):
   """Features of a trained image classifier (a checkpoint of a run).
 
   Making one builds nothing: the classifier is loaded at the first call
@@ -67,15 +87,10 @@ class ClassifierFeatures:
     self._features = jax.jit(features)
     return params
 
-  def release(self) -> None:
-    """Frees the classifier's device memory until the next call."""
-    self.params.release()
+  kind = "classifier"
 
-  @property
-  def description(self) -> dict:
-    """What identifies this feature space (for caches and eval.json)."""
+  def identity(self) -> dict:
     return {
-      "feature_network": "classifier",
       "classifier_workdir": self.workdir,
       "classifier_step": self.step,
       "classifier_data": self.dataset,
@@ -95,7 +110,7 @@ class ClassifierFeatures:
     return np.asarray(self._features(shared, jnp.asarray(pixels, jnp.float32)))
 
 
-class InceptionFeatures:
+class InceptionFeatures(_LazyNetwork):
   """Pool features [batch, 2048] of the FID Inception-v3 with the weights
   of `weights_path` (pytorch-fid's pt_inception-2015-12-05-6726825d.pth).
 
@@ -122,15 +137,10 @@ class InceptionFeatures:
     )
     return params
 
-  def release(self) -> None:
-    """Frees the network's device memory until the next call."""
-    self.params.release()
+  kind = "inception"
 
-  @property
-  def description(self) -> dict:
-    """What identifies this feature space (for caches and eval.json)."""
+  def identity(self) -> dict:
     return {
-      "feature_network": "inception",
       "inception_weights": os.path.basename(self.weights_path),
       "inception_sha256": self.sha256,
     }

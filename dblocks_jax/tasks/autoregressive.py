@@ -249,8 +249,16 @@ def _prefixes(cache, position):
   return jax.tree.map(prefix, cache, is_leaf=_is_pair)
 
 
+class _NextTokenEvaluation:
+  """`evaluate`: next-token accuracy and cross-entropy over held-out
+  windows (`next_token_accuracy`), for both language-model tasks."""
+
+  def evaluate(self, predict, batches: Iterable, key) -> dict:
+    return next_token_accuracy(predict, batches, key)
+
+
 @dataclasses.dataclass(frozen=True)
-class NextTokenDiffusion:
+class NextTokenDiffusion(_NextTokenEvaluation):
   """The DiffusionBlocks autoregressive task (a `Task`).
 
   Batches are {"tokens": [b, T] int}. Parts: see `two_stream_denoise`.
@@ -351,9 +359,6 @@ class NextTokenDiffusion:
       return self._estimate(parts, logits), logits
 
     return _chain(denoise, z, sampler)
-
-  def evaluate(self, predict, batches: Iterable, key) -> dict:
-    return next_token_accuracy(predict, batches, key)
 
   def generate(
     self,
@@ -525,7 +530,7 @@ def top_p_sample(key, logits: jax.Array, top_p: float) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class CausalLM:
+class CausalLM(_NextTokenEvaluation):
   """The autoregressive baseline (a `Task`): part "model" is a
   `models.ar.LlamaLM`, trained without noise (`level` is None).
 
@@ -562,9 +567,6 @@ class CausalLM:
     del sampler
     logits = self.forward(parts_for_block(0)["model"], batch["tokens"], key)
     return _shift_right(logits)
-
-  def evaluate(self, predict, batches: Iterable, key) -> dict:
-    return next_token_accuracy(predict, batches, key)
 
   def generate(
     self,
