@@ -149,6 +149,11 @@ def ar_language(
     cond_dim=width,  # Width of the noise-level condition.
     norm_eps=1e-5,  # RMSNorm epsilon (Llama-2).
     rope_theta=10000.0,
+    # The Llama layers' attention: dense (jax.nn.dot_product_attention, a
+    # dense mask) | chunked (nn.chunked_attention: no scores written out)
+    # | auto (cuDNN's fused attention on GPU where the mask allows it, else
+    # chunked). Forward-mode autodiff (jax.jvp) needs dense.
+    attention_impl="auto",
   )
   c.blocks.gamma = 0.1
   common.edm(

@@ -16,6 +16,10 @@ step (`mesh_step`), compiled for G groups of the devices JAX sees: its
 per-device bytes against one device that trains the blocks in turn and so
 holds all of them (`sequential_device`).
 
+`attention` names the attention path each step was compiled with (the
+language models' `model.attention_impl` resolved on this platform, e.g.
+"chunked (auto on cpu)"; "dense" for the families without the switch).
+
 `offload` gives the device bytes of the block-wise run without and with
 `blocks.offload` (the blocks not being trained in host memory), from the
 state's sizes and the compiled block step (`offload_memory`).
@@ -182,6 +186,16 @@ def offload_memory(config: ml_collections.ConfigDict, step: dict) -> dict:
   return out
 
 
+def attention_path(config: ml_collections.ConfigDict) -> str:
+  """The attention path of `config`'s training step: the family's
+  `attention_path`, or "dense" for a family whose attention has no
+  switch."""
+  family = families.get(config.model.name)
+  if hasattr(family, "attention_path"):
+    return family.attention_path(config)
+  return "dense (the family has no model.attention_impl)"
+
+
 def remat_policies(config: ml_collections.ConfigDict) -> list[str]:
   """The policies the report compiles: "none", then each of
   `memory.remat_policies` (checked)."""
@@ -203,6 +217,10 @@ def memory_report(config: ml_collections.ConfigDict) -> dict:
     "backend": jax.default_backend(),
   }
   policies = remat_policies(config)
+  report["attention"] = {
+    name: attention_path(common.with_changes(config, {"method": method}))
+    for name, method in variants.items()
+  }
   for policy in policies:
     suffix = "" if policy == "none" else f"_remat_{policy}"
     for name, method in variants.items():
@@ -224,14 +242,22 @@ def memory_report(config: ml_collections.ConfigDict) -> dict:
 
 
 def summary(report: dict) -> list[str]:
-  """The lines `--mode=memory` prints for a `memory_report`: the temporaries'
-  ratio under each remat policy, the state held with and without offload,
-  and the mesh's ratio when there is one."""
+  """The lines `--mode=memory` prints for a `memory_report`: the attention
+  path of each step, the temporaries' ratio under each remat policy, the
+  state held with and without offload, and the mesh's ratio when there is
+  one."""
   block, e2e = report["block_step"], report["e2e_step"]
-  lines = [
+  lines = []
+  if "attention" in report:  # Reports written before the field lack it.
+    attention = report["attention"]
+    lines.append(
+      f"attention: block step {attention['block_step']}; e2e step"
+      f" {attention['e2e_step']}"
+    )
+  lines.append(
     f"temp bytes block/e2e: {report['temp_ratio_block_over_e2e']:.3f}"
     f" ({block['temp_bytes']:,} / {e2e['temp_bytes']:,})"
-  ]
+  )
   for key in report:
     if key.startswith("block_step_remat_"):
       policy = key.removeprefix("block_step_remat_")

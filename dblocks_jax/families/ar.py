@@ -36,6 +36,7 @@ import os
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError, DataError
@@ -43,6 +44,7 @@ from dblocks_jax.evaluate import diversity
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import ar
+from dblocks_jax.nn import llama
 from dblocks_jax.tasks.autoregressive import CausalLM, NextTokenDiffusion
 
 CORPORA = ("pydocs", "lm1b")
@@ -52,11 +54,15 @@ TOKENIZER_FILE = "tokenizer.model"
 def model_config(config) -> ar.ARConfig:
   """`config.model` as the LM's explicit hyper-parameters."""
   common.check_seq_len(config, "the context")
+  common.check_choice(
+    config.model.attention_impl, llama.ATTENTION_IMPLS, "model.attention_impl"
+  )
   return common.model_spec(
     ar.ARConfig,
     config,
     *("vocab_size", "max_seq_len", "num_layers", "width", "num_heads"),
     *("mlp_dim", "cond_dim", "frequency_dim", "norm_eps", "rope_theta"),
+    "attention_impl",
   )
 
 
@@ -85,8 +91,6 @@ def corpus_from_config(config) -> TokenCorpus:
 
 @functools.cache
 def _corpus(name: str, folder: str, tokenizer_path: str, vocab_size: int):
-  from absl import logging
-
   from dblocks_jax.data import text
   from dblocks_jax.data import tokenizer as tokenizers
 
@@ -186,9 +190,19 @@ def held_out(config) -> HeldOut:
 class ARFamily:
   """Autoregressive language modelling: see the module docstring."""
 
+  # The masks of the training step: the 2T layout block-wise, causal e2e.
+  mask_kinds = {"dblocks": ("two_stream",), "e2e": ("causal",)}
+
+  def attention_path(self, config) -> str:
+    """The attention path of `config`'s training step (`model.attention_impl`
+    resolved on this platform), e.g. "chunked (auto on cpu)"."""
+    spec = model_config(config)  # The recurrent LM's layers too.
+    return spec.describe_attention(self.mask_kinds[common.check_method(config)])
+
   def build(self, config, *, held_blocks=None) -> Experiment:
     method = common.check_build(config)
     spec = model_config(config)
+    logging.info("attention: %s", self.attention_path(config))
     if method == "e2e":
       model = common.end_to_end_model(
         config, lambda rngs: ar.LlamaLM(spec, rngs=rngs)

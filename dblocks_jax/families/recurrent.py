@@ -18,6 +18,8 @@ Data, evaluation and samples are the autoregressive family's
 (`families.ar`): the same corpora, tokenizer, judge and metrics.
 """
 
+from absl import logging
+
 from dblocks_jax import errors
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import ar as ar_family
@@ -58,9 +60,13 @@ def inference_depth(config) -> int:
 class RecurrentFamily(ar_family.ARFamily):
   """Recurrent-depth language modelling: see the module docstring."""
 
+  # Block-wise, the prelude (a shared part) runs causal beside the block.
+  mask_kinds = {"dblocks": ("two_stream", "causal"), "e2e": ("causal",)}
+
   def build(self, config, *, held_blocks=None) -> Experiment:
     method = common.check_build(config)
     spec = model_config(config)
+    logging.info("attention: %s", self.attention_path(config))
     k = inference_depth(config)
     if method == "e2e":
       r, s = config.recurrence, config.sampler

@@ -50,7 +50,8 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
 def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fields that config.json files written before them lack, as those runs
   had them: float32 compute and parameters; a boolean model.remat becomes
-  its policy name ("full" or "none"); no host offload."""
+  its policy name ("full" or "none"); no host offload; the language models'
+  dense attention."""
   blocks = config.get("blocks")
   if blocks is not None and "offload" not in blocks:
     blocks["offload"] = False
@@ -60,6 +61,8 @@ def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("dtype", "param_dtype"):
     if field not in model:
       model[field] = "float32"
+  if model.get("name") in ("ar", "recurrent") and "attention_impl" not in model:
+    model["attention_impl"] = "dense"
   if isinstance(model.get("remat"), bool):
     remat = "full" if model.remat else "none"
     del model["remat"]  # A ConfigDict field keeps its type: set anew.

@@ -34,6 +34,7 @@ from flax import nnx
 
 from dblocks_jax.diffusion import edm
 from dblocks_jax.nn import embed, init, llama, precision
+from dblocks_jax.nn.chunked_attention import MaskSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +53,11 @@ class ARConfig(precision.ComputeSettings):
     frequency_dim: sinusoid size of the noise-level embedder.
     norm_eps: RMSNorm epsilon.
     rope_theta: RoPE base.
+    attention_impl: the attention path of the Llama layers (`nn.llama`):
+      "dense" (`jax.nn.dot_product_attention` with a dense mask), "chunked"
+      (`nn.chunked_attention`, no scores written out) or "auto" (cuDNN's
+      fused attention on GPU where the mask allows it, else chunked).
+      Forward-mode autodiff (`jax.jvp`) needs "dense".
 
   The compute settings remat, dtype and param_dtype (keyword-only) are
   `nn.precision.ComputeSettings`'s.
@@ -67,6 +73,26 @@ class ARConfig(precision.ComputeSettings):
   frequency_dim: int = 256
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
+  attention_impl: str = "auto"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.attention_impl not in llama.ATTENTION_IMPLS:
+      raise ValueError(
+        f"attention_impl={self.attention_impl!r} is unknown; choose one of"
+        f" {llama.ATTENTION_IMPLS}."
+      )
+
+  def describe_attention(self, mask_kinds) -> str:
+    """The attention path of each of `mask_kinds` on this platform
+    (`llama.describe_attention`), e.g. "chunked (auto on cpu)"."""
+    return llama.describe_attention(
+      self.attention_impl,
+      jax.default_backend(),
+      mask_kinds,
+      dtype=self.dtypes()["dtype"],
+      head_dim=self.width // self.num_heads,
+    )
 
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
@@ -80,6 +106,7 @@ def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
     cond_dim=spec.cond_dim if conditioned else None,
     norm_eps=spec.norm_eps,
     rope_theta=spec.rope_theta,
+    attention_impl=spec.attention_impl,
     remat=spec.remat,
     **spec.dtypes(),
     rngs=rngs,
@@ -180,7 +207,7 @@ class LlamaLM(nnx.Module):
     h = self.layers(
       self.embed[...][tokens],
       positions=jnp.arange(length),
-      mask=causal_mask(length),
+      mask=MaskSpec.causal(),
     )
     return self.norm(h)
 
@@ -193,7 +220,7 @@ class LlamaLM(nnx.Module):
     h, kvs = self.layers.prefill(
       self.embed[...][tokens],
       positions=jnp.arange(length),
-      mask=causal_mask(length),
+      mask=MaskSpec.causal(),
     )
     return precision.float32(self.head(self.norm(h))), kvs
 
@@ -230,7 +257,8 @@ def final_norm(spec: ARConfig, rngs) -> nnx.RMSNorm:
 
 
 def causal_mask(length: int) -> jax.Array:
-  """[1, 1, length, length]: token i attends to tokens j <= i."""
+  """[1, 1, length, length]: token i attends to tokens j <= i (the dense
+  form of `MaskSpec.causal()`, which the models pass)."""
   return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 

@@ -41,6 +41,7 @@ from flax import nnx
 
 from dblocks_jax.models import ar
 from dblocks_jax.nn import llama, precision
+from dblocks_jax.nn.chunked_attention import MaskSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +135,7 @@ class RecurrentLM(nnx.Module):
     return self.prelude(
       self.embed[...][tokens],
       positions=jnp.arange(length),
-      mask=ar.causal_mask(length),
+      mask=MaskSpec.causal(),
     )
 
   # ----- Training and teacher-forced inference --------------------------------
@@ -154,7 +155,7 @@ class RecurrentLM(nnx.Module):
     same values, for XLA's cost analysis, which counts a loop body once.
     """
     length = tokens.shape[1]
-    positions, mask = jnp.arange(length), ar.causal_mask(length)
+    positions, mask = jnp.arange(length), MaskSpec.causal()
     e = self.encode(tokens)
     state = self.initial_state(key, tokens.shape[0], positions)
 
@@ -193,7 +194,7 @@ class RecurrentLM(nnx.Module):
     """tokens [b, t] -> (logits [b, t, vocab], caches) after `depth`
     iterations; caches = (prelude, core [depth]-stacked, coda)."""
     length = tokens.shape[1]
-    positions, mask = jnp.arange(length), ar.causal_mask(length)
+    positions, mask = jnp.arange(length), MaskSpec.causal()
     e, prelude_kvs = self.prelude.prefill(
       self.embed[...][tokens], positions=positions, mask=mask
     )

@@ -62,7 +62,7 @@ import optax
 
 from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm
-from dblocks_jax.models.ar import causal_mask
+from dblocks_jax.nn.chunked_attention import MaskSpec
 from dblocks_jax.tasks.batches import Field
 
 ESTIMATES = ("soft", "hard", "nucleus")
@@ -72,7 +72,8 @@ SIGMA_PER = ("token", "sequence")
 def two_stream_mask(length: int) -> jax.Array:
   """[1, 1, 2 length, 2 length] bool, True = attend: rows and columns are
   [noisy_0 .. noisy_{T-1} | clean_0 .. clean_{T-1}] (see the module
-  docstring)."""
+  docstring). The dense form of `MaskSpec.two_stream(length)`, which the
+  denoiser passes."""
   i = jnp.arange(length)[:, None]
   j = jnp.arange(length)[None, :]
   noisy_rows = jnp.concatenate([i == j, j < i], axis=1)
@@ -100,7 +101,7 @@ def context_features(parts, tokens, sigma_data: float):
   e = parts["prelude"](
     clean_inputs(parts, tokens, sigma_data),
     positions=jnp.arange(length),
-    mask=causal_mask(length),
+    mask=MaskSpec.causal(),
   )
   return _shift_right(e)
 
@@ -142,7 +143,7 @@ def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
   h = jnp.concatenate([noisy, clean], 1)
   positions = jnp.tile(jnp.arange(length), 2)
   h = parts["layers"](
-    h, cond, positions=positions, mask=two_stream_mask(length)
+    h, cond, positions=positions, mask=MaskSpec.two_stream(length)
   )
   return parts["readout"](
     h[:, :length], z, sigma, noisy_cond, sigma_data=sigma_data
@@ -418,7 +419,7 @@ class NextTokenDiffusion(_NextTokenEvaluation):
         inject(parts, clean_inputs(parts, prompt, self.sigma_data), before),
         parts["context"](batch, prompt_length),
         positions=jnp.arange(prompt_length),
-        mask=causal_mask(prompt_length),
+        mask=MaskSpec.causal(),
       )
       caches[b] = _empty_cache(kvs, total)
 
@@ -488,7 +489,7 @@ class _PreludeCache:
     e, kvs = parts["prelude"].prefill(
       clean_inputs(parts, prompt, sigma_data),
       positions=jnp.arange(length),
-      mask=causal_mask(length),
+      mask=MaskSpec.causal(),
     )
     return cls(_empty_cache(kvs, total), e[:, -1:]), _shift_right(e)
 

@@ -3,6 +3,7 @@ generation, the Llama layers, the tokenizer, training and evaluation, and
 bad input."""
 
 import copy
+import dataclasses
 import json
 import os
 
@@ -12,10 +13,11 @@ import numpy as np
 import pytest
 from conftest import needs
 from flax import nnx
-from random_params import randomize
+from random_params import random_batch, randomize, randomize_experiment
 
-from configs import ar_lm1b, ar_pydocs
+from configs import ar_lm1b, ar_pydocs, huginn_pydocs
 from dblocks_jax import families
+from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise import steps
 from dblocks_jax.cli import evaluation
 from dblocks_jax.data import tokenizer as tokenizers
@@ -312,6 +314,149 @@ def test_a_fresh_denoiser_predicts_uniform_logits():
     parts, _tokens((1, 5)), z, jnp.ones((1, 5))
   )
   np.testing.assert_array_equal(logits, 0.0)
+
+
+# ----- Attention paths --------------------------------------------------------
+
+
+def test_resolve_attention_picks_the_path():
+  resolve = llama.resolve_attention
+  bf16 = dict(dtype=jnp.bfloat16, head_dim=64)
+  for platform in ("cpu", "tpu", "gpu"):
+    for kind in ("causal", "two_stream", "bidirectional", "general"):
+      assert resolve("dense", platform, kind, **bf16) == "dense"
+      assert resolve("chunked", platform, kind, **bf16) == "chunked"
+      # A dense mask array has only the dense path.
+      assert resolve("chunked", platform, "array", **bf16) == "dense"
+      assert resolve("auto", platform, "array", **bf16) == "dense"
+  for platform in ("cpu", "tpu"):
+    for kind in ("causal", "two_stream", "bidirectional", "general"):
+      assert resolve("auto", platform, kind, **bf16) == "chunked"
+  # GPU: cuDNN where the mask, the dtype and the head size allow it.
+  assert resolve("auto", "gpu", "causal", **bf16) == "cudnn"
+  assert resolve("auto", "gpu", "bidirectional", **bf16) == "cudnn"
+  assert resolve("auto", "gpu", "two_stream", **bf16) == "chunked"
+  assert resolve("auto", "gpu", "general", **bf16) == "chunked"
+  for dtype, head_dim in (
+    (jnp.float32, 64),
+    ("bfloat16", 12),
+    ("float16", 256),
+  ):
+    path = resolve("auto", "gpu", "causal", dtype=dtype, head_dim=head_dim)
+    assert path == "chunked", (dtype, head_dim)
+  with pytest.raises(ValueError, match="attention_impl='flash' is unknown"):
+    resolve("flash", "cpu", "causal", **bf16)
+  assert llama.describe_attention(
+    "auto", "gpu", ("two_stream", "causal"), **bf16
+  ) == ("chunked for two_stream, cudnn for causal (auto on gpu)")
+  assert llama.describe_attention("dense", "cpu", ("causal",), **bf16) == (
+    "dense (dense as set)"
+  )
+
+
+def test_mask_kind_reads_the_structure():
+  spec = llama.MaskSpec
+  assert llama.mask_kind(spec.causal()) == "causal"
+  assert llama.mask_kind(spec.two_stream(4)) == "two_stream"
+  assert llama.mask_kind(spec.bidirectional()) == "bidirectional"
+  assert llama.mask_kind(spec.causal(offset=3)) == "general"
+  valid = jnp.ones((2, 5), bool)
+  assert llama.mask_kind(spec.bidirectional(valid)) == "general"
+  assert llama.mask_kind(ar.causal_mask(5)) == "array"
+
+
+def test_the_attention_impl_is_checked_and_named():
+  with pytest.raises(ValueError, match="attention_impl='flash' is unknown"):
+    dataclasses.replace(SPEC, attention_impl="flash")
+  config = ar_pydocs.get_config("smoke")
+  assert config.model.attention_impl == "auto"  # The recipes' default.
+  config.model.attention_impl = "flash"
+  with pytest.raises(ConfigError, match="model.attention_impl='flash'"):
+    families.get("ar").build(config)
+
+
+def test_the_family_logs_the_attention_path(caplog):
+  config = ar_pydocs.get_config("smoke")
+  family = families.get("ar")
+  platform = jax.default_backend()
+  # The 2T layout has no cuDNN kernel: chunked on every platform.
+  assert family.attention_path(config) == f"chunked (auto on {platform})"
+  config.model.attention_impl = "dense"
+  assert family.attention_path(config) == "dense (dense as set)"
+  with caplog.at_level("INFO"):
+    family.build(config)
+  assert "attention: dense (dense as set)" in caplog.text
+
+
+def _smoke_block_loss(config, attention_impl):
+  """(loss, gradients) of block 0's DiffusionBlocks loss of a smoke config
+  on random parameters and a random batch, on `attention_impl`."""
+  config = copy.deepcopy(config)
+  config.model.attention_impl = attention_impl
+  family = families.get(config.model.name)
+  experiment = randomize_experiment(family.build(config))
+  graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
+  plan = experiment.plan
+  block_loss = steps.block_loss(
+    experiment.task,
+    graphdefs,
+    graphdefs.blocks[0],
+    plan.noise,
+    plan.train_ranges,
+  )
+  params = {"shared": shared["params"], "block": blocks[0]["params"]}
+  rest = {"shared": shared["rest"], "block": blocks[0]["rest"]}
+  batch = random_batch(family, config)
+
+  def loss(params):
+    return block_loss(params, rest, fixed, batch, jax.random.key(1), 0)[0]
+
+  return jax.jit(jax.value_and_grad(loss))(params)
+
+
+@pytest.mark.parametrize("name", ["ar", "recurrent"])
+def test_chunked_attention_gives_the_dense_loss_and_gradients(name):
+  """The 2T layout's block loss (and, for the recurrent LM, its causal
+  prelude) on the chunked path equals the dense path's, gradients too."""
+  get = {"ar": ar_pydocs, "recurrent": huginn_pydocs}[name].get_config
+  config = get("smoke")
+  dense_loss, dense_grads = _smoke_block_loss(config, "dense")
+  loss, grads = _smoke_block_loss(config, "chunked")
+  assert float(loss) == pytest.approx(float(dense_loss), rel=1e-5)
+  leaves = jax.tree.leaves(grads)
+  dense_leaves = jax.tree.leaves(dense_grads)
+  assert len(leaves) == len(dense_leaves)
+  for a, b in zip(leaves, dense_leaves, strict=True):
+    scale = float(np.abs(b).max()) + 1e-12
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def test_chunked_attention_gives_the_dense_baseline_and_cache():
+  tokens = _tokens((2, 12), seed=9)
+  models = {}
+  for impl in ("dense", "chunked"):
+    spec = dataclasses.replace(SPEC, attention_impl=impl)
+    models[impl] = randomize(ar.LlamaLM(spec, rngs=nnx.Rngs(0)), 7)
+
+  def loss(model):
+    return jnp.mean(jax.nn.log_softmax(model(tokens))[..., 0])
+
+  values = {k: nnx.value_and_grad(loss)(m) for k, m in models.items()}
+  (dense, dense_grads), (chunked, grads) = values["dense"], values["chunked"]
+  assert float(chunked) == pytest.approx(float(dense), rel=1e-5)
+  for a, b in zip(
+    jax.tree.leaves(grads), jax.tree.leaves(dense_grads), strict=True
+  ):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  # The prefill (chunked) fills the cache the decode (dense) reads.
+  full = models["dense"](tokens)
+  logits, kvs = models["chunked"].prefill(tokens[:, :5])
+  np.testing.assert_allclose(logits, full[:, :5], atol=1e-5)
+  cache = tasks._empty_cache(kvs, 12)
+  step, _ = models["chunked"].decode(
+    tokens[:, 5:6], 5, tasks._prefixes(cache, 5)
+  )
+  np.testing.assert_allclose(step[:, 0], full[:, 5], atol=1e-5)
 
 
 # ----- Tokenizer --------------------------------------------------------------

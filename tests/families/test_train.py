@@ -286,7 +286,10 @@ def test_memory_report_splits_the_step(smoke_config):
   assert offload["total_ratio_with_over_without"] < 1
   assert offload["host_memory_kind"] == "pinned_host"
   assert offload["host_is_device"]  # CPU: the host memory is the RAM.
-  ratio, held = memory.summary(report)  # What --mode=memory prints.
+  # What --mode=memory prints; the ViT's attention has no switch.
+  attention, ratio, held = memory.summary(report)
+  assert report["attention"]["block_step"].startswith("dense")
+  assert attention.startswith("attention: block step dense")
   assert ratio.startswith(
     f"temp bytes block/e2e: {block['temp_bytes'] / e2e['temp_bytes']:.3f}"
   )

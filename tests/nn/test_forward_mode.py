@@ -3,7 +3,9 @@ products) through every Linear (`nn.linear.matmul`) and GELU
 (`nn.activations.gelu`), with their backward passes unchanged: the same
 gradients, bit for bit, and the same residuals as the custom VJPs they
 replaced, under every remat policy; and every model's training loss and
-forward pass differentiated in forward mode, in float32 and bf16."""
+forward pass differentiated in forward mode, in float32 and bf16 (the
+language models with model.attention_impl="dense": the chunked attention
+has reverse-mode derivatives only)."""
 
 import functools
 
@@ -424,6 +426,9 @@ def _losses(name, dtype):
   the parameters), on random parameters, a random batch and fixed keys."""
   config = SMOKE[name]()
   config.model.dtype = dtype
+  if "attention_impl" in config.model:
+    # The chunked and cuDNN attentions are custom VJPs: reverse mode only.
+    config.model.attention_impl = "dense"
   family = families.get(config.model.name)
   experiment = randomize_experiment(family.build(config))
   graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
