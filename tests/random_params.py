@@ -45,3 +45,27 @@ def random_batch(family, config, seed: int = 0) -> dict:
     else:
       batch[name] = rng.integers(0, 10, size=spec.shape).astype(spec.dtype)
   return batch
+
+
+def block_loss_and_gradients(config, block: int = 0):
+  """(loss, gradients) of `block`'s loss (of the whole network when the
+  config trains end to end) on random parameters, a random batch and the
+  key key(1): the shared and block parameters' gradients, jitted."""
+  from dblocks_jax import families
+  from dblocks_jax.blockwise import parts as parts_lib
+  from dblocks_jax.blockwise import steps
+
+  family = families.get(config.model.name)
+  experiment = randomize_experiment(family.build(config))
+  graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
+  groups = {"shared": shared, "block": blocks[block] if blocks else {}}
+  groups = {n: g for n, g in groups.items() if g and jax.tree.leaves(g)}
+  loss_fn = steps.loss_of(experiment.task, graphdefs, experiment.plan, block)
+  rest = {n: g["rest"] for n, g in groups.items()}
+  batch = random_batch(family, config)
+
+  def loss(params):
+    return loss_fn(params, rest, fixed, batch, jax.random.key(1), block)[0]
+
+  params = {n: g["params"] for n, g in groups.items()}
+  return jax.jit(jax.value_and_grad(loss))(params)

@@ -13,11 +13,13 @@ import numpy as np
 import pytest
 from conftest import needs
 from flax import nnx
-from random_params import random_batch, randomize, randomize_experiment
+from random_params import (
+  block_loss_and_gradients,
+  randomize,
+)
 
 from configs import ar_lm1b, ar_pydocs, huginn_pydocs
 from dblocks_jax import families
-from dblocks_jax.blockwise import parts as parts_lib
 from dblocks_jax.blockwise import steps
 from dblocks_jax.cli import evaluation
 from dblocks_jax.data import tokenizer as tokenizers
@@ -393,25 +395,7 @@ def _smoke_block_loss(config, attention_impl):
   on random parameters and a random batch, on `attention_impl`."""
   config = copy.deepcopy(config)
   config.model.attention_impl = attention_impl
-  family = families.get(config.model.name)
-  experiment = randomize_experiment(family.build(config))
-  graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
-  plan = experiment.plan
-  block_loss = steps.block_loss(
-    experiment.task,
-    graphdefs,
-    graphdefs.blocks[0],
-    plan.noise,
-    plan.train_ranges,
-  )
-  params = {"shared": shared["params"], "block": blocks[0]["params"]}
-  rest = {"shared": shared["rest"], "block": blocks[0]["rest"]}
-  batch = random_batch(family, config)
-
-  def loss(params):
-    return block_loss(params, rest, fixed, batch, jax.random.key(1), 0)[0]
-
-  return jax.jit(jax.value_and_grad(loss))(params)
+  return block_loss_and_gradients(config)
 
 
 @pytest.mark.parametrize("name", ["ar", "recurrent"])

@@ -8,12 +8,10 @@ import json
 import jax
 import numpy as np
 import pytest
-from random_params import random_batch, randomize_experiment
+from random_params import block_loss_and_gradients
 
 from configs import huginn_pydocs, quickstart
 from dblocks_jax import families
-from dblocks_jax.blockwise import parts as parts_lib
-from dblocks_jax.blockwise import steps
 from dblocks_jax.cli import memory
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import common, flops, runs
@@ -60,27 +58,9 @@ def test_every_policy_compiles_and_full_recomputes_the_forward_pass():
 
 
 def _gradients(config):
-  """Gradients of block 0's loss (shared and block parameters) on random
-  parameters, a random batch and a fixed key (dropout on)."""
-  family = families.get(config.model.name)
-  experiment = randomize_experiment(family.build(config))
-  graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
-  plan = experiment.plan
-  loss_fn = steps.block_loss(
-    experiment.task,
-    graphdefs,
-    graphdefs.blocks[0],
-    plan.noise,
-    plan.train_ranges,
-  )
-  params = {"shared": shared["params"], "block": blocks[0]["params"]}
-  rest = {"shared": shared["rest"], "block": blocks[0]["rest"]}
-  batch = random_batch(family, config)
-
-  def loss(params):
-    return loss_fn(params, rest, fixed, batch, jax.random.key(1), 0)[0]
-
-  return jax.jit(jax.grad(loss))(params)
+  """Gradients of block 0's loss on random parameters, a random batch and
+  a fixed key (dropout on)."""
+  return block_loss_and_gradients(config)[1]
 
 
 def test_gradients_are_the_same_with_every_policy():
@@ -153,24 +133,10 @@ def test_the_recurrent_loops_take_every_policy(method):
     "smoke" if method == "dblocks" else "smoke,e2e"
   )
   config.batch_size = 4
-  family = families.get(config.model.name)
   results = {}
   for policy in ("none", "full", "dots_saveable"):
     config.model.remat = policy
-    experiment = randomize_experiment(family.build(config))
-    graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
-    groups = {"shared": shared, "block": blocks[0] if blocks else {}}
-    groups = {n: g for n, g in groups.items() if jax.tree.leaves(g)}
-    loss_fn = steps.loss_of(experiment.task, graphdefs, experiment.plan, 0)
-    batch = random_batch(family, config)
-
-    def loss(params, groups=groups, loss_fn=loss_fn, batch=batch, fixed=fixed):
-      rest = {n: g["rest"] for n, g in groups.items()}
-      key = jax.random.key(1)
-      return loss_fn(params, rest, fixed, batch, key, 0)[0]
-
-    params = {n: g["params"] for n, g in groups.items()}
-    results[policy] = jax.jit(jax.value_and_grad(loss))(params)
+    results[policy] = block_loss_and_gradients(config)
   expected = results["none"]
   assert np.isfinite(float(expected[0]))
   for policy in ("full", "dots_saveable"):
