@@ -209,6 +209,15 @@ def has_non_finite(batch) -> jax.Array:
   return jnp.any(jnp.stack(flags)) if flags else jnp.zeros((), bool)
 
 
+def as_key(key) -> jax.Array:
+  """A typed PRNG key from `key`: a key, or its raw data (uint32, as
+  `jax.random.key_data` gives it, which a host can hold without a device
+  call; batched data gives batched keys)."""
+  if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    return key
+  return jax.random.wrap_key_data(key)
+
+
 def group_tx(tx, group: str) -> optax.GradientTransformation:
   """The transformation of `group` ("shared" or "block"): `tx` itself, or
   its entry when `tx` maps groups to transformations."""
@@ -229,8 +238,9 @@ def build_train_step(
 
   `step(block, shared, fixed, batch, key, block_index, schedule_step) ->
   (block, shared, metrics)`, where block and shared are groups
-  {"params", "opt_state", "rest"} or {} (absent), and schedule_step the
-  global step the optimizer's schedules read (None: optax's counts).
+  {"params", "opt_state", "rest"} or {} (absent), key a PRNG key or its raw
+  data (`as_key`), and schedule_step the global step the optimizer's
+  schedules read (None: optax's counts).
 
   Args:
     loss_fn: from `block_loss` or `end_to_end_loss`.
@@ -247,7 +257,7 @@ def build_train_step(
   def step(block, shared, fixed, batch, key, block_index, schedule_step):
     groups = {n: g for n, g in (("shared", shared), ("block", block)) if g}
     grads, new_rest, metrics = group_gradients(
-      gradients, groups, fixed, batch, key, block_index, clip_norm
+      gradients, groups, fixed, batch, as_key(key), block_index, clip_norm
     )
     new = {
       name: optim.update_group(
@@ -297,7 +307,8 @@ def build_mesh_step(
                     [G, k, ...] along `block`
     shared          the shared group, or {}
     batch           [G, batch, ...] (one batch per group)
-    keys            [G] step keys; block_ids [G] the blocks trained
+    keys            [G] step keys (or their raw data, `as_key`);
+                    block_ids [G] the blocks trained
     slots           [G] the stacked slot each group trains
     schedule_steps  [G] the global steps the schedules read
     metrics         [G] per group
@@ -338,7 +349,7 @@ def build_mesh_step(
     active = jax.vmap(take)(stacked, slots)
     new_active, shared_grads, shared_rest, metrics = jax.vmap(
       group_step, in_axes=(0, None, None, 0, 0, 0, 0)
-    )(active, shared, fixed, batch, keys, block_ids, schedule_steps)
+    )(active, shared, fixed, batch, as_key(keys), block_ids, schedule_steps)
     stacked = jax.vmap(put)(stacked, slots, new_active)
     if has_shared:
       mean = lambda t: jax.tree.map(

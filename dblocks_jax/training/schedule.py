@@ -13,9 +13,17 @@ groups and jobs trains the same model (with the round-robin schedule).
 Everything here is a lookup: the block of a step is a pure function of
 (seed, group, step), so asking twice gives the same answer and a resumed
 run continues the same sequence.
+
+Keys are drawn like the blocks: a chunk of consecutive updates at a time in
+one compiled call, kept on the host as raw key data (`jax.random.key_data`)
+that the step wraps back into a key. Making a key per step eagerly would
+wait for the device to finish the step before (a host sync per step).
 """
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dblocks_jax.blockwise.layout import Layout
@@ -66,6 +74,7 @@ class RunSchedule:
       if blockwise and layout.blocks
     ]
     self._chunks: dict[int, tuple[int, np.ndarray]] = {}
+    self._key_chunks: dict[int | None, tuple[int, np.ndarray]] = {}
 
   def blocks_at(self, step: int) -> list[int]:
     """The block each device group trains at global step `step` (the step
@@ -84,15 +93,31 @@ class RunSchedule:
     return out
 
   def update(self, block: int, step: int, updates: int):
-    """(key, schedule step) of an update of `block` taken at global step
-    `step`, the block's `updates`-th (its count before this update)."""
-    train_key = jax.random.key(self.seed)
+    """(key data, schedule step) of an update of `block` taken at global
+    step `step`, the block's `updates`-th (its count before this update).
+
+    The key is fold_in(key(seed), step) (the sequential rule) or
+    fold_in(fold_in(key(seed), block), updates) (the per-block rule), as
+    raw key data: uint32 [*jax.random.key_data shape]; the step wraps it.
+    """
     if not self.per_block:
-      key, at = jax.random.fold_in(train_key, step), step
+      data, at = self._key_data(None, step), step
     else:
-      key = jax.random.fold_in(jax.random.fold_in(train_key, block), updates)
+      data = self._key_data(block, updates)
       at = updates * self.layout.num_blocks
-    return key, None if self.schedule_step == "own" else at
+    return data, None if self.schedule_step == "own" else at
+
+  def _key_data(self, block: int | None, count: int) -> np.ndarray:
+    """Key data of update `count` of the stream of `block` (None: the
+    global step's), from a chunk drawn at once."""
+    chunk = count - count % _CHUNK
+    start, drawn = self._key_chunks.get(block, (None, None))
+    if start != chunk:
+      per_block = block is not None
+      drawn = _key_chunk(self.seed, per_block, block or 0, chunk)
+      drawn = np.asarray(drawn)
+      self._key_chunks[block] = (chunk, drawn)
+    return drawn[count - chunk]
 
   def end_step(self, total_steps: int) -> int:
     """The last global step: total_steps, or (per-block rule) the steps
@@ -106,3 +131,15 @@ class RunSchedule:
     """Whether the step that reached `done` crossed a multiple of
     `every` (a step advances the count by G)."""
     return crossed(done, every, self.layout.num_groups)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _key_chunk(seed: int, per_block: bool, stream, start) -> jax.Array:
+  """Key data of counts start .. start + _CHUNK - 1 of a stream: folded
+  into fold_in(key(seed), stream) (per_block) or into key(seed)."""
+  root = jax.random.key(seed)
+  if per_block:
+    root = jax.random.fold_in(root, stream)
+  counts = start + jnp.arange(_CHUNK)
+  keys = jax.vmap(lambda n: jax.random.fold_in(root, n))(counts)
+  return jax.random.key_data(keys)

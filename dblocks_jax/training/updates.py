@@ -54,7 +54,8 @@ class Updates:
       accumulation_steps=accumulation_steps,
       learning_rate_fn=learning_rate,
     )
-    self._compiled = {}
+    self._compiled = {}  # (block structure, optimizer) -> step.
+    self._of_block = {}  # block -> step (hashing a structure is slow).
 
   @property
   def _stacked(self) -> bool:
@@ -62,6 +63,8 @@ class Updates:
 
   def step_fn(self, block: int):
     """The compiled step of `block`'s structure and optimizer (built once)."""
+    if block in self._of_block:
+      return self._of_block[block]
     tx = self.optimizers.for_groups(block if self.plan else None)
     key = (
       self.graphdefs.block_key(block) if self.plan else None,
@@ -79,6 +82,7 @@ class Updates:
         has_shared=bool(self.placement.state["shared"]),
         **self.options,
       )
+    self._of_block[block] = self._compiled[key]
     return self._compiled[key]
 
   def run(self, blocks_now: list[int], batch) -> dict:
@@ -136,12 +140,12 @@ class Updates:
       state["shared"],
       state["fixed"],
       placement.global_batch(local),
-      jnp.stack(keys),
-      jnp.asarray(blocks_now, jnp.int32),
-      jnp.asarray(slots, jnp.int32),
+      np.stack(keys),
+      np.asarray(blocks_now, np.int32),
+      np.asarray(slots, np.int32),
       None
       if self.schedule.schedule_step == "own"
-      else jnp.asarray(schedule_steps, jnp.int32),
+      else np.asarray(schedule_steps, np.int32),
     )
     return metrics
 
