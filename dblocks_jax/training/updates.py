@@ -140,12 +140,13 @@ class Updates:
       state["shared"],
       state["fixed"],
       placement.global_batch(local),
-      np.stack(keys),
-      np.asarray(blocks_now, np.int32),
-      np.asarray(slots, np.int32),
+      # Device arrays: a process may not pass numpy to a sharded input.
+      jnp.asarray(np.stack(keys)),
+      jnp.asarray(blocks_now, jnp.int32),
+      jnp.asarray(slots, jnp.int32),
       None
       if self.schedule.schedule_step == "own"
-      else np.asarray(schedule_steps, np.int32),
+      else jnp.asarray(schedule_steps, jnp.int32),
     )
     return metrics
 
