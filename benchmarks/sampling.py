@@ -7,10 +7,17 @@ does not depend on their values). Prints samples per second of each (and
 tokens per second for a language model), measured in this process, and
 their ratio.
 
+With `--compile_steps`, prints instead the compile time of the jitted
+sampler (`jit(...).lower(...)` and `.compile()`, wall seconds) at each
+number of grid points N, for each method in `--methods`: the routed sampler
+scans the steps of each block, so its compile time should not grow with N.
+
   python benchmarks/sampling.py --config=configs/dit_fashion_mnist.py \
     --batch_size=64 --repeats=3
   python benchmarks/sampling.py --config=configs/mdm_pydocs.py \
     --batch_size=16 --repeats=3
+  python benchmarks/sampling.py --config=configs/dit_fashion_mnist.py \
+    --compile_steps=3,18,50 --methods=dblocks
 """
 
 import copy
@@ -35,15 +42,27 @@ from dblocks_jax.families import mdm as mdm_family  # noqa: E402
 config_flags.DEFINE_config_file("config", None, "A DiT or MDM config.")
 flags.DEFINE_integer("batch_size", 64, "Samples per sampler call.")
 flags.DEFINE_integer("repeats", 3, "Timed calls per sampler (after warm-up).")
+flags.DEFINE_list(
+  "compile_steps", [], "Grid sizes N: print compile seconds at each."
+)
+flags.DEFINE_list("methods", ["dblocks", "e2e"], "Training methods to time.")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 
 
-def sample_call(config, method: str, batch_size: int):
-  """() -> one batch of samples, from a fresh model trained by `method`."""
+def with_method(config, method: str, num_steps: int | None = None):
+  """A copy of `config` trained by `method` (and sampling `num_steps`)."""
   config = copy.deepcopy(config)
   with config.unlocked():
     config.method = method
+    if num_steps is not None:
+      config.sampler.num_steps = num_steps
+  return config
+
+
+def sample_call(config, method: str, batch_size: int):
+  """() -> one batch of samples, from a fresh model trained by `method`."""
+  config = with_method(config, method)
   experiment = families.get(config.model.name).build(config)
   trainer = common.make_trainer(config, experiment, None)
   arrays = trainer.arrays()
@@ -69,14 +88,50 @@ def samples_per_second(config, method: str, batch_size: int, repeats: int):
   return repeats * batch_size / (time.perf_counter() - start)
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
-  rates = {
-    method: samples_per_second(config, method, FLAGS.batch_size, FLAGS.repeats)
-    for method in ("dblocks", "e2e")
-  }
-  result = {
+def compile_seconds(config, method: str, batch_size: int, steps) -> list:
+  """[{num_steps, lower_seconds, compile_seconds}] of the jitted sampler of
+  one fresh model, at each N in `steps` (each N a new jitted function)."""
+  config = with_method(config, method)
+  experiment = families.get(config.model.name).build(config)
+  trainer = common.make_trainer(config, experiment, None)
+  arrays = trainer.arrays()
+  if config.model.name == "mdm":
+    batch = {
+      "tokens": jnp.full(
+        (batch_size, config.data.seq_len), experiment.task.mask_id, jnp.int32
+      )
+    }
+  else:
+    batch = {"label": jnp.arange(batch_size) % config.data.num_classes}
+  rows = []
+  for n in steps:
+    sampler_config = with_method(config, method, n)
+    if config.model.name == "mdm":
+      sampler = mdm_family.sampler_from_config(sampler_config, experiment.plan)
+    else:
+      sampler = common.sampler_from_config(sampler_config, experiment.plan)
+    predict = trainer.predict_fn(sampler)
+    start = time.perf_counter()
+    lowered = predict.lower(arrays, batch, jax.random.key(0))
+    lowered_at = time.perf_counter()
+    lowered.compile()
+    done = time.perf_counter()
+    rows.append(
+      {
+        "method": method,
+        "num_steps": n,
+        "lower_seconds": round(lowered_at - start, 3),
+        "compile_seconds": round(done - lowered_at, 3),
+        "total_seconds": round(done - start, 3),
+      }
+    )
+    print(json.dumps(rows[-1]), flush=True)
+  return rows
+
+
+def describe(config) -> dict:
+  """The model and sampler settings every result names."""
+  return {
     "device": str(jax.devices()[0].device_kind),
     "family": config.model.name,
     "variant": config.model.get("variant", ""),
@@ -84,8 +139,32 @@ def main(argv):
     "width": config.model.width,
     "num_blocks": config.blocks.num_blocks,
     "num_steps": config.sampler.num_steps,
+    "sampler": config.sampler.method,
     "batch_size": FLAGS.batch_size,
   }
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.compile_steps:
+    steps = [int(n) for n in FLAGS.compile_steps]
+    result = describe(config)
+    del result["num_steps"]
+    if config.model.name != "mdm":
+      result["guidance_scale"] = config.sampler.guidance_scale
+    result["compile"] = [
+      row
+      for method in FLAGS.methods
+      for row in compile_seconds(config, method, FLAGS.batch_size, steps)
+    ]
+    print(json.dumps(result, indent=2))
+    return
+  rates = {
+    method: samples_per_second(config, method, FLAGS.batch_size, FLAGS.repeats)
+    for method in ("dblocks", "e2e")
+  }
+  result = describe(config)
   if config.model.name == "mdm":
     length = config.data.seq_len
     result.update(

@@ -9,6 +9,9 @@ Sampling: z ~ sigma_max N(0, I), then Euler (or Heun) steps over a descending
 grid, each grid point routed to its block, with guidance
 D = D_uncond + scale (D_cond - D_uncond); the result is D at the last grid
 point (sigma_min), as for classification. The number of steps is free of B.
+Consecutive steps in one block run as one scanned body
+(`diffusion.sample_routed`), so a jitted sampler compiles each block once
+whatever the number of steps.
 The end-to-end baseline is the same task over one block of all layers.
 """
 
@@ -122,26 +125,38 @@ class DiffusionGeneration:
     z = float(sampler.levels[0]) * jax.random.normal(
       key, (size, *self.sample_shape)
     )
-    null = jnp.full_like(labels, self.num_classes)
 
-    def denoise(z, i):
-      parts = parts_for_block(int(sampler.blocks[i]))
-      sigma = jnp.full((size,), float(sampler.levels[i]), jnp.float32)
-      if self.guidance_scale == 1.0:
-        d = self.denoise(parts, z, sigma, labels, sigma_data=self.sigma_data)
-        return d, None
-      # One batched call for the conditional and unconditional halves.
-      both = self.denoise(
-        parts,
-        jnp.concatenate([z, z]),
-        jnp.concatenate([sigma, sigma]),
-        jnp.concatenate([labels, null]),
-        sigma_data=self.sigma_data,
-      )
-      conditional, unconditional = jnp.split(both, 2)
-      return samplers.classifier_free_guidance(
-        conditional, unconditional, self.guidance_scale
-      ), None
+    def denoise(z, sigma, block):
+      parts = parts_for_block(block)
+      return self.guided(parts, z, jnp.full((size,), sigma), labels), None
 
-    denoised, _ = diffusion.sample(denoise, z, sampler.levels, sampler.method)
+    denoised, _ = diffusion.sample_routed(
+      denoise, z, sampler.levels, sampler.blocks, sampler.method
+    )
     return denoised
+
+  def guided(self, parts, z, sigma, labels):
+    """The denoiser with classifier-free guidance at `guidance_scale`.
+
+    Args:
+      z: [b, *sample_shape] noisy samples; sigma: [b] their levels;
+        labels: [b] class ids.
+
+    Returns:
+      D [b, *sample_shape]: the conditional denoiser (scale 1), or
+      D_uncond + scale (D_cond - D_uncond), both halves in one batched call.
+    """
+    if self.guidance_scale == 1.0:
+      return self.denoise(parts, z, sigma, labels, sigma_data=self.sigma_data)
+    null = jnp.full_like(labels, self.num_classes)
+    both = self.denoise(
+      parts,
+      jnp.concatenate([z, z]),
+      jnp.concatenate([sigma, sigma]),
+      jnp.concatenate([labels, null]),
+      sigma_data=self.sigma_data,
+    )
+    conditional, unconditional = jnp.split(both, 2)
+    return samplers.classifier_free_guidance(
+      conditional, unconditional, self.guidance_scale
+    )
