@@ -62,8 +62,8 @@ class StepLog:
       NonFiniteLossError: a loss in the window is NaN or Inf.
     """
     fetched = []
-    for step, blocks_now, values in self._window:
-      values = fetch(values)
+    window = fetch([values for _, _, values in self._window])  # One call.
+    for (step, blocks_now, _), values in zip(self._window, window, strict=True):
       for g, block in enumerate(blocks_now):
         row = {
           k: float(np.asarray(v).reshape(-1)[g if np.size(v) > 1 else 0])
