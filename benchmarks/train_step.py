@@ -32,6 +32,14 @@ of equal shape cost the same. Integer inputs (labels, tokens) are drawn in
     --config.batch_size=32 --steps=5
   python benchmarks/train_step.py --config=configs/vit_cifar100.py --steps=3 \
     --profile=runs/profile
+
+With `--seq_len=256,512,1024` (the language models: data.seq_len and
+model.max_seq_len), it instead times the block step at each length on the
+dense and the chunked attention paths (`model.attention_impl`), each in its
+own process, and prints XLA's temporaries and tokens/s of each:
+
+  python benchmarks/train_step.py --config=configs/mdm_text8.py:smoke \
+    --seq_len=256,512,1024,2048 --steps=3
 """
 
 import collections
@@ -68,6 +76,13 @@ flags.DEFINE_string(
 )
 flags.DEFINE_integer("top", 12, "--profile: op kinds printed per step kind.")
 flags.DEFINE_enum("kind", None, ["block", "e2e"], "Internal: one step kind.")
+flags.DEFINE_list(
+  "seq_len",
+  None,
+  "Language models: time the block step at these sequence lengths on the"
+  " dense and chunked attention paths.",
+)
+SWEPT_PATHS = ("dense", "chunked")
 flags.mark_flag_as_required("config")
 FLAGS = flags.FLAGS
 RESULT = "RESULT "
@@ -201,11 +216,15 @@ def allocator() -> str:
   return "libc"
 
 
-def run_kind(kind: str) -> dict:
-  """Runs this script for one step kind in a fresh process."""
+def run_kind(kind: str, overrides=()) -> dict:
+  """Runs this script for one step kind in a fresh process, with config
+  `overrides` ("--config.FIELD=VALUE", after the command line's)."""
   command = [sys.executable, os.path.abspath(__file__), *sys.argv[1:]]
   done = subprocess.run(
-    [*command, f"--kind={kind}"], capture_output=True, text=True, check=False
+    [*command, *overrides, f"--kind={kind}"],
+    capture_output=True,
+    text=True,
+    check=False,
   )
   lines = [x for x in done.stdout.splitlines() if x.startswith(RESULT)]
   if done.returncode != 0 or not lines:
@@ -245,12 +264,64 @@ def table(results: dict, gemm: float) -> str:
   return "\n".join(lines)
 
 
+def sweep(lengths) -> dict:
+  """{(length, path): the block step's `measure`} at each sequence length
+  and attention path, each in its own process."""
+  results = {}
+  for length in lengths:
+    for path in SWEPT_PATHS:
+      results[length, path] = run_kind(
+        "block",
+        [
+          f"--config.data.seq_len={length}",
+          f"--config.model.max_seq_len={length}",
+          f"--config.model.attention_impl={path}",
+        ],
+      )
+  return results
+
+
+def sweep_table(results: dict) -> str:
+  """One row per length: each path's XLA temporaries (MiB) and tokens/s,
+  and chunked / dense of both."""
+  head = "".join(f"{p + ' MiB':>14s}{p + ' tok/s':>15s}" for p in SWEPT_PATHS)
+  lines = [f"{'seq_len':>8s}{head}{'MiB ratio':>11s}{'tok/s ratio':>13s}"]
+  for length in sorted({n for n, _ in results}):
+    row = [results[length, p] for p in SWEPT_PATHS]
+    cells = "".join(
+      f"{r['temp_bytes'] / 2**20:>14.1f}{r['tokens_per_second']:>15.0f}"
+      for r in row
+    )
+    dense, chunked = row
+    lines.append(
+      f"{length:>8d}{cells}"
+      f"{chunked['temp_bytes'] / dense['temp_bytes']:>11.3f}"
+      f"{chunked['tokens_per_second'] / dense['tokens_per_second']:>13.2f}"
+    )
+  return "\n".join(lines)
+
+
 def main(argv):
   del argv
   config = FLAGS.config
   if FLAGS.kind is not None:
     result = measure(config, FLAGS.kind, FLAGS.steps, FLAGS.profile)
     print(RESULT + json.dumps(result))
+    return
+  if FLAGS.seq_len:
+    if "seq_len" not in config.data or "attention_impl" not in config.model:
+      sys.exit(
+        f"--seq_len sweeps the language models' data.seq_len;"
+        f" {config.model.name} has none (or no model.attention_impl)."
+      )
+    lengths = [int(n) for n in FLAGS.seq_len]
+    results = sweep(lengths)
+    print(
+      f"{config.model.name}: {config.model.num_layers} layers, B="
+      f"{config.blocks.num_blocks}, batch {config.batch_size}, block step,"
+      f" {FLAGS.steps} timed steps each, {jax.devices()[0].device_kind}"
+    )
+    print(sweep_table(results))
     return
   gemm = gemm_flops_per_second(FLAGS.gemm_size)
   results = {kind: run_kind(kind) for kind in ("block", "e2e")}

@@ -137,6 +137,11 @@ def _memory_and_plan(c):
   # Data-parallel devices of the planned run (the recommended batch_size is
   # per-device batch x devices); 0 = the devices JAX sees here.
   c.plan.devices = 0
+  # The largest sequence length (tokens; image patches) whose block step and
+  # end-to-end step fit each of these memories, at the first candidate
+  # batch (a search over compiled steps); () = no such report.
+  c.plan.seq_len_memories = ()
+  c.plan.seq_len_bisections = 2  # Halvings of the last octave searched.
 
 
 def recipe(model, num_train, num_blocks, epochs, batch_size):

@@ -91,6 +91,13 @@ def vit_classification(
     # "cls" (the paper's text: a separate CLS token before it).
     readout_token="label",
     image_dropout=0.0,  # Zero the image in training, for guidance.
+    # The attention: dense (the scores written out) | chunked
+    # (nn.chunked_attention: none written out; no attention dropout) | auto
+    # (cuDNN's fused attention on GPU where the mask allows it, else
+    # chunked; dense while attention_dropout > 0). Dense: a ViT's few
+    # tokens (65 on CIFAR) make the scores a small share of its memory, and
+    # the recipe's attention dropout needs it.
+    attention_impl="dense",
   )
   common.edm(
     c,
@@ -158,6 +165,12 @@ def dit_generation(
   # jax.nn.dot_product_attention (cuDNN's fused attention on GPU, with q, k
   # and v in model.dtype). The same function.
   c.model.attention = "einsum"
+  # The attention's path: dense (model.attention's form) | chunked
+  # (nn.chunked_attention: the scores never written out) | auto (cuDNN's
+  # fused attention on GPU where it can run, else chunked: DiT-L/2's
+  # block-step temporaries fall by a fifth, its results are the same to
+  # float rounding). Forward-mode autodiff (jax.jvp) needs dense.
+  c.model.attention_impl = "auto"
 
   common.edm(c, num_steps=50, guidance_scale=2.0)
   common.optimizer(

@@ -75,7 +75,15 @@ def mdm_language(
     **language,
   )
   c.model.update(
-    num_layers=num_layers, width=width, num_heads=num_heads, mlp_ratio=4
+    num_layers=num_layers,
+    width=width,
+    num_heads=num_heads,
+    mlp_ratio=4,
+    # The token DiT's attention: dense (jax.nn.dot_product_attention, the
+    # scores written out) | chunked (nn.chunked_attention: none written
+    # out) | auto (cuDNN's fused attention on GPU where it can run, else
+    # chunked). Forward-mode autodiff (jax.jvp) needs dense.
+    attention_impl="auto",
   )
   c.optimizer.min_learning_rate = 0.0
   c.diffusion = ml_collections.ConfigDict()
@@ -154,6 +162,17 @@ def ar_language(
     # | auto (cuDNN's fused attention on GPU where the mask allows it, else
     # chunked). Forward-mode autodiff (jax.jvp) needs dense.
     attention_impl="auto",
+    # Tokens per chunk of the training loss's vocabulary head and
+    # cross-entropy, both methods (nn.chunked_loss: the [batch, T, vocab]
+    # logits never held whole; their gradient is computed in the forward
+    # pass, no matmul runs twice); 0 = the dense logits. Reverse mode only.
+    loss_chunk=2048,
+    # The layers keep the inputs of their RMSNorms, AdaLN modulation and
+    # gated last Linears for backward, not what these compute, and
+    # recompute that there (nn.llama; both methods): the same values, less
+    # memory, one more modulation, output and down projection per
+    # conditioned layer in backward. Reverse mode only.
+    lean_backward=True,
   )
   c.blocks.gamma = 0.1
   common.edm(

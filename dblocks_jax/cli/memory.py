@@ -17,8 +17,9 @@ per-device bytes against one device that trains the blocks in turn and so
 holds all of them (`sequential_device`).
 
 `attention` names the attention path each step was compiled with (the
-language models' `model.attention_impl` resolved on this platform, e.g.
-"chunked (auto on cpu)"; "dense" for the families without the switch).
+family's `model.attention_impl` resolved on this platform, e.g. "chunked
+(auto on cpu)" or "dense (auto on cpu, attention dropout)"; "dense" for a
+family without the switch).
 
 `offload` gives the device bytes of the block-wise run without and with
 `blocks.offload` (the blocks not being trained in host memory), from the

@@ -38,6 +38,17 @@ repeats and the optimizer's share of a step move the count by well under
 1%, what remat recomputes by a third, so a tie means no recomputation
 worth a smaller batch. `plan.json` in the workdir keeps every candidate,
 the measure the fit used, the recommendation and its command line.
+
+Sequence length (`plan.seq_len_memories`, e.g. ("16GiB", "80GiB")): the
+largest sequence a step fits in each memory, for the block step (the fit
+measure above, at the config's B and remat) and the end-to-end step (its
+arguments and temporaries), at the first candidate batch. The length is
+`data.seq_len` (and `model.max_seq_len`) for the language models and the
+patch tokens (H/p)^2 for the image models (the image side varies, square,
+a multiple of the patch). A step's bytes grow with the length: the search
+starts at the config's length, doubles (or halves) to bracket each memory,
+then bisects `plan.seq_len_bisections` times; the report gives the largest
+length that fits and the smallest probed that does not (`max_sequence`).
 """
 
 import dataclasses
@@ -137,7 +148,7 @@ def _compiled_block_step(config, experiment, graphdefs, groups, block: int):
     learning_rate_fn=schedule,
   )
   return step.lower(
-    groups["blocks"][block],
+    groups["blocks"][block] if groups["blocks"] else {},
     groups["shared"],
     groups["fixed"],
     family.batch_spec(config),
@@ -147,9 +158,9 @@ def _compiled_block_step(config, experiment, graphdefs, groups, block: int):
   ).compile()
 
 
-def candidate_cost(config) -> dict:
-  """Device bytes and FLOPs of one candidate (`config` sets B, its layer
-  distribution, the per-device batch as `batch_size` and `model.remat`)."""
+def _abstract_groups(config):
+  """(experiment, graphdefs, groups): the model of `config` split into its
+  shared, block and fixed groups with their optimizer states, abstract."""
   experiment = abstract_experiment(config)
   graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
   tx, _ = common.optimizer_from_config(config)
@@ -162,6 +173,23 @@ def candidate_cost(config) -> dict:
     "blocks": [group(b) for b in blocks],
     "fixed": fixed,
   }
+  return experiment, graphdefs, groups
+
+
+def e2e_step_bytes(config) -> int:
+  """Device bytes of the end-to-end step of `config` (method="e2e"): its
+  arguments (every parameter, the optimizer state, the batch) and
+  temporaries, compiled for one device on abstract inputs."""
+  experiment, graphdefs, groups = _abstract_groups(config)
+  compiled = _compiled_block_step(config, experiment, graphdefs, groups, 0)
+  stats = compiled.memory_analysis()
+  return int(stats.argument_size_in_bytes + stats.temp_size_in_bytes)
+
+
+def candidate_cost(config) -> dict:
+  """Device bytes and FLOPs of one candidate (`config` sets B, its layer
+  distribution, the per-device batch as `batch_size` and `model.remat`)."""
+  experiment, graphdefs, groups = _abstract_groups(config)
   block_bytes = [_bytes(b) for b in groups["blocks"]]
   sizes = experiment.plan.layers_per_block
   held_all, offload, step_flops = 0, 0, 0.0
@@ -362,6 +390,139 @@ def _search(rows: list[dict], fits) -> None:
     mid = (lo + hi + 1) // 2
 
 
+def sequence_length(config) -> int:
+  """The config's sequence length: `data.seq_len` (language models) or
+  the patch tokens per side of a square image (image models; the
+  length is its square)."""
+  if "seq_len" in config.data:
+    return int(config.data.seq_len)
+  return int(config.data.image_shape[0]) // int(config.model.patch_size)
+
+
+def tokens_of(config, size: int) -> int:
+  """The tokens of a sequence of `size` (`sequence_length`'s measure)."""
+  return size if "seq_len" in config.data else size * size
+
+
+def with_sequence_length(config, size: int):
+  """`config` at sequence length `size` (`sequence_length`'s measure):
+  data.seq_len and model.max_seq_len, or a square image of `size` patches
+  a side (the synthetic images' shape too)."""
+  if "seq_len" in config.data:
+    return common.with_changes(
+      config, {"data.seq_len": size, "model.max_seq_len": size}
+    )
+  side = size * int(config.model.patch_size)
+  shape = (side, side, int(config.data.image_shape[-1]))
+  return common.with_changes(
+    config,
+    {"data.image_shape": shape, "data.synthetic_image_shape": shape},
+  )
+
+
+def largest_fitting(bytes_at, start: int, capacities, bisections: int):
+  """{capacity: (largest size that fits or 0, smallest probed size that
+  does not or None)} for sizes >= 1, with `bytes_at(size)` increasing in
+  the size (memoized: each size compiles once). From `start`, doubles up
+  or halves down to bracket each capacity, then bisects `bisections`
+  times; a size beyond 2^24 tokens' worth stops the doubling."""
+  probed = {}
+
+  def fits(size, capacity):
+    if size not in probed:
+      probed[size] = bytes_at(size)
+    return probed[size] <= capacity
+
+  out = {}
+  for capacity in sorted(capacities):
+    lo, hi = 0, None  # lo fits (0: nothing does); hi does not.
+    size = max(start, 1)
+    while True:
+      if fits(size, capacity):
+        lo = size
+        if hi is not None or size >= 2**24:
+          break
+        size *= 2
+      else:
+        hi = size
+        if lo or size == 1:
+          break
+        size //= 2
+    for _ in range(bisections):
+      if hi is None or hi - lo <= 1:
+        break
+      mid = (lo + hi) // 2
+      lo, hi = (mid, hi) if fits(mid, capacity) else (lo, mid)
+    out[capacity] = (lo, hi)
+  return out, probed
+
+
+def max_sequence(config, memories) -> dict:
+  """The largest sequence length whose block step and end-to-end step fit
+  each of `memories` ("16GiB", ...), at the first candidate batch (module
+  docstring). Returns {"batch", "start", "measure", "rows": [{"step",
+  "memory", "max_tokens", "over_tokens", "probes"}]}."""
+  capacities = {parse_bytes(m, "plan.seq_len_memories"): m for m in memories}
+  batch = batch_candidates(config)[0]
+  measure = "offload" if config.blocks.offload else "held_all"
+  base = common.with_changes(config, {"batch_size": batch})
+  start = sequence_length(config)
+  steps_bytes = {
+    "block": lambda c: candidate_cost(c)[f"{measure}_bytes"],
+    "e2e": lambda c: e2e_step_bytes(common.with_changes(c, {"method": "e2e"})),
+  }
+  rows = []
+  for step, bytes_of in steps_bytes.items():
+
+    def bytes_at(size, bytes_of=bytes_of, step=step):
+      started = time.perf_counter()
+      n = bytes_of(with_sequence_length(base, size))
+      logging.info(
+        "plan: %s step, %d tokens: %.3f GiB; compiled in %.1f s",
+        step,
+        tokens_of(config, size),
+        n / GIB,
+        time.perf_counter() - started,
+      )
+      return n
+
+    found, probed = largest_fitting(
+      bytes_at, start, capacities, int(config.plan.seq_len_bisections)
+    )
+    for capacity, (lo, hi) in found.items():
+      rows.append(
+        {
+          "step": step,
+          "memory": capacities[capacity],
+          "max_tokens": tokens_of(config, lo) if lo else 0,
+          "over_tokens": None if hi is None else tokens_of(config, hi),
+          "probes": {tokens_of(config, k): v for k, v in probed.items()},
+        }
+      )
+  return {
+    "batch": batch,
+    "start_tokens": tokens_of(config, start),
+    "measure": measure,
+    "rows": rows,
+  }
+
+
+def sequence_table(report: dict, attention: str) -> str:
+  """The `max_sequence` report, one row per step and memory."""
+  lines = [
+    f"largest sequence (tokens) at batch {report['batch']} (the config's:"
+    f" {report['start_tokens']}); block step measure"
+    f" {report['measure']}; attention {attention}",
+    f"{'step':>6} {'memory':>8} {'fits':>9} {'not':>9}",
+  ]
+  for r in report["rows"]:
+    over = "-" if r["over_tokens"] is None else f"{r['over_tokens']:,}"
+    lines.append(
+      f"{r['step']:>6} {r['memory']:>8} {r['max_tokens']:>9,} {over:>9}"
+    )
+  return "\n".join(lines)
+
+
 def plan(config: ml_collections.ConfigDict, workdir: str, argv=()) -> dict:
   """Compiles the candidates, writes `workdir/plan.json` and returns it.
 
@@ -453,6 +614,11 @@ def plan(config: ml_collections.ConfigDict, workdir: str, argv=()) -> dict:
     )
   else:
     result["message"] = nothing_fits(config, compiled, capacity, measure)
+  if len(config.plan.seq_len_memories):
+    from dblocks_jax.cli import memory
+
+    result["max_sequence"] = max_sequence(config, config.plan.seq_len_memories)
+    result["max_sequence"]["attention"] = memory.attention_path(config)
   os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, "plan.json")
   with open(path, "w") as f:
@@ -536,5 +702,8 @@ def table(result: dict) -> str:
   lines.append(result["message"])
   if result["command"]:
     lines.append(result["command"])
+  if "max_sequence" in result:
+    report = result["max_sequence"]
+    lines.append(sequence_table(report, report["attention"]))
   lines.append(f"wrote {result.get('path', 'plan.json')}")
   return "\n".join(lines)

@@ -63,7 +63,21 @@ def model_config(config) -> ar.ARConfig:
     *("vocab_size", "max_seq_len", "num_layers", "width", "num_heads"),
     *("mlp_dim", "cond_dim", "frequency_dim", "norm_eps", "rope_theta"),
     "attention_impl",
+    lean_backward=lean_backward(config),
   )
+
+
+def lean_backward(config) -> bool:
+  """`model.lean_backward`: the Llama layers recompute their norms, AdaLN
+  modulation and gated outputs in the backward pass instead of keeping
+  them (`nn.llama`); False for the runs before the switch."""
+  value = config.model.get("lean_backward", False)
+  if not isinstance(value, bool):
+    raise ConfigError(
+      f"model.lean_backward={value!r} must be a bool (True: the"
+      " norms and modulation are recomputed in the backward pass)."
+    )
+  return value
 
 
 class TokenCorpus:
@@ -150,9 +164,21 @@ def _lm1b_ids(folder: str, split: str, tok) -> np.ndarray:
   return np.fromiter((i for ids in pieces for i in ids), np.int32)
 
 
+def loss_chunk(config) -> int:
+  """`model.loss_chunk`: tokens per chunk of the training loss's readout
+  and cross-entropy (both methods; 0 = the dense logits)."""
+  chunk = config.model.loss_chunk
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 0:
+    raise ConfigError(
+      f"model.loss_chunk={chunk!r} must be an int >= 0 (tokens per chunk of"
+      " the readout and cross-entropy; 0 = the dense logits)."
+    )
+  return chunk
+
+
 def diffusion_task(config) -> NextTokenDiffusion:
-  """The DiffusionBlocks next-token task of `config.diffusion` and
-  `config.sampler`."""
+  """The DiffusionBlocks next-token task of `config.diffusion`,
+  `config.sampler` and `model.loss_chunk`."""
   d, s = config.diffusion, config.sampler
   fields = {
     "sigma_per": "diffusion.sigma_per",
@@ -166,6 +192,7 @@ def diffusion_task(config) -> NextTokenDiffusion:
       **common.fields(
         s, "estimate", "normalized_table", "top_p", "temperature"
       ),
+      loss_chunk=loss_chunk(config),
     )
 
 
@@ -208,7 +235,9 @@ class ARFamily:
         config, lambda rngs: ar.LlamaLM(spec, rngs=rngs)
       )
       with errors.config_fields({"top_p": "sampler.top_p"}):
-        task = CausalLM(top_p=config.sampler.top_p)
+        task = CausalLM(
+          top_p=config.sampler.top_p, loss_chunk=loss_chunk(config)
+        )
       return Experiment("e2e", model, task, None)
 
     plan = common.plan_from_config(config)

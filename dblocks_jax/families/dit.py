@@ -9,11 +9,13 @@ with a feature network, measures the FID against the reference images.
 
 import os
 
+from absl import logging
+
 from dblocks_jax import errors
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import dit
-from dblocks_jax.nn.attention import ATTENTION_KINDS
+from dblocks_jax.nn.attention import ATTENTION_IMPLS, ATTENTION_KINDS
 from dblocks_jax.tasks.base import Sampler
 from dblocks_jax.tasks.generation import DiffusionGeneration
 
@@ -23,6 +25,7 @@ def model_config(config) -> dit.DiTConfig:
   m = config.model
   attention = m.get("attention", "einsum")
   common.check_choice(attention, ATTENTION_KINDS, "model.attention")
+  common.check_choice(m.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
   return common.model_spec(
     dit.DiTConfig,
     config,
@@ -30,15 +33,22 @@ def model_config(config) -> dit.DiTConfig:
     *("frequency_dim", "learn_sigma"),
     null_class=m.label_dropout > 0,
     attention=attention,
+    attention_impl=m.attention_impl,
   )
 
 
 class DiTFamily(common.ImageData):
   """DiT generation: see the module docstring."""
 
+  def attention_path(self, config) -> str:
+    """The attention path of `config`'s training step (`model.attention_impl`
+    resolved on this platform), e.g. "chunked (auto on cpu)"."""
+    return model_config(config).describe_attention()
+
   def build(self, config, *, held_blocks=None) -> Experiment:
     method = common.check_build(config)
     spec = model_config(config)
+    logging.info("attention: %s", spec.describe_attention())
     image_shape, num_classes = common.image_classes(config)
     blockwise = method == "dblocks"
     plan = common.plan_from_config(config, single_block=not blockwise)

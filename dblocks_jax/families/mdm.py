@@ -15,6 +15,7 @@ import math
 import os
 
 import numpy as np
+from absl import logging
 
 from dblocks_jax import errors
 from dblocks_jax.diffusion.masking import Masking
@@ -22,6 +23,7 @@ from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import mdm
+from dblocks_jax.nn.attention import ATTENTION_IMPLS
 from dblocks_jax.tasks.base import Sampler
 from dblocks_jax.tasks.masked_diffusion import MaskedDiffusion
 
@@ -34,11 +36,14 @@ def model_config(config) -> mdm.MDMConfig:
   from dblocks_jax.data import text
 
   common.check_seq_len(config, "the position table")
+  common.check_choice(
+    config.model.attention_impl, ATTENTION_IMPLS, "model.attention_impl"
+  )
   return common.model_spec(
     mdm.MDMConfig,
     config,
     *("max_seq_len", "num_layers", "width", "num_heads", "mlp_ratio"),
-    "frequency_dim",
+    *("frequency_dim", "attention_impl"),
     vocab_size=text.VOCAB_SIZE,
   )
 
@@ -91,9 +96,15 @@ def split_ids(config, split: str) -> np.ndarray:
 class MDMFamily:
   """Masked-diffusion language modelling: see the module docstring."""
 
+  def attention_path(self, config) -> str:
+    """The attention path of `config`'s training step (`model.attention_impl`
+    resolved on this platform), e.g. "chunked (auto on cpu)"."""
+    return model_config(config).describe_attention()
+
   def build(self, config, *, held_blocks=None) -> Experiment:
     method = common.check_build(config)
     spec = model_config(config)
+    logging.info("attention: %s", spec.describe_attention())
     blockwise = method == "dblocks"
     plan = common.plan_from_config(
       config, single_block=not blockwise, noise=masking_from_config(config)

@@ -85,6 +85,7 @@ class RecurrentFamily(ar_family.ARFamily):
           top_p=s.top_p,
           **common.fields(r, "mean_depth", "depth_sigma", "backprop_depth"),
           inference_depth=k,
+          loss_chunk=ar_family.loss_chunk(config),
         )
       return Experiment("e2e", model, task, None)
 

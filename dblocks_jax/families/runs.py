@@ -17,6 +17,8 @@ from dblocks_jax.families import common
 from dblocks_jax.training.topology import check_topology
 
 CONFIG_FILE = "config.json"
+# The families with `model.attention_impl`: runs saved before it had dense.
+ATTENTION_FAMILIES = ("ar", "recurrent", "vit", "dit", "mdm")
 
 
 def write_config(workdir: str, config, topology: dict) -> None:
@@ -50,8 +52,9 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
 def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fields that config.json files written before them lack, as those runs
   had them: float32 compute and parameters; a boolean model.remat becomes
-  its policy name ("full" or "none"); no host offload; the language models'
-  dense attention."""
+  its policy name ("full" or "none"); no host offload; dense attention
+  (`model.attention_impl`); the AR layers' norms and modulation kept for
+  backward (`model.lean_backward`)."""
   blocks = config.get("blocks")
   if blocks is not None and "offload" not in blocks:
     blocks["offload"] = False
@@ -61,8 +64,13 @@ def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   for field in ("dtype", "param_dtype"):
     if field not in model:
       model[field] = "float32"
-  if model.get("name") in ("ar", "recurrent") and "attention_impl" not in model:
+  if model.get("name") in ATTENTION_FAMILIES and "attention_impl" not in model:
     model["attention_impl"] = "dense"
+  if model.get("name") in ("ar", "recurrent") and "loss_chunk" not in model:
+    model["loss_chunk"] = 0  # The dense logits of the runs before it.
+  ar_family = model.get("name") in ("ar", "recurrent")
+  if ar_family and "lean_backward" not in model:
+    model["lean_backward"] = False  # Kept, as before.
   if isinstance(model.get("remat"), bool):
     remat = "full" if model.remat else "none"
     del model["remat"]  # A ConfigDict field keeps its type: set anew.

@@ -8,34 +8,56 @@ with cross-entropy (`EndToEndClassification`, no noise). Evaluation is the
 test accuracy of routed sampling (`sampler.*`).
 """
 
+from absl import logging
+
 from dblocks_jax import errors
 from dblocks_jax.families import common
 from dblocks_jax.families.base import Experiment
 from dblocks_jax.models import vit
+from dblocks_jax.nn import attention
 from dblocks_jax.tasks.classification import (
   DiffusionClassification,
   EndToEndClassification,
 )
 
+# The attention's arguments -> their config fields, for the errors.
+ATTENTION_FIELDS = {
+  "attention_impl": "model.attention_impl",
+  "attention_dropout": "model.attention_dropout",
+}
+
 
 def model_config(config) -> vit.ViTConfig:
-  """`config.model` as the ViT's explicit hyper-parameters."""
-  with errors.config_fields():
+  """`config.model` as the ViT's explicit hyper-parameters; the chunked
+  attention with attention dropout is a ConfigError naming both fields."""
+  common.check_choice(
+    config.model.attention_impl,
+    attention.ATTENTION_IMPLS,
+    "model.attention_impl",
+  )
+  with errors.config_fields({**errors.CONFIG_FIELDS, **ATTENTION_FIELDS}):
     return common.model_spec(
       vit.ViTConfig,
       config,
       *("num_layers", "width", "num_heads", "mlp_dim", "patch_size"),
       *("cond_dim", "frequency_dim", "dropout", "attention_dropout"),
-      *("layer_norm_eps", "modulation", "readout_token"),
+      *("layer_norm_eps", "modulation", "readout_token", "attention_impl"),
     )
 
 
 class ViTFamily(common.ImageData):
   """ViT classification: see the module docstring."""
 
+  def attention_path(self, config) -> str:
+    """The attention path of `config`'s training step (`model.attention_impl`
+    resolved on this platform), e.g. "dense (auto on cpu, attention
+    dropout)"."""
+    return model_config(config).describe_attention()
+
   def build(self, config, *, held_blocks=None) -> Experiment:
     method = common.check_build(config)
     spec = model_config(config)
+    logging.info("attention: %s", spec.describe_attention())
     image_shape, num_classes = common.image_classes(config)
     if method == "e2e":
       model = common.end_to_end_model(

@@ -58,6 +58,14 @@ class ARConfig(precision.ComputeSettings):
       (`nn.chunked_attention`, no scores written out) or "auto" (cuDNN's
       fused attention on GPU where the mask allows it, else chunked).
       Forward-mode autodiff (`jax.jvp`) needs "dense".
+    lean_backward: the Llama layers keep the inputs of their norms,
+      AdaLN modulation and gated last Linears for the backward pass, not
+      what these compute, and recompute that there (`nn.llama`): less
+      memory (the per-token modulation of the noisy tokens above all), the
+      same values; one more modulation matmul, output projection and
+      SwiGLU down projection per conditioned layer in backward. The
+      baseline's RMSNorms take the same lean norm. Reverse mode only
+      (forward mode needs False).
 
   The compute settings remat, dtype and param_dtype (keyword-only) are
   `nn.precision.ComputeSettings`'s.
@@ -74,6 +82,7 @@ class ARConfig(precision.ComputeSettings):
   norm_eps: float = 1e-6
   rope_theta: float = 10000.0
   attention_impl: str = "auto"
+  lean_backward: bool = False
 
   def __post_init__(self):
     super().__post_init__()
@@ -107,6 +116,7 @@ def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):
     norm_eps=spec.norm_eps,
     rope_theta=spec.rope_theta,
     attention_impl=spec.attention_impl,
+    lean_backward=spec.lean_backward,
     remat=spec.remat,
     **spec.dtypes(),
     rngs=rngs,
@@ -151,10 +161,18 @@ class DenoiserReadout(nnx.Module):
     self.head = init.linear(width, vocab_size, zero=True, **kw)
 
   def __call__(self, h, z, sigma, cond, *, sigma_data: float):
+    head_input, denoised = self.head_input(
+      h, z, sigma, cond, sigma_data=sigma_data
+    )
+    return precision.float32(self.head(head_input)), denoised
+
+  def head_input(self, h, z, sigma, cond, *, sigma_data: float):
+    """-> (the head's input adaLN(D) [b, t, width], D [b, t, width]): the
+    readout short of its last Linear, for a chunked loss
+    (`nn.chunked_loss`)."""
     denoised = edm.denoised(z, self.norm(h), sigma, sigma_data)
     shift, scale = jnp.split(self.adaln(jax.nn.silu(cond)), 2, -1)
-    logits = self.head(denoised * (1 + scale) + shift)
-    return precision.float32(logits), denoised
+    return denoised * (1 + scale) + shift, denoised
 
 
 def make_shell(spec: ARConfig, rngs) -> dict[str, nnx.Module]:

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import adaln, embed, init, layers, precision
+from dblocks_jax.nn import adaln, attention, embed, init, layers, precision
 
 # name -> (layers, width, heads), the reference registry (patch sizes 2, 4, 8).
 VARIANTS = {
@@ -183,8 +183,12 @@ class DiTConfig(precision.ComputeSettings):
     frequency_dim: sinusoid size of the timestep embedder.
     learn_sigma: keep the reference's 2 C output channels (EDM uses C).
     null_class: the label table has the extra null-class row (guidance).
-    attention: "einsum" (written out) or "dot_product"
-      (`jax.nn.dot_product_attention`); the same function.
+    attention: the dense path's form, "einsum" (written out) or
+      "dot_product" (`jax.nn.dot_product_attention`); the same function.
+    attention_impl: the attention path (`nn.attention`): "dense" (the
+      `attention` form), "chunked" (`nn.chunked_attention`: no scores
+      written out) or "auto" (cuDNN's fused attention on GPU where it can
+      run, else chunked). Forward-mode autodiff (`jax.jvp`) needs "dense".
 
   The compute settings remat, dtype and param_dtype (keyword-only) are
   `nn.precision.ComputeSettings`'s.
@@ -199,6 +203,22 @@ class DiTConfig(precision.ComputeSettings):
   learn_sigma: bool = True
   null_class: bool = True
   attention: str = "einsum"
+  attention_impl: str = "dense"
+
+  def __post_init__(self):
+    super().__post_init__()
+    attention.check_attention_impl(self.attention_impl)
+
+  def describe_attention(self) -> str:
+    """The layers' attention path on this platform, e.g. "chunked (auto on
+    cpu)" (`nn.attention.describe_attention`)."""
+    return attention.describe_attention(
+      self.attention_impl,
+      jax.default_backend(),
+      ("bidirectional",),
+      dtype=self.dtypes()["dtype"],
+      head_dim=self.width // self.num_heads,
+    )
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":
@@ -229,6 +249,7 @@ def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
     gelu_approximate=True,
     kernel_init=init.XAVIER_UNIFORM,
     attention_kind=spec.attention,
+    attention_impl=spec.attention_impl,
     remat=spec.remat,
     **spec.dtypes(),
     rngs=rngs,

@@ -9,7 +9,8 @@ time t and returns logits over the clean vocabulary at every position:
                `time_scale` x t so that t in [0, 1] spans the sinusoid's
                frequencies as DiT's integer timesteps do
   layers       one block's DiT layers (adaLN-Zero on the time embedding,
-               `jax.nn.dot_product_attention`, no attention mask)
+               no attention mask; `attention_impl` picks the path:
+               `jax.nn.dot_product_attention`, chunked or cuDNN's)
   readout      LayerNorm, adaLN shift/scale, Linear to the vocabulary (zero
                initialised: a fresh model predicts the uniform distribution)
 
@@ -46,6 +47,11 @@ class MDMConfig(precision.ComputeSettings):
     num_heads: attention heads.
     mlp_ratio: MLP hidden size / width.
     frequency_dim: sinusoid size of the timestep embedder.
+    attention_impl: the attention path (`nn.attention`): "dense"
+      (`jax.nn.dot_product_attention`, the scores written out), "chunked"
+      (`nn.chunked_attention`: none written out) or "auto" (cuDNN's fused
+      attention on GPU where it can run, else chunked). Forward-mode
+      autodiff (`jax.jvp`) needs "dense".
 
   The compute settings remat, dtype and param_dtype (keyword-only) are
   `nn.precision.ComputeSettings`'s.
@@ -58,6 +64,7 @@ class MDMConfig(precision.ComputeSettings):
   num_heads: int = 12
   mlp_ratio: int = 4
   frequency_dim: int = 256
+  attention_impl: str = "dense"
 
   @property
   def mask_id(self) -> int:
@@ -72,8 +79,13 @@ class MDMConfig(precision.ComputeSettings):
       mlp_ratio=self.mlp_ratio,
       frequency_dim=self.frequency_dim,
       attention="dot_product",
+      attention_impl=self.attention_impl,
       **self.compute_settings(),
     )
+
+  def describe_attention(self) -> str:
+    """The layers' attention path on this platform (`DiTConfig`'s)."""
+    return self.layer_spec().describe_attention()
 
 
 class TokenStem(nnx.Module):

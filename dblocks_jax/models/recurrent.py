@@ -126,8 +126,12 @@ class RecurrentLM(nnx.Module):
   def readout(self, state, *, positions, mask) -> jax.Array:
     """s_r -> logits [b, t, vocab], float32 (the coda, a final norm, the
     head)."""
-    h = self.norm(self.coda(state, positions=positions, mask=mask))
+    h = self.head_input(state, positions=positions, mask=mask)
     return precision.float32(self.head(h))
+
+  def head_input(self, state, *, positions, mask) -> jax.Array:
+    """s_r -> the head's input [b, t, width] (the coda, a final norm)."""
+    return self.norm(self.coda(state, positions=positions, mask=mask))
 
   def encode(self, tokens) -> jax.Array:
     """tokens [b, t] -> the prelude's e [b, t, width]."""
@@ -140,12 +144,17 @@ class RecurrentLM(nnx.Module):
 
   # ----- Training and teacher-forced inference --------------------------------
 
-  def __call__(
+  def __call__(self, tokens, key, **depth):
+    """tokens [b, t] -> logits [b, t, vocab] (row i predicts token i + 1)
+    after `depth` iterations (`features`'s arguments)."""
+    return precision.float32(self.head(self.features(tokens, key, **depth)))
+
+  def features(
     self, tokens, key, *, depth, backprop_depth: int = 0, unroll=False
   ):
-    """tokens [b, t] -> logits [b, t, vocab] (row i predicts token i + 1)
-    after `depth` iterations (an int or a traced scalar) from a random
-    state drawn with `key`.
+    """tokens [b, t] -> the head's input [b, t, width] (row i predicts
+    token i + 1) after `depth` iterations (an int or a traced scalar) from
+    a random state drawn with `key`.
 
     With `backprop_depth` > 0, only the last min(depth, backprop_depth)
     iterations carry gradients (truncated backpropagation); the earlier ones
@@ -166,7 +175,7 @@ class RecurrentLM(nnx.Module):
 
     if not backprop_depth:
       state, _ = jax.lax.scan(step, state, length=int(depth), unroll=unroll)
-      return self.readout(state, positions=positions, mask=mask)
+      return self.head_input(state, positions=positions, mask=mask)
 
     iterate_frozen = _loop_body(_stop_gradient(self), positions, mask)
     e_frozen = jax.lax.stop_gradient(e)
@@ -186,7 +195,7 @@ class RecurrentLM(nnx.Module):
     state, _ = jax.lax.scan(
       tracked_step, state, jnp.arange(backprop_depth), unroll=unroll
     )
-    return self.readout(state, positions=positions, mask=mask)
+    return self.head_input(state, positions=positions, mask=mask)
 
   # ----- Generation with caches -----------------------------------------------
 

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.diffusion import edm
-from dblocks_jax.nn import adaln, embed, init, layers, precision
+from dblocks_jax.nn import adaln, attention, embed, init, layers, precision
 
 
 class ViTStem(nnx.Module):
@@ -154,6 +154,10 @@ class ViTConfig(precision.ComputeSettings):
     modulation: "official" (SiLU after the adaLN Linear) or "dit".
     readout_token: "label" (the official code: F read at the noisy-label
       token) or "cls" (the paper: a separate CLS token).
+    attention_impl: the attention path (`nn.attention`): "dense" (the
+      scores written out), "chunked" (`nn.chunked_attention`, none written
+      out; no attention dropout) or "auto" (cuDNN's fused attention on GPU
+      where it can run, else chunked; dense with attention dropout).
 
   The compute settings remat, dtype and param_dtype (keyword-only) are
   `nn.precision.ComputeSettings`'s.
@@ -171,9 +175,11 @@ class ViTConfig(precision.ComputeSettings):
   layer_norm_eps: float = 1e-12
   modulation: str = "official"
   readout_token: str = "label"
+  attention_impl: str = "dense"
 
   def __post_init__(self):
     super().__post_init__()
+    attention.check_attention_impl(self.attention_impl, self.attention_dropout)
     if self.readout_token not in READOUT_TOKENS:
       raise ValueError(
         f"readout_token={self.readout_token!r} is unknown; choose one of"
@@ -184,6 +190,18 @@ class ViTConfig(precision.ComputeSettings):
         f"modulation={self.modulation!r} is unknown; choose one of"
         f" {adaln.MODULATIONS}."
       )
+
+  def describe_attention(self) -> str:
+    """The layers' attention path on this platform, e.g. "dense (auto on
+    cpu, attention dropout)" (`nn.attention.describe_attention`)."""
+    return attention.describe_attention(
+      self.attention_impl,
+      jax.default_backend(),
+      ("bidirectional",),
+      dtype=self.dtypes()["dtype"],
+      head_dim=self.width // self.num_heads,
+      attention_dropout=self.attention_dropout,
+    )
 
 
 READOUT_TOKENS = ("label", "cls")
@@ -245,6 +263,7 @@ def make_layers(spec: ViTConfig, num_layers: int, rngs, *, conditioned=True):
     attention_dropout=spec.attention_dropout,
     layer_norm_eps=spec.layer_norm_eps,
     modulation=spec.modulation,
+    attention_impl=spec.attention_impl,
     remat=spec.remat,
     **spec.dtypes(),
     rngs=rngs,

@@ -18,10 +18,14 @@ class TransformerLayer(nnx.Module):
   Unconditioned (the plain ViT baseline): the same without modulation.
   Layer norms are affine, as in the official (HF ViT) layer; DiT's are not
   (`norm_affine=False`), and DiT uses tanh-GELU and Xavier-uniform weights.
+  `attention_impl` ("dense", "chunked" or "auto") and `attention_kind`
+  (the dense path's form) pick the attention's path (`nn.attention`).
   The Linears compute in `dtype`; the layer norms are float32 (statistics
   and output), so the residual x stays float32 (`nn.precision`).
 
-  x: [batch, tokens, width], cond: [batch, cond_dim] -> [batch, tokens, width].
+  x: [batch, tokens, width], cond: [batch, cond_dim], mask: None, a
+  `MaskSpec` or a dense bool array (`SelfAttention`) -> [batch, tokens,
+  width].
   """
 
   def __init__(
@@ -39,6 +43,7 @@ class TransformerLayer(nnx.Module):
     gelu_approximate: bool = False,
     kernel_init=init.TRUNC_NORMAL_002,
     attention_kind: str = "einsum",
+    attention_impl: str = "dense",
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -58,6 +63,7 @@ class TransformerLayer(nnx.Module):
       num_heads,
       attention_dropout=attention_dropout,
       kind=attention_kind,
+      attention_impl=attention_impl,
       **sublayer,
     )
     self.norm2 = precision.layer_norm(width, **norm)

@@ -11,6 +11,9 @@
           nothing_saveable (as full), everything_saveable (as none).
 Old configs hold booleans: True reads as "full", False as "none".
 Rematerialisation never changes the values computed, only what is kept.
+`recomputed` is the finer tool: one function whose backward pass keeps its
+inputs only and recomputes it once its cotangent has arrived (the Llama
+layers' `lean_backward`, `nn.llama`).
 
 Every Linear runs on `nn.linear.matmul_p`, a primitive of its own that
 lowers to one `dot_general` without batch dimensions; the named policies
@@ -91,3 +94,55 @@ def checkpointed(fn, remat):
   if name == "none":
     return fn
   return nnx.remat(fn, policy=None if name == "full" else policy(name))
+
+
+def recomputed(fn):
+  """`fn` with a VJP that keeps only its inputs and recomputes `fn` in the
+  backward pass: what its intermediates would cost the backward pass is
+  one transient recomputation instead.
+
+  Unlike `jax.checkpoint`, the recomputation is tied to the incoming
+  cotangent, so that XLA can neither hoist it to before the cotangent
+  exists nor merge it with the forward pass's identical computation (either
+  would keep its outputs live as long as saved values): the backward rule
+  passes the saved inputs and the cotangent through one
+  `jax.lax.optimization_barrier`, and, since XLA:CPU drops such barriers
+  before scheduling, also adds to every floating input a zero computed
+  from the cotangent (`_zero_of`). The values (forward and gradients) are
+  `fn`'s own; reverse mode only (a `jax.custom_vjp`).
+
+  fn: positional array arguments (pytrees, e.g. None) -> any pytree.
+  """
+
+  @jax.custom_vjp
+  def call(*args):
+    return fn(*args)
+
+  def forward(*args):
+    return fn(*args), args
+
+  def backward(args, cotangent):
+    args, cotangent = jax.lax.optimization_barrier((args, cotangent))
+    zero = _zero_of(cotangent)
+    args = jax.tree.map(lambda a: _plus(a, zero), args)
+    _, vjp = jax.vjp(fn, *args)
+    return vjp(cotangent)
+
+  call.defvjp(forward, backward)
+  return call
+
+
+def _zero_of(tree) -> jax.Array:
+  """A float32 scalar 0 that depends on the first element of tree's first
+  leaf: min(|x|, 0), which XLA does not fold (NaN only where x is NaN, and
+  then the gradients that depend on x are NaN anyway)."""
+  leaf = jax.tree.leaves(tree)[0]
+  first = jnp.ravel(leaf)[0].astype(jnp.float32)
+  return jnp.minimum(jnp.abs(first), 0.0)
+
+
+def _plus(a, zero):
+  """a + zero for floating a (the same values), a itself otherwise."""
+  if not jnp.issubdtype(a.dtype, jnp.floating):
+    return a
+  return a + zero.astype(a.dtype)

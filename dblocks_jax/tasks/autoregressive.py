@@ -62,6 +62,7 @@ import optax
 
 from dblocks_jax import diffusion
 from dblocks_jax.diffusion import edm
+from dblocks_jax.nn import chunked_loss, llama
 from dblocks_jax.nn.chunked_attention import MaskSpec
 from dblocks_jax.tasks.batches import Field
 
@@ -120,7 +121,17 @@ def inject(parts, x: jax.Array, e_before) -> jax.Array:
 
 
 def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
-  """The block's denoiser on the 2T layout.
+  """The block's denoiser on the 2T layout: `two_stream_features`, then
+  the readout -> (logits [b, T, vocab], D [b, T, width]) at the noisy
+  positions."""
+  h, noisy_cond = two_stream_features(
+    parts, tokens, z, sigma, sigma_data=sigma_data
+  )
+  return parts["readout"](h, z, sigma, noisy_cond, sigma_data=sigma_data)
+
+
+def two_stream_features(parts, tokens, z, sigma, *, sigma_data: float):
+  """The block's layers on the 2T layout, short of the readout.
 
   Parts: targets, noise_embed, context, layers, readout (`models.ar`);
   optionally prelude and adapter (`models.recurrent`): then both streams
@@ -132,22 +143,26 @@ def two_stream_denoise(parts, tokens, z, sigma, *, sigma_data: float):
     sigma: [b, T] their noise levels.
 
   Returns:
-    logits [b, T, vocab] and D [b, T, width] at the noisy positions.
+    the layers' output at the noisy positions [b, T, width] and the noisy
+    tokens' condition [b, T, cond_dim] (the readout's).
   """
-  batch, length = tokens.shape
+  length = tokens.shape[1]
   noisy_cond = noise_condition(parts, sigma)
-  cond = jnp.concatenate([noisy_cond, parts["context"](batch, length)], 1)
+  # The clean tokens share one condition: one modulation row per layer.
+  cond = llama.Segments((noisy_cond, parts["context"](1, 1)), (length, length))
   e_before = context_features(parts, tokens, sigma_data)
   noisy = inject(parts, edm.c_in(sigma, sigma_data)[..., None] * z, e_before)
   clean = inject(parts, clean_inputs(parts, tokens, sigma_data), e_before)
   h = jnp.concatenate([noisy, clean], 1)
   positions = jnp.tile(jnp.arange(length), 2)
   h = parts["layers"](
-    h, cond, positions=positions, mask=MaskSpec.two_stream(length)
+    h,
+    cond,
+    positions=positions,
+    mask=MaskSpec.two_stream(length),
+    keep=length,  # The readout reads the noisy tokens only.
   )
-  return parts["readout"](
-    h[:, :length], z, sigma, noisy_cond, sigma_data=sigma_data
-  )
+  return h, noisy_cond
 
 
 def _per_token(sigma: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -172,6 +187,34 @@ def _next_token_metrics(logits, targets, ce) -> dict:
     "ce": jnp.mean(ce),
     "accuracy": jnp.mean(jnp.argmax(logits, -1) == targets),
   }
+
+
+def chunked_head_loss(head, x, targets, weights, chunk: int):
+  """The loss sum(weights x CE(head(x), targets)) over token chunks
+  (`nn.chunked_loss`: the logits never held whole) and the training
+  metrics of `_next_token_metrics`.
+
+  head: the vocabulary Linear (`nn.linear.Linear`); x: its input [b, t,
+  width]; targets [b, t] int; weights [b, t] (no gradient).
+  """
+  bias = None if head.bias is None else head.bias[...]
+  loss, ce, hits = chunked_loss.linear_cross_entropy(
+    x.reshape(-1, x.shape[-1]),
+    head.kernel[...],
+    bias,
+    targets.reshape(-1),
+    weights.reshape(-1),
+    dtype=head.dtype or jnp.float32,
+    chunk=chunk,
+  )
+  return loss, {"ce": jnp.mean(ce), "accuracy": jnp.mean(hits)}
+
+
+def _check_loss_chunk(loss_chunk: int) -> None:
+  if loss_chunk < 0:
+    raise ValueError(
+      f"loss_chunk={loss_chunk} must be >= 0 (0 = the dense logits)."
+    )
 
 
 def next_token_accuracy(predict, batches: Iterable, key) -> dict:
@@ -276,6 +319,9 @@ class NextTokenDiffusion(_NextTokenEvaluation):
       distribution, since the probability-flow ODE maps noise to samples);
       lower values sharpen it (reduced-temperature sampling), 0 makes it
       deterministic.
+    loss_chunk: tokens per chunk of the training loss's readout and
+      cross-entropy (`chunked_head_loss`: the [b, T, vocab] logits never
+      held whole); 0 = the dense logits.
   """
 
   sigma_data: float = 0.5
@@ -285,9 +331,11 @@ class NextTokenDiffusion(_NextTokenEvaluation):
   normalized_table: bool = True
   top_p: float = 0.95
   temperature: float = 1.0
+  loss_chunk: int = 0
 
   def __post_init__(self):
     _check_top_p(self.top_p)
+    _check_loss_chunk(self.loss_chunk)
     if self.temperature < 0:
       raise ValueError(f"temperature={self.temperature} must be >= 0.")
     if self.sigma_per not in SIGMA_PER:
@@ -322,9 +370,20 @@ class NextTokenDiffusion(_NextTokenEvaluation):
     y = parts["targets"](tokens)
     sigma = _per_token(level, tokens)
     z = y + sigma[..., None] * jax.random.normal(key, y.shape)
+    weight = diffusion.loss_weight(sigma, self.sigma_data, self.max_weight)
+    if self.loss_chunk:
+      h, cond = two_stream_features(
+        parts, tokens, z, sigma, sigma_data=self.sigma_data
+      )
+      x, _ = parts["readout"].head_input(
+        h, z, sigma, cond, sigma_data=self.sigma_data
+      )
+      weight = weight[:, 1:] / weight[:, 1:].size  # The mean's.
+      return chunked_head_loss(
+        parts["readout"].head, x[:, 1:], tokens[:, 1:], weight, self.loss_chunk
+      )
     logits, _ = self.denoise(parts, tokens, z, sigma)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
-    weight = diffusion.loss_weight(sigma, self.sigma_data, self.max_weight)
     ce, weight = ce[:, 1:], weight[:, 1:]
     metrics = _next_token_metrics(logits[:, 1:], tokens[:, 1:], ce)
     return jnp.mean(weight * ce), metrics
@@ -537,12 +596,16 @@ class CausalLM(_NextTokenEvaluation):
 
   Attributes:
     top_p: nucleus mass of `generate` (0.95 as the paper's baseline).
+    loss_chunk: tokens per chunk of the training loss's head and
+      cross-entropy (`chunked_head_loss`); 0 = the dense logits.
   """
 
   top_p: float = 0.95
+  loss_chunk: int = 0
 
   def __post_init__(self):
     _check_top_p(self.top_p)
+    _check_loss_chunk(self.loss_chunk)
 
   def batch_fields(self, parts, example) -> dict[str, Field]:
     """Tokens [batch, T]: ids below the width of the model's logits (read
@@ -559,9 +622,21 @@ class CausalLM(_NextTokenEvaluation):
   def loss(self, parts, batch, level, key, *, train: bool = True):
     del level, key, train
     tokens = batch["tokens"]
-    logits = parts["model"](tokens)[:, :-1]
+    model = parts["model"]
+    if self.loss_chunk:
+      return self.chunked_loss(model, model.features(tokens), tokens)
+    logits = model(tokens)[:, :-1]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
     return jnp.mean(ce), _next_token_metrics(logits, tokens[:, 1:], ce)
+
+  def chunked_loss(self, model, features, tokens):
+    """The mean next-token CE of the head's input `features` [b, t, width]
+    (row i predicting token i + 1), over chunks (`chunked_head_loss`)."""
+    targets = tokens[:, 1:]
+    weights = jnp.full(targets.shape, 1 / targets.size)
+    return chunked_head_loss(
+      model.head, features[:, :-1], targets, weights, self.loss_chunk
+    )
 
   def predict(self, parts_for_block, batch, key, *, sampler=None):
     """logits [b, T, vocab], row i predicting token i (row 0 zeros)."""

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from dblocks_jax.models import recurrent
+from dblocks_jax.nn import precision
 from dblocks_jax.tasks.autoregressive import CausalLM, _next_token_metrics
 from dblocks_jax.tasks.base import StepDepth
 
@@ -29,6 +30,8 @@ class RecurrentDepthLM(CausalLM):
 
   Attributes:
     top_p: nucleus mass of `generate`.
+    loss_chunk: tokens per chunk of the training loss's head and
+      cross-entropy (`CausalLM.chunked_loss`); 0 = the dense logits.
     mean_depth: the mean of the training depth's log-normal Poisson.
     depth_sigma: its log-normal spread (Huginn's 0.5).
     backprop_depth: iterations that carry gradients (the truncation).
@@ -77,17 +80,27 @@ class RecurrentDepthLM(CausalLM):
         depth_key, self.mean_depth, self.depth_sigma
       )
       unroll = False
-    logits = parts["model"](
+    model = parts["model"]
+    features = model.features(
       tokens,
       state_key,
       depth=depth,
       backprop_depth=self.backprop_depth,
       unroll=unroll,
-    )[:, :-1]
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-    metrics = _next_token_metrics(logits, tokens[:, 1:], ce)
+    )
+    if self.loss_chunk:
+      loss, metrics = self.chunked_loss(model, features, tokens)
+    else:
+      logits = precision.float32(model.head(features))[:, :-1]
+      ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits, tokens[:, 1:]
+      )
+      loss, metrics = (
+        jnp.mean(ce),
+        _next_token_metrics(logits, tokens[:, 1:], ce),
+      )
     metrics["depth"] = jnp.asarray(depth, jnp.float32)
-    return jnp.mean(ce), metrics
+    return loss, metrics
 
   def forward(self, model, tokens, key):
     return model(tokens, key, depth=self.inference_depth)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from configs import quickstart
+from configs import dit_cifar10, mdm_text8, quickstart
 from dblocks_jax.cli import memory, planner
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import flops
@@ -226,3 +226,65 @@ def test_abstract_step_is_the_trainers_step():
   assert cost["flops_per_example"] == pytest.approx(
     3 * per_block / config.batch_size
   )
+
+
+# ----- The largest sequence that fits ----------------------------------------
+
+
+def test_largest_fitting_brackets_each_capacity_with_few_probes():
+  """bytes = 10 x size: 100 bytes fit size 10, 1000 fit 100; from 16 the
+  search doubles or halves to a bracket, then bisects."""
+  calls = []
+
+  def bytes_at(size):
+    calls.append(size)
+    return 10 * size
+
+  found, probed = planner.largest_fitting(bytes_at, 16, (100, 1000), 3)
+  for capacity, (lo, hi) in found.items():
+    assert lo * 10 <= capacity < hi * 10
+  assert found == {100: (10, 11), 1000: (96, 104)}
+  assert len(calls) == len(set(calls)) == len(probed)  # Each size once.
+  assert len(calls) <= 12
+  nothing, _ = planner.largest_fitting(lambda n: 10**6, 4, (100,), 2)
+  assert nothing == {100: (0, 1)}  # Not even one token fits.
+
+
+def test_sequence_length_is_tokens_or_patches():
+  lm = mdm_text8.get_config("smoke")
+  assert planner.sequence_length(lm) == lm.data.seq_len
+  longer = planner.with_sequence_length(lm, 96)
+  assert (longer.data.seq_len, longer.model.max_seq_len) == (96, 96)
+  image = dit_cifar10.get_config("smoke")  # 16x16 images, patch 4.
+  assert planner.sequence_length(image) == 4
+  assert planner.tokens_of(image, 4) == 16
+  larger = planner.with_sequence_length(image, 6)
+  assert tuple(larger.data.image_shape) == (24, 24, 3)
+
+
+def test_plan_reports_the_largest_sequence_of_each_step(tmp_path):
+  config = mdm_text8.get_config("smoke")
+  config.plan.num_blocks = (3,)
+  config.plan.per_device_batch = (4,)
+  config.plan.remat = ("none",)
+  config.plan.devices = 1
+  config.plan.seq_len_memories = ("2MiB", "8MiB")
+  config.plan.seq_len_bisections = 1
+  result = planner.plan(config, str(tmp_path))
+  report = result["max_sequence"]
+  assert report["batch"] == 4
+  rows = {(r["step"], r["memory"]): r for r in report["rows"]}
+  assert set(rows) == {
+    (s, m) for s in ("block", "e2e") for m in ("2MiB", "8MiB")
+  }
+  for (_, memory_), row in rows.items():
+    capacity = planner.parse_bytes(memory_)
+    probes = row["probes"]
+    assert row["max_tokens"] and probes[row["max_tokens"]] <= capacity
+    assert row["over_tokens"] is None or probes[row["over_tokens"]] > capacity
+  # The block step holds a third of the layers: longer sequences fit.
+  assert (
+    rows["block", "8MiB"]["max_tokens"] >= rows["e2e", "8MiB"]["max_tokens"]
+  )
+  text = planner.table(result)
+  assert "largest sequence (tokens) at batch 4" in text

@@ -429,6 +429,10 @@ def _losses(name, dtype):
   if "attention_impl" in config.model:
     # The chunked and cuDNN attentions are custom VJPs: reverse mode only.
     config.model.attention_impl = "dense"
+  if "loss_chunk" in config.model:
+    config.model.loss_chunk = 0  # The chunked loss is a custom VJP too.
+  if "lean_backward" in config.model:
+    config.model.lean_backward = False  # Recomputed layers: custom VJPs.
   family = families.get(config.model.name)
   experiment = randomize_experiment(family.build(config))
   graphdefs, shared, blocks, fixed = parts_lib.split(experiment.model)
