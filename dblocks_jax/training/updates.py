@@ -56,6 +56,7 @@ class Updates:
     )
     self._compiled = {}  # (block structure, optimizer) -> step.
     self._of_block = {}  # block -> step (hashing a structure is slow).
+    self._in_flight = None  # The last step's metrics, until it is done.
 
   @property
   def _stacked(self) -> bool:
@@ -88,7 +89,17 @@ class Updates:
   def run(self, blocks_now: list[int], batch) -> dict:
     """Updates the blocks of `blocks_now` (one per group) on `batch` (one
     batch, or {block: batch} under the per-block rule) and advances the
-    step and update counts. Returns the step's metrics (device arrays)."""
+    step and update counts. Returns the step's metrics (device arrays).
+
+    One step is in flight at a time: the previous step is waited for
+    before this one is dispatched, so the host's work between steps (the
+    next batch, the log) overlaps the running step, and no two programs
+    with collectives ever interleave on a device (XLA:CPU's devices share
+    one thread pool, and two in-flight all-reduces over them can each wait
+    for a thread the other holds).
+    """
+    if self._in_flight is not None:
+      jax.block_until_ready(self._in_flight)
     if self._stacked:
       metrics = self._mesh_step(blocks_now, batch)
     else:
@@ -99,6 +110,7 @@ class Updates:
         state["updates"][b] += 1
     done = int(state["step"]) + self.placement.layout.num_groups
     state["step"] = np.asarray(done, np.int32)
+    self._in_flight = metrics
     return metrics
 
   def _update(self, block: int):
