@@ -269,7 +269,7 @@ def test_plan_reports_the_largest_sequence_of_each_step(tmp_path):
   config.plan.remat = ("none",)
   config.plan.devices = 1
   config.plan.seq_len_memories = ("2MiB", "8MiB")
-  config.plan.seq_len_bisections = 1
+  config.plan.seq_len_bisections = 0  # The search's own test bisects.
   result = planner.plan(config, str(tmp_path))
   report = result["max_sequence"]
   assert report["batch"] == 4

@@ -69,8 +69,9 @@ def _value_and_grad(stack, x, cond, keep):
   return h, grads
 
 
-@pytest.mark.parametrize("attention_impl", ["dense", "chunked"])
-@pytest.mark.parametrize("keep", [None, LENGTH])
+@pytest.mark.parametrize(
+  "attention_impl, keep", [("dense", None), ("chunked", LENGTH)]
+)
 def test_the_lean_conditioned_layers_keep_the_values(attention_impl, keep):
   plain, lean = _stacks(True, attention_impl)
   keys = jax.random.split(jax.random.key(0), 3)

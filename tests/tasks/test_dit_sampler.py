@@ -77,8 +77,9 @@ def _with_guidance(task, scale):
   return dataclasses.replace(task, guidance_scale=scale)
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize(
+  "method, guidance", [("euler", 1.0), ("euler", 2.0), ("heun", 2.0)]
+)
 def test_scanned_sampler_equals_the_unrolled_one(dit, method, guidance):
   task, plan, graphdefs, arrays = dit
   task = _with_guidance(task, guidance)
@@ -144,8 +145,7 @@ def _num_equations(jaxpr) -> int:
   return count
 
 
-@pytest.mark.parametrize("guidance", [1.0, 2.0])
-@pytest.mark.parametrize("method", ["euler", "heun"])
+@pytest.mark.parametrize("method, guidance", [("euler", 1.0), ("heun", 2.0)])
 def test_compiled_size_is_free_of_the_number_of_steps(dit, method, guidance):
   # B = 3 blocks: 3 scanned bodies (Euler; Heun adds the 2 steps that
   # cross a boundary) and the final evaluation, whatever N.
