@@ -69,3 +69,14 @@ def block_loss_and_gradients(config, block: int = 0):
 
   params = {n: g["params"] for n, g in groups.items()}
   return jax.jit(jax.value_and_grad(loss))(params)
+
+
+def assert_trees_close(ours, ref, rtol: float = 1e-4) -> None:
+  """Two pytrees of arrays agree leaf by leaf, to `rtol` and to 1e-5 of
+  each reference leaf's largest magnitude (float rounding of a changed
+  computation order)."""
+  leaves, ref_leaves = jax.tree.leaves(ours), jax.tree.leaves(ref)
+  assert len(leaves) == len(ref_leaves)
+  for a, b in zip(leaves, ref_leaves, strict=True):
+    scale = float(np.abs(b).max()) + 1e-12
+    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale)

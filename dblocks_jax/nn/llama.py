@@ -39,19 +39,10 @@ output: one more modulation matmul, output projection and SwiGLU down
 projection per layer in backward. An unconditioned layer's RMSNorms keep
 only x too (the same lean norm, so the baseline pays no handicap).
 
-Attention paths (`attention_impl`, resolved by `resolve_attention`):
-  dense    `jax.nn.dot_product_attention` with a dense [.., q, k] bool mask
-           (XLA writes the scores out);
-  chunked  `nn.chunked_attention.attention` with the mask's structure
-           (`MaskSpec`): the scores are never written out, O(length) memory;
-  auto     on GPU, cuDNN's fused attention (`implementation="cudnn"`) where
-           the mask allows it (causal or bidirectional without padding, in
-           bfloat16 or float16, head_dim a multiple of 8 up to 128), chunked
-           otherwise; chunked on TPU and CPU.
-A mask is a `MaskSpec` (the models' call sites) or a dense bool array (which
-always takes the dense path). The chunked and cuDNN paths are `custom_vjp`s:
-reverse mode only, so forward mode (`jax.jvp`, `jax.linearize`) needs
-"dense".
+Attention paths (`attention_impl`: dense, chunked, auto) are
+`nn.attention`'s, re-exported here (`resolve_attention`, `attend`, ...).
+The layers pass their masks as structure (`MaskSpec`, the models' call
+sites) or as a dense bool array (which always takes the dense path).
 
 The Linears compute in `dtype` (their weights stored in `param_dtype`); the
 RMSNorms, the softmax (every path takes it in float32) and the residual

@@ -9,20 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from random_params import randomize
+from random_params import assert_trees_close, randomize
 
 from dblocks_jax.nn import llama, remat
 from dblocks_jax.nn.chunked_attention import MaskSpec
 
 WIDTH, COND, LENGTH = 32, 24, 8
-
-
-def _close(ours, ref, rtol=1e-4):
-  leaves, ref_leaves = jax.tree.leaves(ours), jax.tree.leaves(ref)
-  assert len(leaves) == len(ref_leaves)
-  for a, b in zip(leaves, ref_leaves, strict=True):
-    scale = float(np.abs(b).max()) + 1e-12
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale)
 
 
 def _stacks(conditioned: bool, attention_impl: str):
@@ -82,7 +74,7 @@ def test_the_lean_conditioned_layers_keep_the_values(attention_impl, keep):
   h, grads = _value_and_grad(plain, x, cond, keep)
   lean_h, lean_grads = _value_and_grad(lean, x, cond, keep)
   np.testing.assert_allclose(lean_h, h, rtol=1e-5, atol=1e-5)
-  _close(lean_grads, grads)
+  assert_trees_close(lean_grads, grads)
 
 
 def test_the_lean_conditioned_layers_take_a_dense_condition():
@@ -92,7 +84,7 @@ def test_the_lean_conditioned_layers_take_a_dense_condition():
   h, grads = _value_and_grad(plain, x, cond, None)
   lean_h, lean_grads = _value_and_grad(lean, x, cond, None)
   np.testing.assert_allclose(lean_h, h, rtol=1e-5, atol=1e-5)
-  _close(lean_grads, grads)
+  assert_trees_close(lean_grads, grads)
 
 
 @pytest.mark.parametrize("keep", [None, LENGTH])
@@ -102,7 +94,7 @@ def test_the_lean_norms_of_the_plain_layers_keep_the_values(keep):
   h, grads = _value_and_grad(plain, x, None, keep)
   lean_h, lean_grads = _value_and_grad(lean, x, None, keep)
   np.testing.assert_allclose(lean_h, h, rtol=1e-5, atol=1e-5)
-  _close(lean_grads, grads)
+  assert_trees_close(lean_grads, grads)
 
 
 def test_recomputed_gives_the_function_and_its_gradients():
@@ -120,7 +112,7 @@ def test_recomputed_gives_the_function_and_its_gradients():
     return lambda *a: jnp.sum(jnp.cos(f(*a)["y"])) + jnp.sum(f(*a)["z"])
 
   recomputed = remat.recomputed(fn)
-  _close(recomputed(*args), fn(*args), rtol=1e-6)
+  assert_trees_close(recomputed(*args), fn(*args), rtol=1e-6)
   grads = jax.jit(jax.grad(loss(fn), argnums=(0, 1, 2)))(*args)
   ours = jax.jit(jax.grad(loss(recomputed), argnums=(0, 1, 2)))(*args)
-  _close(ours, grads, rtol=1e-6)
+  assert_trees_close(ours, grads, rtol=1e-6)

@@ -14,7 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from random_params import block_loss_and_gradients, randomize
+from random_params import (
+  assert_trees_close,
+  block_loss_and_gradients,
+  randomize,
+)
 
 from configs import ar_pydocs, huginn_pydocs
 from dblocks_jax.diffusion import edm
@@ -24,14 +28,6 @@ from dblocks_jax.nn.chunked_attention import MaskSpec
 from dblocks_jax.tasks import autoregressive as tasks
 
 CONFIGS = {"ar": ar_pydocs, "recurrent": huginn_pydocs}
-
-
-def _close(ours, ref, rtol=1e-4):
-  leaves, ref_leaves = jax.tree.leaves(ours), jax.tree.leaves(ref)
-  assert len(leaves) == len(ref_leaves)
-  for a, b in zip(leaves, ref_leaves, strict=True):
-    scale = float(np.abs(b).max()) + 1e-12
-    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-5 * scale)
 
 
 # Both methods of the AR family; the recurrent LM's block-wise arm (its
@@ -50,7 +46,7 @@ def test_the_chunked_loss_gives_the_dense_loss_and_gradients(name, method):
   loss, grads = block_loss_and_gradients(config)
   dense_loss, dense_grads = block_loss_and_gradients(dense)
   assert float(loss) == pytest.approx(float(dense_loss), rel=1e-5)
-  _close(grads, dense_grads)
+  assert_trees_close(grads, dense_grads)
 
 
 # Both methods of the AR family; the recurrent LM's block-wise arm (its
@@ -68,7 +64,7 @@ def test_the_lean_backward_gives_the_loss_and_gradients(name, method):
   loss, grads = block_loss_and_gradients(config)
   kept_loss, kept_grads = block_loss_and_gradients(kept)
   assert float(loss) == pytest.approx(float(kept_loss), rel=1e-5)
-  _close(grads, kept_grads)
+  assert_trees_close(grads, kept_grads)
 
 
 SPEC = ar.ARConfig(
@@ -139,7 +135,7 @@ def test_shared_clean_modulation_and_trimmed_last_layer_keep_the_values(
   (old_value, old_h), old_grads = jax.jit(old)(params)
   np.testing.assert_allclose(h, old_h, rtol=1e-5, atol=1e-6)
   assert float(value) == pytest.approx(float(old_value), rel=1e-5)
-  _close(grads, old_grads)
+  assert_trees_close(grads, old_grads)
 
 
 def test_segments_cut_and_apply_runs_of_tokens():
