@@ -28,16 +28,41 @@ def shortened(block: str) -> str:
   return re.sub(r"total_steps=\d+", "total_steps=40", code)
 
 
-@pytest.mark.parametrize("document", DOCUMENTS)
-def test_code_blocks_run(document, monkeypatch, capsys):
-  blocks = python_blocks(document)
-  assert blocks, f"{document} has no python code block"
-  assert not blocks[0].startswith(CONTINUES), "the first block continues?"
+def sessions(path: str) -> list[list[str]]:
+  """The document's blocks grouped by session: a block and the `#
+  Continues` blocks after it."""
+  groups = []
+  for block in python_blocks(path):
+    if block.startswith(CONTINUES):
+      assert groups, f"{path}: the first block continues?"
+      groups[-1].append(block)
+    else:
+      groups.append([block])
+  return groups
+
+
+CASES = [
+  (document, i)
+  for document in DOCUMENTS
+  for i in range(len(sessions(document)))
+]
+
+
+def test_each_document_has_python_blocks():
+  for document in DOCUMENTS:
+    assert python_blocks(document), f"{document} has no python code block"
+
+
+@pytest.mark.parametrize("document, session", CASES)
+def test_code_blocks_run(document, session, monkeypatch, capsys):
+  """One session's blocks run in one namespace, as a reader would paste
+  them (the sessions of a document are independent tests)."""
   monkeypatch.chdir(ROOT)
-  namespace = {}
+  namespace = {"__name__": "__main__"}
+  blocks = sessions(document)[session]
+  first = sum(len(g) for g in sessions(document)[:session])
   for i, block in enumerate(blocks):
-    if not block.startswith(CONTINUES):
-      namespace = {"__name__": "__main__"}  # Alone: a fresh session.
-    code = compile(shortened(block), f"{document}, block {i + 1}", "exec")
-    exec(code, namespace)
-  assert capsys.readouterr().out  # Each document's example prints.
+    where = f"{document}, block {first + i + 1}"
+    exec(compile(shortened(block), where, "exec"), namespace)
+  if any("print(" in block for block in blocks):
+    assert capsys.readouterr().out  # What the example prints, it prints.
