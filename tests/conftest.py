@@ -1,6 +1,7 @@
 """Shared fixtures: tiny configs that run in seconds, and the test tier.
 
-Tests marked `slow` (minutes each on 2 CPU cores: the notebooks) are
+Tests marked `slow` (minutes each on 2 CPU cores: the notebooks and the
+library example's 8-device session in tests/test_docs.py) are
 skipped unless pytest is given `--slow`.
 
 Tests compile many small programs, so XLA's optimisations are switched off

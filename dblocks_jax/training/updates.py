@@ -56,7 +56,11 @@ class Updates:
     )
     self._compiled = {}  # (block structure, optimizer) -> step.
     self._of_block = {}  # block -> step (hashing a structure is slow).
-    self._in_flight = None  # The last step's metrics, until it is done.
+    self._in_flight = None  # The last step's metrics.
+    mesh = placement.mesh
+    self._serial = mesh.devices.size > 1 and (
+      mesh.devices.flat[0].platform == "cpu"
+    )
 
   @property
   def _stacked(self) -> bool:
@@ -91,15 +95,13 @@ class Updates:
     batch, or {block: batch} under the per-block rule) and advances the
     step and update counts. Returns the step's metrics (device arrays).
 
-    One step is in flight at a time: the previous step is waited for
-    before this one is dispatched, so the host's work between steps (the
-    next batch, the log) overlaps the running step, and no two programs
-    with collectives ever interleave on a device (XLA:CPU's devices share
-    one thread pool, and two in-flight all-reduces over them can each wait
-    for a thread the other holds).
+    On XLA:CPU with more than one device, one step is in flight at a
+    time: the previous step is waited for just before this one is
+    dispatched (its batch already placed), because XLA:CPU's devices share
+    one thread pool and two in-flight all-reduces over them can each wait
+    for a thread the other holds. Elsewhere steps queue as JAX dispatches
+    them.
     """
-    if self._in_flight is not None:
-      jax.block_until_ready(self._in_flight)
     if self._stacked:
       metrics = self._mesh_step(blocks_now, batch)
     else:
@@ -112,6 +114,13 @@ class Updates:
     state["step"] = np.asarray(done, np.int32)
     self._in_flight = metrics
     return metrics
+
+  def _after_last(self, batch):
+    """`batch`, once the last step is done where steps must not overlap
+    (`run`)."""
+    if self._in_flight is not None and self._serial:
+      jax.block_until_ready(self._in_flight)
+    return batch
 
   def _update(self, block: int):
     """(key, schedule step) of the next update of `block`."""
@@ -129,7 +138,7 @@ class Updates:
       state["blocks"][block] if self.plan else {},
       state["shared"],
       state["fixed"],
-      self.placement.global_batch({0: batch}),
+      self._after_last(self.placement.global_batch({0: batch})),
       key,
       block,
       schedule_step,
@@ -151,7 +160,7 @@ class Updates:
       placement.stacked,
       state["shared"],
       state["fixed"],
-      placement.global_batch(local),
+      self._after_last(placement.global_batch(local)),
       # Device arrays: a process may not pass numpy to a sharded input.
       jnp.asarray(np.stack(keys)),
       jnp.asarray(blocks_now, jnp.int32),
