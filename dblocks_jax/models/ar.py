@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dblocks_jax.diffusion import edm
-from dblocks_jax.nn import embed, init, llama, precision
+from dblocks_jax.nn import attention, embed, init, llama, precision
 from dblocks_jax.nn.chunked_attention import MaskSpec
 
 
@@ -95,13 +95,7 @@ class ARConfig(precision.ComputeSettings):
   def describe_attention(self, mask_kinds) -> str:
     """The attention path of each of `mask_kinds` on this platform
     (`llama.describe_attention`), e.g. "chunked (auto on cpu)"."""
-    return llama.describe_attention(
-      self.attention_impl,
-      jax.default_backend(),
-      mask_kinds,
-      dtype=self.dtypes()["dtype"],
-      head_dim=self.width // self.num_heads,
-    )
+    return attention.describe_model_attention(self, mask_kinds)
 
 
 def make_layers(spec: ARConfig, num_layers: int, rngs, *, conditioned=True):

@@ -212,13 +212,7 @@ class DiTConfig(precision.ComputeSettings):
   def describe_attention(self) -> str:
     """The layers' attention path on this platform, e.g. "chunked (auto on
     cpu)" (`nn.attention.describe_attention`)."""
-    return attention.describe_attention(
-      self.attention_impl,
-      jax.default_backend(),
-      ("bidirectional",),
-      dtype=self.dtypes()["dtype"],
-      head_dim=self.width // self.num_heads,
-    )
+    return attention.describe_model_attention(self, ("bidirectional",))
 
   @classmethod
   def variant(cls, name: str, **kwargs) -> "DiTConfig":

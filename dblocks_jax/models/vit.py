@@ -194,14 +194,7 @@ class ViTConfig(precision.ComputeSettings):
   def describe_attention(self) -> str:
     """The layers' attention path on this platform, e.g. "dense (auto on
     cpu, attention dropout)" (`nn.attention.describe_attention`)."""
-    return attention.describe_attention(
-      self.attention_impl,
-      jax.default_backend(),
-      ("bidirectional",),
-      dtype=self.dtypes()["dtype"],
-      head_dim=self.width // self.num_heads,
-      attention_dropout=self.attention_dropout,
-    )
+    return attention.describe_model_attention(self, ("bidirectional",))
 
 
 READOUT_TOKENS = ("label", "cls")

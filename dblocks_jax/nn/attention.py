@@ -134,6 +134,20 @@ def describe_attention(
   return f"{text} ({how})"
 
 
+def describe_model_attention(spec, mask_kinds) -> str:
+  """`describe_attention` of a model config on this platform: `spec` has
+  `attention_impl`, `width`, `num_heads`, `dtypes()` and, where the model
+  has it, `attention_dropout`."""
+  return describe_attention(
+    spec.attention_impl,
+    jax.default_backend(),
+    mask_kinds,
+    dtype=spec.dtypes()["dtype"],
+    head_dim=spec.width // spec.num_heads,
+    attention_dropout=getattr(spec, "attention_dropout", 0.0),
+  )
+
+
 def attend(q, k, v, mask, path: str) -> jax.Array:
   """softmax(q k^T / sqrt(head_dim), masked) v on `path` (`resolve_attention`).
 
