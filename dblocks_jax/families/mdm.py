@@ -32,10 +32,14 @@ MASKING_FIELDS = {"schedule": "diffusion.schedule", "t_min": "diffusion.t_min"}
 
 
 def model_config(config) -> mdm.MDMConfig:
-  """`config.model` as the token DiT's explicit hyper-parameters."""
+  """`config.model` as the token DiT's explicit hyper-parameters; rotary
+  positions have no table, so `model.max_seq_len` bounds only learned
+  ones."""
   from dblocks_jax.data import text
 
-  common.check_seq_len(config, "the position table")
+  common.check_choice(config.model.positions, mdm.POSITIONS, "model.positions")
+  if config.model.positions == "learned":
+    common.check_seq_len(config, "the position table")
   common.check_choice(
     config.model.attention_impl, ATTENTION_IMPLS, "model.attention_impl"
   )
@@ -43,7 +47,7 @@ def model_config(config) -> mdm.MDMConfig:
     mdm.MDMConfig,
     config,
     *("max_seq_len", "num_layers", "width", "num_heads", "mlp_ratio"),
-    *("frequency_dim", "attention_impl"),
+    *("frequency_dim", "attention_impl", "positions"),
     vocab_size=text.VOCAB_SIZE,
   )
 

@@ -54,7 +54,8 @@ def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   had them: float32 compute and parameters; a boolean model.remat becomes
   its policy name ("full" or "none"); no host offload; dense attention
   (`model.attention_impl`); the AR layers' norms and modulation kept for
-  backward (`model.lean_backward`)."""
+  backward (`model.lean_backward`); the token DiT's learned position table
+  (`model.positions`)."""
   blocks = config.get("blocks")
   if blocks is not None and "offload" not in blocks:
     blocks["offload"] = False
@@ -71,6 +72,8 @@ def _upgrade(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   ar_family = model.get("name") in ("ar", "recurrent")
   if ar_family and "lean_backward" not in model:
     model["lean_backward"] = False  # Kept, as before.
+  if model.get("name") == "mdm" and "positions" not in model:
+    model["positions"] = "learned"  # The only positions before the field.
   if isinstance(model.get("remat"), bool):
     remat = "full" if model.remat else "none"
     del model["remat"]  # A ConfigDict field keeps its type: set anew.

@@ -227,8 +227,12 @@ class DiTConfig(precision.ComputeSettings):
     )
 
 
-def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
-  """`num_layers` DiT layers (adaLN-Zero, conditioned on width-d cond)."""
+def make_layers(
+  spec: DiTConfig, num_layers: int, rngs, *, rope_theta: float | None = None
+) -> layers.LayerStack:
+  """`num_layers` DiT layers (adaLN-Zero, conditioned on width-d cond);
+  `rope_theta` (None: off, DiT's own) rotates the attention's q and k by
+  their token index (RoPE; the token DiT's rotary positions)."""
   return layers.LayerStack(
     num_layers,
     width=spec.width,
@@ -244,6 +248,7 @@ def make_layers(spec: DiTConfig, num_layers: int, rngs) -> layers.LayerStack:
     kernel_init=init.XAVIER_UNIFORM,
     attention_kind=spec.attention,
     attention_impl=spec.attention_impl,
+    rope_theta=rope_theta,
     remat=spec.remat,
     **spec.dtypes(),
     rngs=rngs,

@@ -18,13 +18,18 @@ path). The chunked and cuDNN paths are `custom_vjp`s: reverse mode only, so
 forward mode (`jax.jvp`, `jax.linearize`) needs "dense". The Llama layers
 (`nn.llama`) and `SelfAttention` (ViT, DiT, the masked-diffusion LM) read
 the same resolver, so one `model.attention_impl` means the same everywhere.
+
+Positions: `SelfAttention(rope_theta=...)` rotates q and k by their token
+index (`nn.rope.rotary`, the Llama layers' RoPE) before any path; None (the
+default) leaves them as they are (the models' absolute position
+embeddings).
 """
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dblocks_jax.nn import chunked_attention, init, precision
+from dblocks_jax.nn import chunked_attention, init, precision, rope
 from dblocks_jax.nn.activations import gelu
 from dblocks_jax.nn.chunked_attention import MaskSpec
 
@@ -184,6 +189,9 @@ class SelfAttention(nnx.Module):
   cannot run every batched bfloat16 product that accumulates in float32),
   and the dot-product kind and the chunked and cuDNN paths get q, k and v
   in `dtype`, for cuDNN's fused attention.
+  With `rope_theta` (RoPE's base), q and k are rotated by their token index
+  0..tokens-1 (`nn.rope.rotary`, in float32) on every path; None: no
+  rotation (the default).
 
   x: [batch, tokens, width] -> [batch, tokens, width].
   """
@@ -198,6 +206,7 @@ class SelfAttention(nnx.Module):
     kernel_init=init.TRUNC_NORMAL_002,
     kind: str = "einsum",
     attention_impl: str = "dense",
+    rope_theta: float | None = None,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -217,6 +226,7 @@ class SelfAttention(nnx.Module):
     self.platform = jax.default_backend()
     self.attention_impl = attention_impl
     self.num_heads = num_heads
+    self.rope_theta = rope_theta
     self.kind = kind
     self.dtype = dtype
     kw = dict(
@@ -247,6 +257,10 @@ class SelfAttention(nnx.Module):
     head_dim = width // self.num_heads
     qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, head_dim)
     q, k, v = jnp.moveaxis(qkv, 2, 0)  # each [batch, tokens, heads, head_dim]
+    if self.rope_theta is not None:
+      q, k = (
+        rope.rotary(t, jnp.arange(tokens), self.rope_theta) for t in (q, k)
+      )
     path = self.path(mask, head_dim)
     if path != "dense":
       if precision.below_float32(self.dtype):

@@ -19,7 +19,8 @@ class TransformerLayer(nnx.Module):
   Layer norms are affine, as in the official (HF ViT) layer; DiT's are not
   (`norm_affine=False`), and DiT uses tanh-GELU and Xavier-uniform weights.
   `attention_impl` ("dense", "chunked" or "auto") and `attention_kind`
-  (the dense path's form) pick the attention's path (`nn.attention`).
+  (the dense path's form) pick the attention's path (`nn.attention`);
+  `rope_theta` (None: off) rotates q and k by their positions (RoPE).
   The Linears compute in `dtype`; the layer norms are float32 (statistics
   and output), so the residual x stays float32 (`nn.precision`).
 
@@ -44,6 +45,7 @@ class TransformerLayer(nnx.Module):
     kernel_init=init.TRUNC_NORMAL_002,
     attention_kind: str = "einsum",
     attention_impl: str = "dense",
+    rope_theta: float | None = None,
     dtype=jnp.float32,
     param_dtype=jnp.float32,
     rngs: nnx.Rngs,
@@ -64,6 +66,7 @@ class TransformerLayer(nnx.Module):
       attention_dropout=attention_dropout,
       kind=attention_kind,
       attention_impl=attention_impl,
+      rope_theta=rope_theta,
       **sublayer,
     )
     self.norm2 = precision.layer_norm(width, **norm)

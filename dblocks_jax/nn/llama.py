@@ -72,6 +72,7 @@ from dblocks_jax.nn.attention import (  # noqa: F401
   resolve_attention,
 )
 from dblocks_jax.nn.chunked_attention import MaskSpec
+from dblocks_jax.nn.rope import rotary  # Shared with nn.attention.
 
 
 @functools.partial(
@@ -158,26 +159,6 @@ def linear(
     param_dtype=param_dtype,
     rngs=rngs,
   )
-
-
-def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (RoPE, rotate-half form).
-
-  x: [batch, tokens, heads, head_dim]; positions: [tokens] or [batch,
-  tokens] ints. Pairs (i, i + head_dim/2) rotate by positions x
-  theta^(-2i/head_dim).
-  """
-  half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles = jnp.asarray(positions, jnp.float32)[..., None] * freqs
-  if angles.ndim == 2:
-    angles = angles[None]
-  cos = jnp.cos(angles)[:, :, None]
-  sin = jnp.sin(angles)[:, :, None]
-  first, second = x[..., :half], x[..., half:]
-  return jnp.concatenate(
-    [first * cos - second * sin, second * cos + first * sin], axis=-1
-  ).astype(x.dtype)
 
 
 class Attention(nnx.Module):
