@@ -1,5 +1,7 @@
-"""Random-access sources over in-memory arrays, and split-name errors."""
+"""Random-access sources over in-memory arrays, slices of sources, and
+split-name errors."""
 
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -59,3 +61,86 @@ def unknown_split(
     f"data.{field}={split!r} is not a split of {name}; choose one of: "
     f"{', '.join(choices)}"
   )
+
+
+# `name[start:stop]`, each bound an integer or a percentage (TFDS's syntax).
+_SLICED = re.compile(
+  r"^(?P<name>[^\[\]]+)\[(?P<start>[^:\]]*):(?P<stop>[^\]]*)\]$"
+)
+
+
+def parse_split(split: str) -> tuple[str, str | None, str | None]:
+  """Splits `name[start:stop]` into (name, start, stop); a bare name gives
+  (name, None, None). Bounds are kept as written ("1000", "-5", "90%")."""
+  match = _SLICED.match(split)
+  if not match:
+    return split, None, None
+  return match["name"], match["start"] or None, match["stop"] or None
+
+
+def _bound(text: str | None, length: int, field: str, split: str) -> int | None:
+  if text is None:
+    return None
+  try:
+    if text.endswith("%"):
+      return round(length * int(text[:-1]) / 100)
+    return int(text)
+  except ValueError:
+    raise DataError(
+      f"data.{field}={split!r}: bounds are integers or percentages, e.g."
+      " 'train[:90%]' or 'train[-5000:]'"
+    ) from None
+
+
+def slice_source(source: Source, split: str, field: str) -> Source:
+  """The examples of `source` that `split`'s bounds select (a bare name:
+  `source` itself).
+
+  Args:
+    source: the whole split, e.g. `train`.
+    split: the split as the config names it, e.g. `train[:90%]` (the first
+      90%, rounded), `train[54000:]`, `train[-6000:]`.
+    field: the config field that named it, for error messages.
+
+  Raises:
+    DataError: the bounds are not integers or percentages, or select nothing.
+  """
+  _, start, stop = parse_split(split)
+  if start is None and stop is None:
+    return source
+  length = len(source)
+  selected = range(length)[
+    slice(
+      _bound(start, length, field, split), _bound(stop, length, field, split)
+    )
+  ]
+  if len(selected) == 0:
+    raise DataError(
+      f"data.{field}={split!r} selects no examples of the {length} in the split"
+    )
+  if isinstance(source, ArraySource):  # Views, no copy.
+    window = slice(selected.start, selected.stop)
+    return ArraySource(source.images[window], source.labels[window])
+  return SlicedSource(source, selected.start, len(selected))
+
+
+class SlicedSource:
+  """Examples `[start, start + length)` of another source."""
+
+  def __init__(self, source: Source, start: int, length: int):
+    self.source = source
+    self.start = start
+    self.length = length
+
+  def __len__(self) -> int:
+    return self.length
+
+  def __getitem__(self, index: int) -> dict[str, Any]:
+    if not -self.length <= index < self.length:
+      raise IndexError(f"index {index} of a source of {self.length}")
+    return self.source[self.start + index % self.length]
+
+  def __repr__(self) -> str:
+    return (
+      f"SlicedSource({self.source!r}, start={self.start}, length={self.length})"
+    )

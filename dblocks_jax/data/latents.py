@@ -215,20 +215,23 @@ class LatentSource:
 
 
 class SampleLatent(grain.transforms.RandomMap):
-  """A random view's posterior sample, scaled: {"image": [h, w, c] float32,
-  "label": int32}."""
+  """Each example's random view and a sample of its posterior, scaled: a
+  batch `{"mean", "std": [batch, views, h, w, c], "label": [batch]}` ->
+  `{"image": [batch, h, w, c] float32, "label": [batch] int32}`."""
 
   def __init__(self, scaling_factor: float):
     self.scaling_factor = float(scaling_factor)
 
   def random_map(self, element, rng: np.random.Generator):
-    view = rng.integers(element["mean"].shape[0])
-    mean = element["mean"][view].astype(np.float32)
-    std = element["std"][view].astype(np.float32)
+    batch, views = element["mean"].shape[:2]
+    view = rng.integers(views, size=batch)
+    rows = np.arange(batch)
+    mean = element["mean"][rows, view].astype(np.float32)
+    std = element["std"][rows, view].astype(np.float32)
     z = mean + std * rng.standard_normal(mean.shape, dtype=np.float32)
     return {
       "image": self.scaling_factor * z,
-      "label": np.int32(element["label"]),
+      "label": np.asarray(element["label"], np.int32),
     }
 
 

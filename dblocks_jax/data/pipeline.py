@@ -9,7 +9,7 @@ import jax
 import numpy as np
 from absl import flags, logging
 
-from dblocks_jax.data import info, latents, preprocess, sources
+from dblocks_jax.data import epochs, info, latents, preprocess, sources
 from dblocks_jax.data.options import DataOptions
 from dblocks_jax.errors import ConfigError, DataError
 
@@ -59,10 +59,11 @@ def make_train_iterator(
   """Returns an endless, checkpointable iterator of augmented train batches.
 
   This process reads every `jax.process_count()`-th example of
-  `data.train_split`, reshuffled each epoch. Augmentation draws from a
-  generator keyed by the element's position, so an iterator restored with
-  `set_state` (or `grain.checkpoint.CheckpointRestore`) yields exactly the
-  batches the saved one would have.
+  `data.train_split`, reshuffled each epoch (`epochs.EpochBatches`: a batch
+  is gathered at once, then augmented and normalised as one array).
+  Augmentation draws from a generator keyed by the batch's position, so an
+  iterator restored with `set_state` (or `grain.checkpoint.CheckpointRestore`)
+  yields exactly the batches the saved one would have.
 
   Args:
     data_config: the `data` config.
@@ -80,9 +81,11 @@ def make_train_iterator(
   if data_config.name == "latents":
     scaling = latents.read_meta(data_config.dir)["scaling_factor"]
     augment, normalise = latents.SampleLatent(scaling), None
+    keys = ("mean", "std", "label")
   else:
     augment = preprocess.Augment.from_config(data_config)
     normalise = preprocess.Normalise(*info.normalisation(data_config))
+    keys = ("image", "label")
   num_workers = int(data_config.num_workers)
   if num_workers < 0:
     raise ConfigError(
@@ -93,23 +96,18 @@ def make_train_iterator(
     jax.process_index(),
     jax.process_count(),
   )
-  dataset = grain.MapDataset.source(source)
-  if process_count > 1:
-    dataset = dataset.slice(slice(process_index, None, process_count))
-  if len(dataset) == 0:
+  indices = np.arange(process_index, len(source), process_count)
+  if len(indices) == 0:
     raise DataError(
       f"data.train_split={data_config.train_split!r} of {data_config.name} "
       f"leaves no examples for process {process_index} of {process_count}"
     )
   shuffle_seed, augment_seed = _seeds(seed, process_index)
-  dataset = (
-    dataset.shuffle(seed=shuffle_seed)
-    .repeat()
-    .random_map(augment, seed=augment_seed)
-  )
+  dataset = epochs.EpochBatches(
+    source, batch_size=batch_size, seed=shuffle_seed, keys=keys, indices=indices
+  ).random_map(augment, seed=augment_seed)
   if normalise is not None:
     dataset = dataset.map(normalise)
-  dataset = dataset.batch(batch_size, drop_remainder=True)
   iter_dataset = dataset.to_iter_dataset(_read_options(num_workers))
   if num_workers > 0:
     _allow_unparsed_flags()

@@ -1,4 +1,4 @@
-"""Per-example grain transforms: train augmentation and normalisation."""
+"""Grain transforms of whole batches: train augmentation and normalisation."""
 
 from typing import Any
 
@@ -12,11 +12,14 @@ from dblocks_jax.errors import ConfigError
 
 
 class Augment(grain.transforms.RandomMap):
-  """Random train augmentation, in this order when enabled.
+  """Random train augmentation of a batch, each image drawn independently,
+  in this order when enabled.
 
   RandomResizedCrop, padded random crop, horizontal flip, RandAugment. Input
-  and output examples are `{"image": [height, width, channels] uint8,
-  "label": int}`; other keys are dropped.
+  and output batches are `{"image": [batch, height, width, channels] uint8,
+  "label": [batch] int}`; other keys are dropped. The crop and the flip are
+  one array operation per batch; RandomResizedCrop and RandAugment (PIL)
+  go image by image.
   """
 
   def __init__(
@@ -66,27 +69,34 @@ class Augment(grain.transforms.RandomMap):
   def random_map(
     self, element: dict[str, Any], rng: np.random.Generator
   ) -> dict[str, Any]:
-    image = np.asarray(element["image"], dtype=np.uint8)
+    images = np.asarray(element["image"], dtype=np.uint8)
     if self.random_resized_crop:
-      image = transforms.random_resized_crop(image, rng)
-    image = transforms.pad_and_crop(image, self.crop_padding, rng)
-    if self.flip:
-      image = transforms.random_flip(image, rng)
-    if self.randaugment:
-      image = randaugment_lib.rand_augment(
-        image,
-        rng,
-        num_ops=self.randaugment_num_ops,
-        magnitude=self.randaugment_magnitude,
+      images = np.stack(
+        [transforms.random_resized_crop(image, rng) for image in images]
       )
-    return {"image": image, "label": element["label"]}
+    images = transforms.pad_and_crop(images, self.crop_padding, rng)
+    if self.flip:
+      images = transforms.random_flip(images, rng)
+    if self.randaugment:
+      images = np.stack(
+        [
+          randaugment_lib.rand_augment(
+            image,
+            rng,
+            num_ops=self.randaugment_num_ops,
+            magnitude=self.randaugment_magnitude,
+          )
+          for image in images
+        ]
+      )
+    return {"image": images, "label": element["label"]}
 
 
 class Normalise(grain.transforms.Map):
   """Scales pixels to `(x / 255 - mean) / std` and labels to int32.
 
-  Output: `{"image": [height, width, channels] float32, "label": int32}`;
-  other keys are dropped.
+  Works on one example or a batch: output `{"image": [..., height, width,
+  channels] float32, "label": [...] int32}`; other keys are dropped.
   """
 
   def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
@@ -98,5 +108,5 @@ class Normalise(grain.transforms.Map):
     image = np.asarray(element["image"], dtype=np.uint8)
     return {
       "image": transforms.normalise(image, self.mean, self.std),
-      "label": np.int32(element["label"]),
+      "label": np.asarray(element["label"], np.int32),
     }

@@ -83,6 +83,10 @@ def _synthetic(
 def load_split(data_config: DataOptions, field: str) -> Any:
   """Returns a random-access source over the split that `data.<field>` names.
 
+  A split may be a slice of one, in TFDS's syntax, for every dataset but
+  `latents` and `synthetic`: `train[:90%]` and `train[90%:]` hold out the
+  last tenth of the training images (a validation split).
+
   Args:
     data_config: the `data` config.
     field: `train_split` or `eval_split`.
@@ -93,17 +97,20 @@ def load_split(data_config: DataOptions, field: str) -> Any:
   """
   name = check_name(data_config)
   split = getattr(data_config, field)
-  if name in TFDS_DATASETS:
+  if name in TFDS_DATASETS:  # TFDS reads `train[:90%]` itself.
     return tfds_sources.load(name, split, data_config.dir, field)
-  if name == "fashion_mnist_idx":
-    return idx.load(data_config.dir, split, field)
-  if name == "digits":
-    return digits.load(split, field)
-  if name == "tiny_imagenet":
-    return tiny_imagenet.load(data_config.dir, split, field)
   if name == "latents":
     return latents.LatentSource(data_config.dir, split)
-  return _synthetic(data_config, field)
+  whole, _, _ = arrays.parse_split(split)
+  if name == "fashion_mnist_idx":
+    source = idx.load(data_config.dir, whole, field)
+  elif name == "digits":
+    source = digits.load(whole, field)
+  elif name == "tiny_imagenet":
+    source = tiny_imagenet.load(data_config.dir, whole, field)
+  else:
+    return _synthetic(data_config, field)
+  return arrays.slice_source(source, split, field)
 
 
 def describe(data_config: DataOptions) -> Description:

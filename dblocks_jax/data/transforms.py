@@ -1,7 +1,9 @@
 """Random image augmentations and normalisation on uint8 numpy images.
 
-All functions take and return `image: [height, width, channels] uint8` and
-draw randomness only from the `np.random.Generator` they are given.
+`pad_and_crop` and `random_flip` take and return a batch, `images: [batch,
+height, width, channels] uint8`, each image drawn independently; the others
+one `image: [height, width, channels] uint8`. All draw randomness only from
+the `np.random.Generator` they are given.
 """
 
 import math
@@ -13,39 +15,36 @@ from dblocks_jax.data import image_utils
 
 
 def pad_and_crop(
-  image: np.ndarray, padding: int, rng: np.random.Generator
+  images: np.ndarray, padding: int, rng: np.random.Generator
 ) -> np.ndarray:
-  """Zero-pads each side by `padding`, then crops the original size at random.
+  """Zero-pads each side of each image by `padding`, then crops the
+  original size at an offset drawn for each image (torchvision's
+  `RandomCrop(size, padding=padding)`), in one gather.
 
-  Like torchvision's `RandomCrop(size, padding=padding)`.
+  Args:
+    images: [batch, height, width, channels] uint8.
+    padding: the zero padding of each side; 0 returns `images`.
+    rng: draws the offsets, 0..2 padding on each axis, rows first.
   """
   if padding <= 0:
-    return image
-  height, width, _ = image.shape
-  # The crop's offset from the image: -padding..padding on each axis. Copy
-  # the overlap into black instead of padding, which costs more.
-  shift_y = int(rng.integers(0, 2 * padding + 1)) - padding
-  shift_x = int(rng.integers(0, 2 * padding + 1)) - padding
-  out = np.zeros_like(image)
-  rows = height - abs(shift_y)
-  cols = width - abs(shift_x)
-  if rows > 0 and cols > 0:
-    src_y, src_x = max(shift_y, 0), max(shift_x, 0)
-    dst_y, dst_x = max(-shift_y, 0), max(-shift_x, 0)
-    out[dst_y : dst_y + rows, dst_x : dst_x + cols] = image[
-      src_y : src_y + rows, src_x : src_x + cols
-    ]
-  return out
+    return images
+  batch, height, width, _ = images.shape
+  padded = np.pad(
+    images, ((0, 0), (padding, padding), (padding, padding), (0, 0))
+  )
+  top, left = rng.integers(0, 2 * padding + 1, size=(2, batch))
+  rows = top[:, None] + np.arange(height)  # [batch, height]
+  cols = left[:, None] + np.arange(width)  # [batch, width]
+  return padded[
+    np.arange(batch)[:, None, None], rows[:, :, None], cols[:, None, :]
+  ]
 
 
-def flip_left_right(image: np.ndarray) -> np.ndarray:
-  """Mirrors the image horizontally."""
-  return image[:, ::-1]
-
-
-def random_flip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-  """Mirrors the image horizontally with probability 0.5."""
-  return flip_left_right(image) if rng.random() < 0.5 else image
+def random_flip(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """Mirrors each image of `images: [batch, height, width, channels]`
+  horizontally with probability 0.5."""
+  flip = rng.random(len(images)) < 0.5
+  return np.where(flip[:, None, None, None], images[:, :, ::-1], images)
 
 
 def _crop_box(
@@ -112,10 +111,10 @@ def random_resized_crop(
 def normalise(
   image: np.ndarray, mean: np.ndarray, std: np.ndarray
 ) -> np.ndarray:
-  """Returns `(image / 255 - mean) / std` as [height, width, channels] float32.
+  """Returns `(image / 255 - mean) / std` as float32 of `image`'s shape.
 
   Args:
-    image: [height, width, channels] uint8.
+    image: [..., height, width, channels] uint8 (one image or a batch).
     mean: [channels] float32, in [0, 1] pixel units.
     std: [channels] float32.
   """

@@ -544,51 +544,42 @@ def test_tiny_imagenet_missing_folder_describes_the_layout(tmp_path):
 
 
 def test_pad_and_crop_only_shifts_content():
-  image = np.zeros((8, 8, 3), np.uint8)
-  image[3, 4] = 255
-  rng = np.random.default_rng(0)
-  moved_out = 0
-  for _ in range(200):
-    out = transforms.pad_and_crop(image, 2, rng)
-    assert out.shape == image.shape and out.dtype == np.uint8
-    bright = np.argwhere(out.max(axis=-1) > 0)
-    if len(bright) == 0:
-      moved_out += 1
-      continue
-    assert len(bright) == 1
+  images = np.zeros((200, 8, 8, 3), np.uint8)
+  images[:, 3, 4] = 255
+  out = transforms.pad_and_crop(images, 2, np.random.default_rng(0))
+  assert out.shape == images.shape and out.dtype == np.uint8
+  shifts = set()
+  for image in out:
+    bright = np.argwhere(image.max(axis=-1) > 0)
+    assert len(bright) == 1  # Padding 2 never moves (3, 4) out of 8x8.
     (row, col) = bright[0]
     assert abs(row - 3) <= 2 and abs(col - 4) <= 2
-    np.testing.assert_array_equal(out[row, col], [255, 255, 255])
-  assert moved_out < 200
+    np.testing.assert_array_equal(image[row, col], [255, 255, 255])
+    shifts.add((row, col))
+  assert len(shifts) == 25  # Every offset, drawn per image.
 
-  # Any crop equals the image shifted by at most the padding.
-  textured = np.random.default_rng(1).integers(1, 256, (8, 8, 1), np.uint8)
+  # Any crop equals its image shifted by at most the padding.
+  textured = np.random.default_rng(1).integers(1, 256, (4, 8, 8, 1), np.uint8)
   out = transforms.pad_and_crop(textured, 3, np.random.default_rng(2))
-  padded = np.pad(textured, ((3, 3), (3, 3), (0, 0)))
-  assert any(
-    np.array_equal(out, padded[top : top + 8, left : left + 8])
-    for top in range(7)
-    for left in range(7)
-  )
+  for image, crop in zip(textured, out, strict=True):
+    padded = np.pad(image, ((3, 3), (3, 3), (0, 0)))
+    assert any(
+      np.array_equal(crop, padded[top : top + 8, left : left + 8])
+      for top in range(7)
+      for left in range(7)
+    )
+  assert transforms.pad_and_crop(textured, 0, None) is textured
 
 
-class _FixedRandom:
-  """Stands in for a generator whose `random()` returns a fixed value."""
-
-  def __init__(self, value: float):
-    self.value = value
-
-  def random(self) -> float:
-    return self.value
-
-
-def test_flip_is_an_exact_mirror_when_forced():
-  image = np.random.default_rng(0).integers(0, 256, (5, 7, 3), np.uint8)
-  flipped = transforms.random_flip(image, _FixedRandom(0.0))
-  np.testing.assert_array_equal(flipped, image[:, ::-1])
-  np.testing.assert_array_equal(transforms.flip_left_right(flipped), image)
-  kept = transforms.random_flip(image, _FixedRandom(0.99))
-  np.testing.assert_array_equal(kept, image)
+def test_flip_mirrors_about_half_of_a_batch_exactly():
+  images = np.random.default_rng(0).integers(0, 256, (400, 5, 7, 3), np.uint8)
+  out = transforms.random_flip(images, np.random.default_rng(1))
+  flipped = [
+    np.array_equal(o, i[:, ::-1]) for o, i in zip(out, images, strict=True)
+  ]
+  kept = [np.array_equal(o, i) for o, i in zip(out, images, strict=True)]
+  assert all(f != k for f, k in zip(flipped, kept, strict=True))
+  assert 150 < sum(flipped) < 250
 
 
 @pytest.mark.parametrize("shape", [(32, 32, 3), (28, 28, 1), (20, 36, 3)])
@@ -697,3 +688,102 @@ def test_train_iterator_with_worker_processes_matches_in_process():
     assert_batches_equal(take(iterator, 3), in_process)
   finally:
     iterator.close()
+
+
+# Slices of a split (validation splits held out of train).
+
+
+def test_a_split_slice_holds_out_part_of_the_training_images():
+  head = data.dataset_info(make_config(train_split="train[:90%]"))
+  tail = data.dataset_info(make_config(train_split="train[90%:]"))
+  assert (head.num_train, tail.num_train) == (1347, 150)
+  images, labels = digits.load_arrays("train")
+  batches = data.make_eval_batches(
+    make_config(eval_split="train[-150:]"), batch_size=150
+  )
+  held_out = next(batches)
+  np.testing.assert_array_equal(held_out["label"], labels[-150:])
+  train_part = data.make_eval_batches(
+    make_config(eval_split="train[:1347]"), batch_size=1347
+  )
+  np.testing.assert_array_equal(next(train_part)["label"], labels[:1347])
+
+
+@pytest.mark.parametrize(
+  ("split", "message"),
+  [("train[:ninety%]", "integers or percentages"), ("train[5:5]", "no ex")],
+)
+def test_a_bad_split_slice_names_the_field(split, message):
+  with pytest.raises(DataError, match=rf"data\.train_split=.*{message}"):
+    data.dataset_info(make_config(train_split=split))
+
+
+def test_a_slice_of_a_file_source_offsets_its_indices():
+  from dblocks_jax.data import arrays
+
+  source = [{"label": i} for i in range(10)]
+  sliced = arrays.slice_source(source, "train[3:-2]", "train_split")
+  assert len(sliced) == 5
+  assert [sliced[i]["label"] for i in range(5)] == [3, 4, 5, 6, 7]
+  assert sliced[-1]["label"] == 7
+  with pytest.raises(IndexError):
+    sliced[5]
+  assert arrays.parse_split("validation") == ("validation", None, None)
+  assert arrays.parse_split("train[10%:]") == ("train", "10%", None)
+
+
+# Epochs read a batch at a time.
+
+
+def test_epoch_batches_visit_each_example_once_per_epoch():
+  from dblocks_jax.data import arrays, epochs
+
+  images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+  source = arrays.ArraySource(images, np.arange(10) % 3)
+  stream = epochs.EpochBatches(
+    source, batch_size=4, seed=3, keys=("image", "label")
+  )
+  seen = np.concatenate([stream[i]["image"].ravel() for i in range(5)])
+  # 20 positions = 2 epochs; batch 2 spans both.
+  assert sorted(seen[:10]) == list(range(10))
+  assert sorted(seen[10:]) == list(range(10))
+  assert not np.array_equal(seen[:10], seen[10:])  # Reshuffled.
+  np.testing.assert_array_equal(
+    stream[2]["label"], stream[2]["image"].ravel() % 3
+  )
+  # A pure function of the index, whatever was read before.
+  again = epochs.EpochBatches(
+    source, batch_size=4, seed=3, keys=("image", "label")
+  )
+  np.testing.assert_array_equal(again[3]["image"], stream[3]["image"])
+
+
+def test_epoch_batches_of_any_source_stack_its_examples():
+  import pickle
+
+  from dblocks_jax.data import arrays, epochs
+
+  images = np.random.default_rng(0).integers(0, 256, (12, 2, 2, 1), np.uint8)
+  labels = np.arange(12)
+  indices = np.arange(1, 12, 2)  # One process of two.
+  fast = epochs.EpochBatches(
+    arrays.ArraySource(images, labels),
+    batch_size=3,
+    seed=0,
+    keys=("image", "label"),
+    indices=indices,
+  )
+  as_list = [
+    {"image": image, "label": int(label), "id": f"x{label}"}
+    for image, label in zip(images, labels, strict=True)
+  ]
+  slow = epochs.EpochBatches(
+    as_list, batch_size=3, seed=0, keys=("image", "label"), indices=indices
+  )
+  restored = pickle.loads(pickle.dumps(slow))  # Worker processes.
+  for i in range(4):
+    assert set(slow[i]) == {"image", "label"}  # "id" dropped.
+    for other in (slow, restored):
+      np.testing.assert_array_equal(other[i]["image"], fast[i]["image"])
+      np.testing.assert_array_equal(other[i]["label"], fast[i]["label"])
+    assert set(fast[i]["label"]) <= set(indices)
