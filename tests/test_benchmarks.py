@@ -69,3 +69,65 @@ def test_random_batch_follows_the_spec(train_step):
   assert batch["image"].dtype == np.float32
   assert batch["label"].dtype == np.int32
   assert set(np.unique(batch["label"])) <= {0, 1}
+
+
+@pytest.fixture(scope="module")
+def quality():
+  return load("quality")
+
+
+def test_quality_runner_tunes_seeds_and_tabulates_a_smoke_row(
+  quality, tmp_path
+):
+  row = quality.ROWS["quickstart"]
+  root = str(tmp_path / "runs")
+  result = quality.run_row(row, root, [1, 2], [0.5, 2.0], smoke=True)
+  for arm in quality.ARMS:
+    arms = result["arms"][arm]
+    # Each arm tuned on the validation split and kept its own best rate.
+    assert len(arms["validation"]) == 2
+    chosen = f"{arms['learning_rate']:.3g}"
+    assert chosen in arms["validation"]
+    best = max(arms["validation"].values())
+    assert arms["validation"][chosen] == best
+    assert set(arms["test"]) == {1, 2}
+    assert all(0 <= v <= 1 for v in arms["test"].values())
+    assert result[arm]["n"] == 2
+    assert result[arm]["mean"] == pytest.approx(sum(arms["test"].values()) / 2)
+  differences = [
+    result["arms"]["dblocks"]["test"][s] - result["arms"]["e2e"]["test"][s]
+    for s in (1, 2)
+  ]
+  assert result["difference"]["mean"] == pytest.approx(sum(differences) / 2)
+  assert result["verdict"] in ("better", "level", "worse")
+  assert 0 < result["temp_ratio"] < 1
+
+  # The runs are workdirs: a second pass trains nothing and agrees.
+  trained = []
+  original = quality.train.train_and_evaluate
+  quality.train.train_and_evaluate = lambda *a: (
+    trained.append(a) or original(*a)
+  )
+  try:
+    again = quality.run_row(row, root, [1, 2], [0.5, 2.0], smoke=True)
+  finally:
+    quality.train.train_and_evaluate = original
+  assert not trained
+  assert again["arms"] == result["arms"]
+
+  markdown = quality.table({"quickstart_smoke": result})
+  assert markdown.count("\n| quickstart_smoke |") == 1
+  assert "accuracy (%), higher is better" in markdown
+  assert "end to end" in markdown
+
+
+def test_quality_runner_reads_a_validation_split_for_tuning(quality):
+  for row in quality.ROWS.values():
+    config = quality.load_config(row.config, smoke=True)
+    tuned = quality.variant(
+      config, learning_rate=1.0, seed=7, data=row.validation
+    )
+    assert tuned.optimizer.learning_rate == 1.0 and tuned.seed == 7
+    assert tuned.data.eval_split != config.data.eval_split
+    assert config.optimizer.learning_rate != 1.0  # The original is kept.
+    assert quality.families.end_to_end_config(config).method == "e2e"
