@@ -10,7 +10,8 @@ For each row, each arm (DiffusionBlocks and the baseline that
    validation split) and scored there. Each arm keeps its own best.
 2. Seeds: the chosen learning rate trained with every seed of `--seeds`
    (default 42, 43, 44) on the full training split, scored on the test
-   split.
+   split. A tuning run that diverges (a non-finite loss) scores NaN and is
+   never chosen.
 3. The result: each arm's mean with its 95% Student-t interval, the
    difference DiffusionBlocks minus baseline paired by seed with its own
    interval, the verdict (better / level / worse: the difference's interval
@@ -51,12 +52,14 @@ sys.path.insert(0, ROOT)
 
 from absl import app, flags, logging  # noqa: E402
 
-from dblocks_jax import families  # noqa: E402
+from dblocks_jax import errors, families  # noqa: E402
 from dblocks_jax.cli import memory  # noqa: E402
 from dblocks_jax.evaluate import intervals  # noqa: E402
 from dblocks_jax.families import train  # noqa: E402
 
 ARMS = ("dblocks", "e2e")
+# Written into a tuning run's workdir that stopped on a non-finite loss.
+DIVERGED = "diverged.txt"
 # The last tenth of the training images held out for tuning (Fashion-MNIST:
 # 54,000 / 6,000; the digits' 1,472 training images: 1,325 / 147).
 IMAGE_VALIDATION = {"train_split": "train[:90%]", "eval_split": "train[90%:]"}
@@ -223,11 +226,20 @@ class Runs:
     self.trained_seconds = 0.0
     self.trained = 0
 
-  def train(self, config, workdir: str, metric: str) -> float:
+  def train(
+    self, config, workdir: str, metric: str, may_diverge: bool = False
+  ) -> float:
     """The metric of the finished run in `workdir`, training it first
-    unless its eval.json holds the final step."""
+    unless its eval.json holds the final step.
+
+    With `may_diverge` (a tuning run), a run stopped by a non-finite loss
+    scores NaN (never chosen) and is remembered as diverged; otherwise the
+    error stops the row.
+    """
     self.done += 1
     finished = _finished(workdir, config.total_steps)
+    if finished is None and os.path.exists(os.path.join(workdir, DIVERGED)):
+      return math.nan
     if finished is None:
       logging.info(
         "run %d/%d: %s (lr %.3g, seed %d)%s",
@@ -239,9 +251,18 @@ class Runs:
         self._eta(),
       )
       start = time.monotonic()
-      finished = train.train_and_evaluate(config, workdir)
-      self.trained_seconds += time.monotonic() - start
-      self.trained += 1
+      try:
+        finished = train.train_and_evaluate(config, workdir)
+      except errors.NonFiniteLossError as e:
+        if not may_diverge:
+          raise
+        logging.warning("%s diverged: %s", workdir, e)
+        with open(os.path.join(workdir, DIVERGED), "w") as f:
+          f.write(f"{e}\n")
+        return math.nan
+      finally:
+        self.trained_seconds += time.monotonic() - start
+        self.trained += 1
     return float(finished[metric])
 
   def _eta(self) -> str:
@@ -264,6 +285,22 @@ def run_name(learning_rate: float, seed: int) -> str:
   return f"lr{learning_rate:.3g}_seed{seed}"
 
 
+def best_learning_rate(tuning: dict, higher_is_better: bool) -> float:
+  """The learning rate of the best finite validation score.
+
+  Raises:
+    RuntimeError: every tuning run diverged.
+  """
+  finite = {lr: v for lr, v in tuning.items() if math.isfinite(v)}
+  if not finite:
+    raise RuntimeError(
+      f"every tuning run diverged ({sorted(tuning)}): lower the row's"
+      " learning rate or its factors"
+    )
+  pick = max if higher_is_better else min
+  return pick(finite, key=finite.get)
+
+
 def tune_and_seed(row: Row, root: str, seeds, factors, smoke: bool) -> dict:
   """Steps 1-2 of the protocol for both arms; returns each arm's tuning
   scores, chosen learning rate and test metric per seed."""
@@ -279,9 +316,8 @@ def tune_and_seed(row: Row, root: str, seeds, factors, smoke: bool) -> dict:
         config, learning_rate=lr, seed=seeds[0], data=row.validation
       )
       folder = os.path.join(root, arm, "tune", run_name(lr, seeds[0]))
-      tuning[lr] = runs.train(tuned, folder, row.metric)
-    pick = max if row.higher_is_better else min
-    chosen = pick(tuning, key=tuning.get)
+      tuning[lr] = runs.train(tuned, folder, row.metric, may_diverge=True)
+    chosen = best_learning_rate(tuning, row.higher_is_better)
     per_seed = {}
     for seed in seeds:
       run = variant(config, learning_rate=chosen, seed=seed)

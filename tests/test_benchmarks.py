@@ -131,3 +131,11 @@ def test_quality_runner_reads_a_validation_split_for_tuning(quality):
     assert tuned.data.eval_split != config.data.eval_split
     assert config.optimizer.learning_rate != 1.0  # The original is kept.
     assert quality.families.end_to_end_config(config).method == "e2e"
+
+
+def test_quality_runner_never_chooses_a_diverged_learning_rate(quality):
+  nan = float("nan")
+  assert quality.best_learning_rate({1e-3: 0.9, 3e-3: nan}, True) == 1e-3
+  assert quality.best_learning_rate({1e-3: 3.1, 3e-3: 2.9}, False) == 3e-3
+  with pytest.raises(RuntimeError, match="every tuning run diverged"):
+    quality.best_learning_rate({1e-3: nan}, True)
