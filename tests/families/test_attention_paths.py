@@ -8,9 +8,8 @@ import copy
 import json
 
 import jax
-import numpy as np
 import pytest
-from random_params import block_loss_and_gradients
+from random_params import assert_trees_close, block_loss_and_gradients
 
 from configs import dit_cifar10, mdm_text8, vit_cifar100
 from dblocks_jax import families
@@ -43,11 +42,7 @@ def test_chunked_attention_gives_the_dense_loss_and_gradients(name, method):
   dense_loss, dense_grads = results["dense"]
   loss, grads = results["chunked"]
   assert float(loss) == pytest.approx(float(dense_loss), rel=1e-5)
-  leaves, dense_leaves = jax.tree.leaves(grads), jax.tree.leaves(dense_grads)
-  assert len(leaves) == len(dense_leaves)
-  for a, b in zip(leaves, dense_leaves, strict=True):
-    scale = float(np.abs(b).max()) + 1e-12
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+  assert_trees_close(grads, dense_grads)
 
 
 def test_the_recipes_defaults():
