@@ -13,8 +13,9 @@ import numpy as np
 
 from dblocks_jax.data import arrays
 
-# Epoch permutations kept for batches that straddle two epochs.
-_CACHED_EPOCHS = 2
+# Epoch permutations kept (least recently used dropped first): batches that
+# straddle two epochs, read by a few prefetch threads out of order.
+_CACHED_EPOCHS = 4
 
 
 class EpochBatches(grain.MapDataset):
@@ -78,13 +79,17 @@ class EpochBatches(grain.MapDataset):
     return self._gather(self._indices[chosen])
 
   def _order(self, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s permutation, cached: prefetch threads read batches
+    out of order, so any epoch may be asked for again after a later one."""
     with self._lock:
-      if epoch not in self._orders:
+      order = self._orders.pop(epoch, None)
+      if order is None:
         rng = np.random.default_rng((self._seed, epoch))
-        self._orders[epoch] = rng.permutation(len(self._indices))
-        for old in sorted(self._orders)[:-_CACHED_EPOCHS]:
-          del self._orders[old]
-      return self._orders[epoch]
+        order = rng.permutation(len(self._indices))
+      self._orders[epoch] = order  # The most recently used, last.
+      while len(self._orders) > _CACHED_EPOCHS:
+        del self._orders[next(iter(self._orders))]
+      return order
 
   def _gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
     source = self._source

@@ -787,3 +787,24 @@ def test_epoch_batches_of_any_source_stack_its_examples():
       np.testing.assert_array_equal(other[i]["image"], fast[i]["image"])
       np.testing.assert_array_equal(other[i]["label"], fast[i]["label"])
     assert set(fast[i]["label"]) <= set(indices)
+
+
+def test_epoch_batches_read_out_of_order_from_threads():
+  import concurrent.futures
+
+  from dblocks_jax.data import arrays, epochs
+
+  images = np.arange(20, dtype=np.uint8).reshape(20, 1, 1, 1)
+  source = arrays.ArraySource(images, np.zeros(20, np.int64))
+
+  def stream():
+    return epochs.EpochBatches(source, batch_size=8, seed=1, keys=("image",))
+
+  expected = [stream()[i]["image"] for i in range(40)]
+  shared = stream()
+  order = np.random.default_rng(0).permutation(40)  # Epochs 0..15, mixed.
+  with concurrent.futures.ThreadPoolExecutor(4) as pool:
+    images_read = pool.map(lambda i: shared[int(i)]["image"], order)
+    got = dict(zip(order, images_read, strict=True))
+  for i in range(40):
+    np.testing.assert_array_equal(got[i], expected[i])
