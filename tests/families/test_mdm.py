@@ -250,6 +250,7 @@ def _build_error(config, error=ConfigError):
 
 
 def test_sequence_longer_than_the_table_names_both_fields(config):
+  config.model.positions = "learned"  # Rotary positions have no table.
   config.data.seq_len = 64
   message = _build_error(config)
   assert "data.seq_len=64" in message and "model.max_seq_len=32" in message

@@ -145,7 +145,9 @@ def test_learned_is_the_model_before_the_field():
     stem(jnp.asarray(tokens)),
     stem.tokens[...][tokens] + stem.positions[...][:6],
   )
-  assert mdm_pydocs.get_config().model.positions == "learned"
+  # The recipes use rotary positions; the model's own default is learned.
+  assert mdm_pydocs.get_config().model.positions == "rotary"
+  assert mdm.MDMConfig().positions == "learned"
   assert mdm.MDMConfig().rope_theta is None
 
 
@@ -244,4 +246,5 @@ def test_runs_saved_before_the_field_read_as_learned(tmp_path):
     json.dump({"config": payload, "topology": {}}, f)
   old = runs.read_run_config(str(tmp_path))
   assert old.model.positions == "learned"
+  config.model.positions = "learned"
   assert mdm_family.model_config(old) == mdm_family.model_config(config)
