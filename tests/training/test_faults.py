@@ -168,11 +168,14 @@ def test_blockwise_sigkill_and_sigterm_resume_bit_identical(
   assert "Traceback" not in log
   lines = [line for line in log.splitlines() if "SIGTERM" in line]
   assert len(lines) == 1, lines
-  assert "SIGTERM received: stopped at step 1" in lines[0]
+  assert "SIGTERM received: stopped at step " in lines[0]
   assert f"checkpoint in {tmp_path / 'stopped'}" in lines[0]
   assert "run the same command to resume" in lines[0]
   assert seconds < 30, seconds  # A step and a checkpoint, not the run.
   step = int(lines[0].split("stopped at step ")[1].split()[0])
+  # Steps of the smoke run take milliseconds: a few may pass between the
+  # log line and the signal's arrival, but not the run's end.
+  assert 10 <= step < 30, lines[0]
   assert os.path.isdir(tmp_path / "stopped" / "checkpoints" / str(step))
   assert not os.path.exists(tmp_path / "stopped" / "LOCK")
   resumed = [
