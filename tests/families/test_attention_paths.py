@@ -5,17 +5,16 @@ and chunked paths; the field is checked and named; attention dropout keeps
 reported; runs saved before the field read as dense."""
 
 import copy
-import json
 
 import jax
 import pytest
 from random_params import assert_trees_close, block_loss_and_gradients
+from saved_runs import reread_as_saved
 
 from configs import dit_cifar10, mdm_text8, vit_cifar100
 from dblocks_jax import families
 from dblocks_jax.cli import memory
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.families import runs
 
 CONFIGS = {"vit": vit_cifar100, "dit": dit_cifar10, "mdm": mdm_text8}
 
@@ -96,10 +95,8 @@ def test_the_path_is_logged_and_reported(name, caplog):
 @pytest.mark.parametrize("name", ["vit", "dit", "mdm"])
 def test_runs_saved_before_the_field_read_as_dense(name, tmp_path):
   config = CONFIGS[name].get_config("smoke")
-  payload = json.loads(config.to_json_best_effort())
-  del payload["model"]["attention_impl"]
-  with open(tmp_path / runs.CONFIG_FILE, "w") as f:
-    json.dump({"config": payload, "topology": {}}, f)
-  old = runs.read_run_config(str(tmp_path))
+  old = reread_as_saved(
+    config, tmp_path, lambda payload: payload["model"].pop("attention_impl")
+  )
   assert old.model.attention_impl == "dense"
   assert memory.attention_path(copy.deepcopy(old)).startswith("dense")

@@ -3,8 +3,6 @@ position table, as before the field) or "rotary" (RoPE on q and k in every
 layer, no position parameter), through the family's config, both arms,
 the dense and chunked attention paths, and runs saved before the field."""
 
-import json
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,12 +13,12 @@ from random_params import (
   block_loss_and_gradients,
   randomize,
 )
+from saved_runs import reread_as_saved
 
 from configs import mdm_pydocs
 from dblocks_jax import families
 from dblocks_jax.errors import ConfigError
 from dblocks_jax.families import mdm as mdm_family
-from dblocks_jax.families import runs
 from dblocks_jax.models import mdm
 from dblocks_jax.nn import attention, rope
 from dblocks_jax.tasks.masked_diffusion import MaskedDiffusion
@@ -240,11 +238,9 @@ def test_an_unknown_positions_names_the_field_and_the_choices():
 
 def test_runs_saved_before_the_field_read_as_learned(tmp_path):
   config = mdm_pydocs.get_config("smoke")
-  payload = json.loads(config.to_json_best_effort())
-  del payload["model"]["positions"]
-  with open(tmp_path / runs.CONFIG_FILE, "w") as f:
-    json.dump({"config": payload, "topology": {}}, f)
-  old = runs.read_run_config(str(tmp_path))
+  old = reread_as_saved(
+    config, tmp_path, lambda payload: payload["model"].pop("positions")
+  )
   assert old.model.positions == "learned"
   config.model.positions = "learned"
   assert mdm_family.model_config(old) == mdm_family.model_config(config)

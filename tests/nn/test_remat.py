@@ -3,18 +3,18 @@ drops (more FLOPs), and leaves the gradients unchanged; old boolean configs
 still load; `--mode=memory` reports each policy of `memory.remat_policies`."""
 
 import copy
-import json
 
 import jax
 import numpy as np
 import pytest
 from random_params import block_loss_and_gradients
+from saved_runs import reread_as_saved
 
 from configs import huginn_pydocs, quickstart
 from dblocks_jax import families
 from dblocks_jax.cli import memory
 from dblocks_jax.errors import ConfigError
-from dblocks_jax.families import common, flops, runs
+from dblocks_jax.families import common, flops
 from dblocks_jax.nn import remat
 
 
@@ -91,14 +91,14 @@ def test_unknown_policy_is_one_line_listing_the_choices():
 
 def test_old_boolean_configs_still_load(tmp_path):
   config = quickstart.get_config("smoke")
-  payload = json.loads(config.to_json_best_effort())
-  # A config.json written before model.remat was a name and before
-  # model.dtype existed.
-  payload["model"]["remat"] = True
-  del payload["model"]["dtype"], payload["model"]["param_dtype"]
-  with open(tmp_path / runs.CONFIG_FILE, "w") as f:
-    json.dump({"config": payload, "topology": {}}, f)
-  old = runs.read_run_config(str(tmp_path))
+
+  def before_remat_names_and_dtypes(payload):
+    # A config.json written before model.remat was a name and before
+    # model.dtype existed.
+    payload["model"]["remat"] = True
+    del payload["model"]["dtype"], payload["model"]["param_dtype"]
+
+  old = reread_as_saved(config, tmp_path, before_remat_names_and_dtypes)
   assert old.model.remat == "full" and old.model.dtype == "float32"
   experiment = families.get("vit").build(old)
   assert experiment.model.blocks[0]["layers"].remat == "full"
