@@ -19,6 +19,23 @@ For each row, each arm (DiffusionBlocks and the baseline that
    training step's temporaries (`--mode=memory`'s figure, at the row's
    config).
 
+The rows are defined in `quality_rows.py`. A row with a scorer (the DiT
+row's classifier, whose features give the Frechet distance; the language
+rows' judge) trains it once, with the first seed, under `ROW/scorer`.
+
+The language rows that generate text (`ar`, `ar_paper_noise`) tune on
+validation next-token accuracy and compare generations at matched
+diversity, under the judge: each seed's runs are evaluated along their
+arm's decoding knob (the baseline's top-p, DiffusionBlocks'
+starting-noise temperature); the baseline at its default top-p sets the
+seed's share of distinct bigrams, and each arm's generative perplexity is
+read off its curve at that share (`evaluate.perplexity_at_diversity`).
+
+The `recurrent` row compares compute instead: DiffusionBlocks trains for
+a multiple of the baseline's training FLOPs, evaluated along the way, and
+its metric is the FLOPs at which it first reaches the baseline's final
+next-token accuracy, over the baseline's (censored when it never does).
+
 The `parity` row instead trains the official PyTorch code
 (`--official_script`, run with `--official_python`; kept outside this
 project) and ours at the official settings, with every seed, untuned.
@@ -30,6 +47,7 @@ the table is printed as markdown.
 
   python benchmarks/quality.py --row=quickstart
   python benchmarks/quality.py --row=mdm --row=vit
+  python benchmarks/quality.py --row=ar --row=ar_paper_noise
   python benchmarks/quality.py --row=parity \\
     --official_python=../official-venv/bin/python \\
     --official_script=PATH/TO/official/vit_fashion_mnist.py
@@ -37,7 +55,6 @@ the table is printed as markdown.
   python benchmarks/quality.py --row=quickstart --smoke   # seconds, `:smoke`
 """
 
-import dataclasses
 import importlib
 import json
 import math
@@ -53,103 +70,17 @@ sys.path.insert(0, ROOT)
 from absl import app, flags, logging  # noqa: E402
 
 from dblocks_jax import errors, families  # noqa: E402
-from dblocks_jax.cli import memory  # noqa: E402
-from dblocks_jax.evaluate import intervals  # noqa: E402
-from dblocks_jax.families import train  # noqa: E402
+from dblocks_jax.cli import evaluation, memory  # noqa: E402
+from dblocks_jax.evaluate import diversity, intervals  # noqa: E402
+from dblocks_jax.families import flops, train  # noqa: E402
+
+# The rows live beside this script.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from quality_rows import ROWS, Row  # noqa: E402
 
 ARMS = ("dblocks", "e2e")
 # Written into a tuning run's workdir that stopped on a non-finite loss.
 DIVERGED = "diverged.txt"
-# The last tenth of the training images held out for tuning (Fashion-MNIST:
-# 54,000 / 6,000; the digits' 1,472 training images: 1,325 / 147).
-IMAGE_VALIDATION = {"train_split": "train[:90%]", "eval_split": "train[90%:]"}
-TEXT_VALIDATION = {"eval_split": "validation"}
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-  """One comparison of the table.
-
-  Attributes:
-    name: the row's name (`--row`).
-    config: the block-wise config, `configs/NAME.py[:ARGS]`.
-    metric: the eval.json field compared.
-    higher_is_better: the metric's direction.
-    validation: `data` fields that train and score on a validation split.
-    scale: the metric's factor in the table (100: a fraction as %).
-    paper: the paper's figures for the same comparison, or "".
-    departures: what the row's settings change from the paper's.
-    official: the parity row: DiffusionBlocks against the official code.
-  """
-
-  name: str
-  config: str
-  metric: str
-  higher_is_better: bool
-  validation: dict
-  scale: float = 1.0
-  paper: str = ""
-  departures: str = ""
-  official: bool = False
-
-
-ROWS = {
-  row.name: row
-  for row in (
-    Row(
-      "parity",
-      "configs/vit_fashion_mnist.py:epochs=6",
-      "accuracy",
-      True,
-      IMAGE_VALIDATION,
-      scale=100,
-      paper="official code: 68.1% (one seed)",
-      departures="none (the official settings)",
-      official=True,
-    ),
-    Row(
-      "quickstart",
-      "configs/quickstart.py",
-      "accuracy",
-      True,
-      IMAGE_VALIDATION,
-      scale=100,
-      departures="CLS readout, explicit partition, layers (2,1,1),"
-      " log-uniform sigma, hard hand-off",
-    ),
-    Row(
-      "vit",
-      "configs/vit_fashion_mnist.py:epochs=3",
-      "accuracy",
-      True,
-      IMAGE_VALIDATION,
-      scale=100,
-      paper="CIFAR-100: DB 49.1% vs e2e 47.5% (ViT, Table 1)",
-      departures="none (the official settings); 3 epochs",
-    ),
-    Row(
-      "vit_tuned",
-      "configs/vit_fashion_mnist.py:epochs=3,tuned",
-      "accuracy",
-      True,
-      IMAGE_VALIDATION,
-      scale=100,
-      departures="CLS readout, layers (4,1,1), log-uniform sigma, hard"
-      " hand-off; 3 epochs",
-    ),
-    Row(
-      "mdm",
-      "configs/mdm_pydocs.py",
-      "bpc",
-      False,
-      TEXT_VALIDATION,
-      paper="text8: DB 1.45 vs e2e 1.56 BPC (Table 3)",
-      departures="6 layers of width 128, 64-character sequences, 2,500"
-      " baseline steps",
-    ),
-  )
-}
-
 row_flag = flags.DEFINE_multi_enum(
   "row", [], list(ROWS), "Rows to run (repeat the flag for several)."
 )
@@ -196,13 +127,26 @@ def load_config(spec: str, smoke: bool = False):
   return module.get_config(",".join(args) or None)
 
 
-def arm_config(row: Row, arm: str, smoke: bool):
-  config = load_config(row.config, smoke)
-  return config if arm == "dblocks" else families.end_to_end_config(config)
+def arm_config(row: Row, arm: str, smoke: bool, scorer: str | None = None):
+  """One arm's config: the row's (or its baseline), with the row's fields,
+  the scorer's workdir where its evaluations use one, and DiffusionBlocks'
+  FLOPs budget where the row compares FLOPs."""
+  config = variant(load_config(row.config, smoke), fields=row.fields)
+  if arm != "dblocks":
+    config = families.end_to_end_config(config)
+  fields = {}
+  if scorer and row.scorer.in_training:
+    fields[row.scorer.field] = os.path.abspath(scorer)
+  if row.flops and arm == "dblocks":
+    steps = budget_steps(row, smoke)
+    fields["total_steps"] = steps
+    fields["eval_every_steps"] = max(1, steps // row.flops.evaluations)
+  return variant(config, fields=fields)
 
 
-def variant(config, *, learning_rate=None, seed=None, data=None):
-  """A copy of `config` with another learning rate, seed or data fields."""
+def variant(config, *, learning_rate=None, seed=None, data=None, fields=None):
+  """A copy of `config` with another learning rate, seed, `data` fields or
+  any fields named by dotted paths (`fields={"sampler.top_p": 0.8}`)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if learning_rate is not None:
@@ -211,6 +155,12 @@ def variant(config, *, learning_rate=None, seed=None, data=None):
       config.seed = seed
     for field, value in (data or {}).items():
       config.data[field] = value
+    for path, value in (fields or {}).items():
+      *parents, name = path.split(".")
+      node = config
+      for parent in parents:
+        node = node[parent]
+      node[name] = value
   return config
 
 
@@ -272,13 +222,16 @@ class Runs:
     return f", about {left / 60:.0f} min left"
 
 
-def _finished(workdir: str, total_steps: int) -> dict | None:
+def _finished(workdir: str, total_steps: int | None) -> dict | None:
+  """The run's eval.json if it holds step `total_steps` (any step with
+  None), else None."""
   path = os.path.join(workdir, "eval.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
     result = json.load(f)
-  return result if result.get("step") == total_steps else None
+  done = total_steps is None or result.get("step") == total_steps
+  return result if done else None
 
 
 def run_name(learning_rate: float, seed: int) -> str:
@@ -301,13 +254,31 @@ def best_learning_rate(tuning: dict, higher_is_better: bool) -> float:
   return pick(finite, key=finite.get)
 
 
-def tune_and_seed(row: Row, root: str, seeds, factors, smoke: bool) -> dict:
+def train_scorer(row: Row, root: str, seeds, smoke: bool) -> str | None:
+  """The workdir of the row's scorer, trained first if need be (None
+  without one)."""
+  if row.scorer is None:
+    return None
+  folder = os.path.join(root, "scorer")
+  config = variant(
+    load_config(row.scorer.config, smoke),
+    seed=seeds[0],
+    fields=row.scorer.fields,
+  )
+  Runs(total=1).train(config, folder, "accuracy")
+  return folder
+
+
+def tune_and_seed(
+  row: Row, root: str, seeds, factors, smoke: bool, scorer: str | None = None
+) -> dict:
   """Steps 1-2 of the protocol for both arms; returns each arm's tuning
   scores, chosen learning rate and test metric per seed."""
   runs = Runs(total=len(ARMS) * (len(factors) + len(seeds)))
+  metric = row.tune_metric or row.metric
   arms = {}
   for arm in ARMS:
-    config = arm_config(row, arm, smoke)
+    config = arm_config(row, arm, smoke, scorer)
     base = config.optimizer.learning_rate
     tuning = {}
     for factor in factors:
@@ -316,18 +287,116 @@ def tune_and_seed(row: Row, root: str, seeds, factors, smoke: bool) -> dict:
         config, learning_rate=lr, seed=seeds[0], data=row.validation
       )
       folder = os.path.join(root, arm, "tune", run_name(lr, seeds[0]))
-      tuning[lr] = runs.train(tuned, folder, row.metric, may_diverge=True)
+      tuning[lr] = runs.train(tuned, folder, metric, may_diverge=True)
     chosen = best_learning_rate(tuning, row.higher_is_better)
-    per_seed = {}
+    per_seed, workdirs = {}, {}
     for seed in seeds:
       run = variant(config, learning_rate=chosen, seed=seed)
-      folder = os.path.join(root, arm, run_name(chosen, seed))
-      per_seed[seed] = runs.train(run, folder, row.metric)
+      workdirs[seed] = os.path.join(root, arm, run_name(chosen, seed))
+      per_seed[seed] = runs.train(run, workdirs[seed], metric)
     arms[arm] = {
       "validation": {f"{lr:.3g}": v for lr, v in tuning.items()},
       "learning_rate": chosen,
       "test": per_seed,
+      "workdirs": workdirs,
     }
+  return arms
+
+
+# ----- Generated text at matched diversity ------------------------------------
+
+
+def decode(config, workdir: str, field: str, value: float, judge: dict, d):
+  """The run in `workdir` evaluated with `field` = `value` and the judge
+  (`judge`: its config field and workdir; the result kept as
+  `eval_<field><value>.json`, reused once written)."""
+  name = f"eval_{field.rsplit('.', 1)[-1]}{value:g}.json"
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    logging.info("decoding %s with %s=%g", workdir, field, value)
+    evaluation.evaluate_checkpoint(
+      variant(
+        config,
+        fields={
+          field: value,
+          **judge,
+          "eval.num_prompts": d.num_prompts,
+          "eval.max_sequences": d.max_sequences,
+        },
+      ),
+      workdir,
+      output=name,
+    )
+  with open(path) as f:
+    result = json.load(f)
+  return {
+    "value": value,
+    **{k: result[k] for k in ("distinct_bigrams", "gen_ppl", "accuracy")},
+  }
+
+
+def shared_diversity(curves: dict, anchor: float) -> float:
+  """The share of distinct bigrams to compare the arms at: `anchor` (the
+  baseline's default decoding), moved to the nearest share every arm's
+  curve reaches when one does not; NaN when the curves share none."""
+  low = max(min(d for d, _ in curve) for curve in curves.values())
+  high = min(max(d for d, _ in curve) for curve in curves.values())
+  return min(max(anchor, low), high) if low <= high else math.nan
+
+
+def matched_diversity(
+  row: Row, arms: dict, seeds, smoke: bool, scorer: str
+) -> dict:
+  """Replaces each arm's per-seed metric (kept as "accuracy") by its
+  generative perplexity at the diversity of the baseline's `anchor`
+  decoding of the same seed, under the row's judge (`scorer`, its
+  workdir); the curves go into `arms` too."""
+  d = row.decoding
+  judge = {row.scorer.field: os.path.abspath(scorer)}
+  for arm in ARMS:
+    config = arm_config(row, arm, smoke, scorer)
+    field, values = d.knobs[arm]
+    chosen = arms[arm]["learning_rate"]
+    arms[arm]["accuracy"] = dict(arms[arm]["test"])
+    arms[arm]["curves"] = {
+      seed: [
+        decode(
+          variant(config, learning_rate=chosen, seed=seed),
+          arms[arm]["workdirs"][seed],
+          field,
+          value,
+          judge,
+          d,
+        )
+        for value in values
+      ]
+      for seed in seeds
+    }
+  for seed in seeds:
+    anchor = next(
+      p for p in arms["e2e"]["curves"][seed] if p["value"] == d.anchor
+    )
+    curves = {
+      arm: [
+        (p["distinct_bigrams"], p["gen_ppl"]) for p in arms[arm]["curves"][seed]
+      ]
+      for arm in ARMS
+    }
+    target = shared_diversity(curves, anchor["distinct_bigrams"])
+    if math.isnan(target):
+      logging.warning(
+        "seed %d: the arms' curves share no diversity (%s); widen"
+        " Decoding.knobs",
+        seed,
+        curves,
+      )
+    for arm in ARMS:
+      arms[arm]["test"][seed] = (
+        diversity.perplexity_at_diversity(curves[arm], target)
+        if math.isfinite(target)
+        else math.nan
+      )
+      arms[arm].setdefault("target_diversity", {})[seed] = target
   return arms
 
 
@@ -384,24 +453,120 @@ def parity(row: Row, root: str, seeds, smoke: bool) -> dict:
   }
 
 
+# ----- Training FLOPs to the baseline's quality -------------------------------
+
+_BUDGET_STEPS = {}
+
+
+def budget_steps(row: Row, smoke: bool) -> int:
+  """DiffusionBlocks' steps for `row.flops.budget` x the baseline's
+  training FLOPs (XLA's counts; compiled once per row and process)."""
+  key = (row.name, smoke)
+  if key not in _BUDGET_STEPS:
+    config = variant(load_config(row.config, smoke), fields=row.fields)
+    per_step = flops.training_flops(config)["step_flops"]
+    baseline = flops.training_flops(families.end_to_end_config(config))
+    _BUDGET_STEPS[key] = math.ceil(
+      row.flops.budget * baseline["train_flops"] / per_step
+    )
+  return _BUDGET_STEPS[key]
+
+
+def quality_curve(workdir: str, metric: str) -> list:
+  """(training FLOPs, `metric`) of every evaluation of the run in
+  `workdir`, in order: those during training (`eval/...` in metrics.jsonl;
+  a resumed run's repeats counted once) and the final one."""
+  points = {}
+  flops_key, metric_key = "eval/train_flops", f"eval/{metric}"
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      entry = json.loads(line)
+      if flops_key in entry and metric_key in entry:
+        points[entry["step"]] = (entry[flops_key], entry[metric_key])
+  final = _finished(workdir, None)
+  points[final["step"]] = (final["train_flops"], final[metric])
+  return [points[step] for step in sorted(points)]
+
+
+def flops_to_reach(curve: list, target: float) -> float:
+  """The training FLOPs at which `curve` (increasing FLOPs, a quality
+  where higher is better) first reaches `target`, linearly between
+  evaluations from (0 FLOPs, 0); NaN when it never does."""
+  before = (0.0, 0.0)
+  for point in curve:
+    if point[1] >= target:
+      (f0, q0), (f1, q1) = before, point
+      return f0 + (f1 - f0) * (target - q0) / (q1 - q0) if q1 > q0 else f1
+    before = point
+  return math.nan
+
+
+def flops_to_quality(row: Row, arms: dict, seeds) -> dict:
+  """Replaces each arm's per-seed metric (kept as "accuracy") by the
+  training FLOPs to the baseline's final accuracy over the baseline's:
+  1 for the baseline; DiffusionBlocks' read off its quality curve (NaN,
+  censored, when it never gets there within its budget)."""
+  for arm in ARMS:
+    arms[arm]["accuracy"] = dict(arms[arm]["test"])
+  arms["dblocks"]["curves"] = {}
+  for seed in seeds:
+    baseline = _finished(arms["e2e"]["workdirs"][seed], None)
+    curve = quality_curve(arms["dblocks"]["workdirs"][seed], "accuracy")
+    reached = flops_to_reach(curve, baseline["accuracy"])
+    arms["dblocks"]["curves"][seed] = curve
+    arms["dblocks"]["test"][seed] = reached / baseline["train_flops"]
+    arms["e2e"]["test"][seed] = 1.0
+  return arms
+
+
+def censored_verdict(row: Row, result: dict) -> dict:
+  """The FLOPs row's verdict, saying how many seeds reached the baseline's
+  quality within DiffusionBlocks' budget."""
+  ratios = result["arms"]["dblocks"]["test"].values()
+  reached = sum(math.isfinite(r) for r in ratios)
+  if reached == 0:
+    result["verdict"] = (
+      f"worse: not reached within {row.flops.budget:g}x the FLOPs"
+    )
+  elif reached < len(ratios):
+    result["verdict"] += f" ({reached} of {len(ratios)} seeds reached it)"
+  return result
+
+
 # ----- The result -------------------------------------------------------------
 
 
 def summarise(row: Row, arms: dict, temp_ratio: float | None) -> dict:
-  """Step 3: intervals, the paired difference, the verdict."""
+  """Step 3: intervals, the paired difference, the verdict, over the seeds
+  where both arms have a result (a language row's seed drops out when its
+  generations share no diversity; with none left, "unknown")."""
   db, e2e = arms["dblocks"]["test"], arms["e2e"]["test"]
-  difference = intervals.paired_difference(db, e2e)
+  seeds = [
+    s
+    for s in db
+    if math.isfinite(db[s]) and math.isfinite(e2e.get(s, math.nan))
+  ]
+  if seeds:
+    db_mean = intervals.mean_interval([db[s] for s in seeds])
+    e2e_mean = intervals.mean_interval([e2e[s] for s in seeds])
+    difference = intervals.paired_difference(
+      {s: db[s] for s in seeds}, {s: e2e[s] for s in seeds}
+    )
+    verdict = intervals.verdict(difference, row.higher_is_better)
+  else:
+    db_mean = e2e_mean = difference = intervals.Interval(math.nan, math.nan, 0)
+    verdict = "unknown"
   return {
     "row": row.name,
     "config": row.config,
-    "metric": row.metric,
+    "metric": row.label or row.metric,
     "higher_is_better": row.higher_is_better,
     "scale": row.scale,
     "arms": arms,
-    "dblocks": intervals.mean_interval(list(db.values())).as_dict(),
-    "e2e": intervals.mean_interval(list(e2e.values())).as_dict(),
+    "dblocks": db_mean.as_dict(),
+    "e2e": e2e_mean.as_dict(),
     "difference": difference.as_dict(),
-    "verdict": intervals.verdict(difference, row.higher_is_better),
+    "verdict": verdict,
     "temp_ratio": temp_ratio,
     "paper": row.paper,
     "departures": row.departures,
@@ -422,7 +587,13 @@ def run_row(row: Row, root: str, seeds, factors, smoke: bool) -> dict:
   folder = os.path.join(root, row.name + ("_smoke" if smoke else ""))
   if row.official:
     return summarise(row, parity(row, folder, seeds, smoke), None)
-  arms = tune_and_seed(row, folder, seeds, factors, smoke)
+  scorer = train_scorer(row, folder, seeds, smoke)
+  arms = tune_and_seed(row, folder, seeds, factors, smoke, scorer)
+  if row.decoding:
+    arms = matched_diversity(row, arms, seeds, smoke, scorer)
+  if row.flops:
+    arms = flops_to_quality(row, arms, seeds)
+    return censored_verdict(row, summarise(row, arms, memory_ratio(row, smoke)))
   return summarise(row, arms, memory_ratio(row, smoke))
 
 
@@ -433,36 +604,47 @@ def _interval(entry: dict, scale: float) -> str:
   return f"{mean:.2f} ± {half:.2f}"
 
 
-def table(results: dict) -> str:
-  """The markdown table of `results` ({row: summarise(...)})."""
+def table(results: dict, pending=()) -> str:
+  """The markdown table of `results` ({row: summarise(...)}), then a line
+  per row of `pending` (Rows not measured yet) with its command."""
   lines = [
     "| row | metric | DiffusionBlocks | baseline | difference | verdict"
-    " | memory | paper | config | departures |",
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    " | memory | paper | config | departures | hours |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
   ]
   for name, r in results.items():
     scale = r["scale"]
     direction = "higher" if r["higher_is_better"] else "lower"
     unit = " (%)" if scale == 100 else ""
     ratio = f"{r['temp_ratio']:.2f}" if r["temp_ratio"] else "-"
+    hours = f"{r['minutes'] / 60:.1f}" if r.get("minutes") else "-"
     lines.append(
       f"| {name} | {r['metric']}{unit}, {direction} is better"
       f" | {_interval(r['dblocks'], scale)}"
       f" | {_interval(r['e2e'], scale)} ({r['baseline']})"
       f" | {_interval(r['difference'], scale)} | {r['verdict']} | {ratio}"
-      f" | {r['paper'] or '-'} | `{r['config']}` | {r['departures']} |"
+      f" | {r['paper'] or '-'} | `{r['config']}` | {r['departures']}"
+      f" | {hours} |"
+    )
+  for row in pending:
+    metric = row.label or row.metric
+    lines.append(
+      f"| {row.name} | {metric} | - | - | - | not measured yet:"
+      f" `python benchmarks/quality.py --row={row.name}` | - |"
+      f" {row.paper or '-'} | `{row.config}` | {row.departures} | - |"
     )
   lines.append(
     f"\n± : 95% Student-t interval over seeds (n = {_seed_counts(results)});"
     " difference = DiffusionBlocks - baseline, paired by seed; memory ="
-    " block / end-to-end step temporaries (XLA)."
+    " block / end-to-end step temporaries (XLA); hours = the row's wall time"
+    " on the machine that ran it."
   )
   return "\n".join(lines)
 
 
 def _seed_counts(results: dict) -> str:
   counts = sorted({r["dblocks"]["n"] for r in results.values()})
-  return ", ".join(map(str, counts))
+  return ", ".join(map(str, counts)) or "-"
 
 
 def read_results(path: str) -> dict:
@@ -489,11 +671,22 @@ def main(argv):
     factors = [float(f) for f in factors_flag.value]
     for name in row_flag.value:
       key = name + ("_smoke" if smoke_flag.value else "")
-      results[key] = run_row(
+      start = time.monotonic()
+      row = run_row(
         ROWS[name], runs_dir_flag.value, seeds, factors, smoke_flag.value
       )
+      # Wall time summed over the commands that trained the row's runs.
+      before = read_results(results_flag.value).get(key, {})
+      row["minutes"] = (
+        before.get("minutes", 0) + (time.monotonic() - start) / 60
+      )
+      # Read again: another row may have finished meanwhile.
+      results = {**read_results(results_flag.value), key: row}
       write_results(results_flag.value, results)
-  print(table(results))
+  ordered = {name: results[name] for name in ROWS if name in results}
+  pending = [row for name, row in ROWS.items() if name not in results]
+  others = {k: v for k, v in results.items() if k not in ordered}
+  print(table({**ordered, **others}, pending))
 
 
 if __name__ == "__main__":

@@ -26,3 +26,35 @@ def distinct_ngrams(tokens: np.ndarray, n: int = 2) -> float:
   windows = np.lib.stride_tricks.sliding_window_view(tokens, n, axis=1)
   grams = windows.reshape(-1, n)
   return len(np.unique(grams, axis=0)) / len(grams)
+
+
+def perplexity_at_diversity(curve, target: float) -> float:
+  """A model's generative perplexity at a given diversity, read off its
+  decoding curve.
+
+  A decoding knob (the baseline's top-p, DiffusionBlocks' starting-noise
+  temperature) trades perplexity for diversity; comparing two models at
+  their default settings compares two points of different diversity.
+  Reading both curves at one share of distinct bigrams compares the models.
+
+  Args:
+    curve: (distinct-bigram share, generative perplexity) points of one
+      model, the knob swept; points of equal share are averaged (in log
+      perplexity).
+    target: the share to read the curve at.
+
+  Returns:
+    The perplexity at `target`, log-perplexity interpolated linearly in the
+    share between the two points that bracket it; NaN when `target` lies
+    outside the curve's range (never extrapolated: widen the sweep).
+  """
+  points = [(float(d), float(p)) for d, p in curve]
+  if not points or not all(p > 0 for _, p in points):
+    raise ValueError(f"curve={points} needs points of positive perplexity.")
+  shares = np.unique([d for d, _ in points])
+  log_perplexities = np.array(
+    [np.mean([np.log(p) for d, p in points if d == share]) for share in shares]
+  )
+  if not shares[0] <= target <= shares[-1]:
+    return float("nan")
+  return float(np.exp(np.interp(target, shares, log_perplexities)))

@@ -14,6 +14,7 @@ from random_params import randomize
 from configs import huginn_pydocs
 from dblocks_jax import families
 from dblocks_jax.errors import ConfigError
+from dblocks_jax.families import common
 from dblocks_jax.models import ar, recurrent
 from dblocks_jax.tasks import autoregressive, recurrent_depth
 from dblocks_jax.tasks.base import step_depth
@@ -392,3 +393,20 @@ def test_the_recurrent_evaluation_adds_the_training_flops(monkeypatch):
   assert evaluate(trainer)["train_flops"] == 20.0 and counted == [config]
   plain = evaluation.evaluator(families.get("ar"), config, None, "")
   assert plain(trainer) == {"accuracy": 0.5}
+
+
+def test_ar_noise_narrows_the_sampling_grid_of_the_one_block():
+  paper = huginn_pydocs.get_config()
+  narrowed = huginn_pydocs.get_config("ar_noise")
+  assert (narrowed.diffusion.p_mean, narrowed.diffusion.p_std) == (-0.7, 0.5)
+  levels = {
+    name: common.sampler_from_config(c, common.plan_from_config(c)).levels
+    for name, c in (("paper", paper), ("narrowed", narrowed))
+  }
+  # The same ends; the steps between them gather where tokens are decided
+  # (the AR family's finding), not spread down to sigma 0.08.
+  for name in levels:
+    assert levels[name][0] == 80 and levels[name][-1] == 0.002
+  inner = {name: levels[name][1:-1] for name in levels}
+  assert inner["narrowed"].min() > 0.25 > inner["paper"].min()
+  assert inner["narrowed"].max() < 0.9 < inner["paper"].max()
