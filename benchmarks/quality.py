@@ -81,6 +81,7 @@ from quality_rows import ROWS, Row  # noqa: E402
 ARMS = ("dblocks", "e2e")
 # Written into a tuning run's workdir that stopped on a non-finite loss.
 DIVERGED = "diverged.txt"
+
 row_flag = flags.DEFINE_multi_enum(
   "row", [], list(ROWS), "Rows to run (repeat the flag for several)."
 )

@@ -129,6 +129,24 @@ AR_DECODING = Decoding(
 AR_PAPER = "LM1B: gen-PPL DB 12.32 vs e2e 14.58, MAUVE 0.71 vs 0.50 (Table 4)"
 
 
+def ar_row(name: str, config: str, departures: str) -> Row:
+  """An autoregressive row: tuned on next-token accuracy, compared by
+  generative perplexity at matched diversity under the judge."""
+  return Row(
+    name,
+    config,
+    "gen_ppl",
+    False,
+    TEXT_VALIDATION,
+    tune_metric="accuracy",
+    scorer=AR_JUDGE,
+    decoding=AR_DECODING,
+    label="gen-PPL at the baseline's top-p 0.95 diversity",
+    paper=AR_PAPER,
+    departures=departures,
+  )
+
+
 ROWS = {
   row.name: row
   for row in (
@@ -200,32 +218,16 @@ ROWS = {
       departures="Fashion-MNIST, 6 layers of width 64, 1 baseline epoch;"
       " 1,000 samples scored in a small classifier's features",
     ),
-    Row(
+    ar_row(
       "ar",
       "configs/ar_pydocs.py",
-      "gen_ppl",
-      False,
-      TEXT_VALIDATION,
-      tune_metric="accuracy",
-      scorer=AR_JUDGE,
-      decoding=AR_DECODING,
-      label="gen-PPL at the baseline's top-p 0.95 diversity",
-      paper=AR_PAPER,
       departures="noise narrowed to P_mean -0.7, P_std 0.5, sigma"
       " log-uniform in each block's range (the paper: -1.2, 1.2); the"
       " Python docs, 8 layers of width 128, a small judge",
     ),
-    Row(
+    ar_row(
       "ar_paper_noise",
       "configs/ar_pydocs.py:paper_noise",
-      "gen_ppl",
-      False,
-      TEXT_VALIDATION,
-      tune_metric="accuracy",
-      scorer=AR_JUDGE,
-      decoding=AR_DECODING,
-      label="gen-PPL at the baseline's top-p 0.95 diversity",
-      paper=AR_PAPER,
       departures="the Python docs, 8 layers of width 128, a small judge",
     ),
     Row(
