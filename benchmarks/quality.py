@@ -128,11 +128,16 @@ def load_config(spec: str, smoke: bool = False):
   return module.get_config(",".join(args) or None)
 
 
+def row_config(row: Row, smoke: bool):
+  """The row's block-wise config with the row's fields."""
+  return variant(load_config(row.config, smoke), fields=row.fields)
+
+
 def arm_config(row: Row, arm: str, smoke: bool, scorer: str | None = None):
   """One arm's config: the row's (or its baseline), with the row's fields,
   the scorer's workdir where its evaluations use one, and DiffusionBlocks'
   FLOPs budget where the row compares FLOPs."""
-  config = variant(load_config(row.config, smoke), fields=row.fields)
+  config = row_config(row, smoke)
   if arm != "dblocks":
     config = families.end_to_end_config(config)
   fields = {}
@@ -145,17 +150,15 @@ def arm_config(row: Row, arm: str, smoke: bool, scorer: str | None = None):
   return variant(config, fields=fields)
 
 
-def variant(config, *, learning_rate=None, seed=None, data=None, fields=None):
-  """A copy of `config` with another learning rate, seed, `data` fields or
-  any fields named by dotted paths (`fields={"sampler.top_p": 0.8}`)."""
+def variant(config, *, learning_rate=None, seed=None, fields=None):
+  """A copy of `config` with another learning rate, seed or any fields
+  named by dotted paths (`fields={"sampler.top_p": 0.8}`)."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if learning_rate is not None:
       config.optimizer.learning_rate = learning_rate
     if seed is not None:
       config.seed = seed
-    for field, value in (data or {}).items():
-      config.data[field] = value
     for path, value in (fields or {}).items():
       *parents, name = path.split(".")
       node = config
@@ -285,7 +288,7 @@ def tune_and_seed(
     for factor in factors:
       lr = base * factor
       tuned = variant(
-        config, learning_rate=lr, seed=seeds[0], data=row.validation
+        config, learning_rate=lr, seed=seeds[0], fields=row.validation
       )
       folder = os.path.join(root, arm, "tune", run_name(lr, seeds[0]))
       tuning[lr] = runs.train(tuned, folder, metric, may_diverge=True)
@@ -464,7 +467,7 @@ def budget_steps(row: Row, smoke: bool) -> int:
   training FLOPs (XLA's counts; compiled once per row and process)."""
   key = (row.name, smoke)
   if key not in _BUDGET_STEPS:
-    config = variant(load_config(row.config, smoke), fields=row.fields)
+    config = row_config(row, smoke)
     per_step = flops.training_flops(config)["step_flops"]
     baseline = flops.training_flops(families.end_to_end_config(config))
     _BUDGET_STEPS[key] = math.ceil(

@@ -11,8 +11,11 @@ import dataclasses
 
 # The last tenth of the training images held out for tuning (Fashion-MNIST:
 # 54,000 / 6,000; the digits' 1,472 training images: 1,325 / 147).
-IMAGE_VALIDATION = {"train_split": "train[:90%]", "eval_split": "train[90%:]"}
-TEXT_VALIDATION = {"eval_split": "validation"}
+IMAGE_VALIDATION = {
+  "data.train_split": "train[:90%]",
+  "data.eval_split": "train[90%:]",
+}
+TEXT_VALIDATION = {"data.eval_split": "validation"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +85,8 @@ class Row:
     config: the block-wise config, `configs/NAME.py[:ARGS]`.
     metric: the eval.json field compared.
     higher_is_better: the metric's direction.
-    validation: `data` fields that train and score on a validation split.
+    validation: the config fields (dotted) that train and score on a
+      validation split.
     scale: the metric's factor in the table (100: a fraction as %).
     paper: the paper's figures for the same comparison, or "".
     departures: what the row's settings change from the paper's.

@@ -61,8 +61,7 @@ def get_config(arg=None):
     c.model.num_heads = 6
     c.model.mlp_dim = 512
   if not (args.paper_noise or args.smoke):  # The smoke run is LM1B's too.
-    c.diffusion.p_mean = -0.7
-    c.diffusion.p_std = 0.5
+    c.diffusion.update(language.NARROW_NOISE)
     c.blocks.sigma_sampling = "log_uniform"
   return common.finish(
     c, args, language.as_ar_smoke, e2e=args.e2e or args.judge

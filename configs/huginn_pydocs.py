@@ -21,8 +21,8 @@ run) generative perplexity and MAUVE.
 
 Noise: the paper's EDM log-normal (P_mean -1.2, P_std 1.2) by default.
 `ar_noise` gives DiffusionBlocks the distribution the autoregressive
-family found better at this width (ar_pydocs: P_mean -0.7, P_std 0.5,
-where unit-norm token embeddings are still being told apart). With one
+family found better at this width (`language.NARROW_NOISE`: P_mean -0.7,
+P_std 0.5, where unit-norm token embeddings are still being told apart). With one
 block (B=1) its range is the whole noise range, so sigma stays drawn from
 the log-normal itself: ar_pydocs' log-uniform draw within each block would
 undo the narrowing here.
@@ -50,7 +50,6 @@ def get_config(arg=None):
   common.set_steps(c, args.steps)
   language.pydocs_lm_run(c)
   if args.ar_noise:
-    c.diffusion.p_mean = -0.7
-    c.diffusion.p_std = 0.5
+    c.diffusion.update(language.NARROW_NOISE)
   baseline = args.baseline or args.e2e
   return common.finish(c, args, language.as_recurrent_smoke, e2e=baseline)

@@ -127,7 +127,7 @@ def test_quality_runner_reads_a_validation_split_for_tuning(quality):
   for row in quality.ROWS.values():
     config = quality.load_config(row.config, smoke=True)
     tuned = quality.variant(
-      config, learning_rate=1.0, seed=7, data=row.validation
+      config, learning_rate=1.0, seed=7, fields=row.validation
     )
     assert tuned.optimizer.learning_rate == 1.0 and tuned.seed == 7
     assert tuned.data.eval_split != config.data.eval_split
